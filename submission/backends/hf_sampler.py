@@ -1,0 +1,74 @@
+"""transformers sampler and forward-pass scorer over the trainer's peft model.
+
+The fallback when vLLM cannot run (T4, or not installed), and the reference `score` that vLLM's
+`prompt_logprobs` is checked against. It swaps adapter weights into the one live peft model
+(`LoRATrainer.load_adapter_weights`); `adapter=None` runs the base model with the adapter disabled.
+Generation is one prompt at a time: slow, but exact and simple.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from ..sample import Adapter, GenRequest, Generation
+from ..train import LoRATrainer
+
+
+class HFSampler:
+    name = "transformers"
+
+    def __init__(self, trainer: LoRATrainer, *, stop_ids: list[int], pad_id: int) -> None:
+        self.trainer, self.model = trainer, trainer.model
+        self.stop_ids, self.pad_id = list(stop_ids), pad_id
+        self._loaded: str | None = None
+        self.calls = 0
+
+    def _use(self, adapter: Adapter | None) -> Any:
+        if adapter is None:
+            return self.model.disable_adapter()
+        if self._loaded != adapter.path:
+            self.trainer.load_adapter_weights(adapter.path)
+            self._loaded = adapter.path
+        return contextlib.nullcontext()
+
+    def forget_loaded(self) -> None:
+        """Call after the live adapter weights change (training) so the next use reloads."""
+        self._loaded = None
+
+    def generate(self, requests: list[GenRequest]) -> list[list[Generation]]:
+        import torch
+
+        results = []
+        self.model.eval()
+        for r in requests:
+            ids = torch.tensor([list(r.prompt)], device=self.trainer.device)
+            gens: list[Generation] = []
+            with self._use(r.adapter), torch.no_grad():
+                for k in range(r.n):
+                    sample = r.temperature > 0
+                    out = self.model.generate(
+                        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=r.max_tokens,
+                        do_sample=sample, temperature=r.temperature if sample else None, top_p=None,
+                        top_k=None, eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                        output_scores=True, return_dict_in_generate=True, use_cache=True)
+                    new = out.sequences[0, ids.shape[1]:]
+                    steps = torch.stack([s[0] for s in out.scores]).float().log_softmax(-1)
+                    lp = steps.gather(1, new[:, None]).sum().item()
+                    gens.append((new.tolist(), float(lp)))
+            self.calls += 1
+            results.append(gens)
+        return results
+
+    def score(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> float:
+        import torch
+
+        full = torch.tensor([list(prompt) + list(answer)], device=self.trainer.device)
+        self.model.eval()
+        os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # unsloth returns empty logits otherwise
+        with self._use(adapter), torch.no_grad():
+            logits = self.model(input_ids=full).logits[0, len(prompt) - 1:-1].float()
+        self.calls += 1
+        lp = logits.log_softmax(-1).gather(1, full[0, len(prompt):, None])
+        return float(lp.sum())

@@ -1,0 +1,165 @@
+"""Command line: `python -m submission <command>`. Thin: parses arguments, calls the stages, and turns
+every SubmissionError into a one-line message and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import SubmissionError
+
+DEFAULT_DRY_RUN_TASKS = 3
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="JSON or TOML config file (sections: model, ttt, sampling, "
+                                    "selection, budget)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config field, e.g. --set ttt.r=16 (repeatable)")
+    p.add_argument("--time-budget", type=float, help="seconds for the whole run (budget.time_budget_s)")
+
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+
+    sets = list(args.set)
+    if getattr(args, "time_budget", None) is not None:
+        sets.append(f"budget.time_budget_s={args.time_budget}")
+    return load_config(args.config, sets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m submission",
+                                 description="ARC test-time-training kernel: per-task LoRA TTT, "
+                                             "multi-LoRA vLLM sampling, selection, submission.json.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="write a bundled dataset as Kaggle-style challenge/solution files")
+    p.add_argument("--dataset", required=True, choices=["arc-agi-1", "arc-agi-2"])
+    p.add_argument("--split", required=True, choices=["training", "evaluation"])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--limit", type=int, help="first N tasks only")
+
+    p = sub.add_parser("score", help="score a submission.json against a solutions file")
+    p.add_argument("--submission", required=True)
+    p.add_argument("--solutions", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("validate", help="check a submission.json the way Kaggle would (exit 2 if bad)")
+    p.add_argument("--submission", required=True)
+    p.add_argument("--challenges", required=True)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random causal LM with a format's tokenizer")
+    p.add_argument("out")
+    p.add_argument("--format", default="qwen-chat", choices=["qwen-chat", "architects"])
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("run", help="TTT + sampling + selection on a challenges file -> submission.json")
+    p.add_argument("--challenges", required=True)
+    p.add_argument("--model", required=True, help="local model directory (nothing is downloaded)")
+    p.add_argument("--out", required=True, help="submission.json path")
+    p.add_argument("--workdir", required=True, help="adapters, per-task records, run.json")
+    p.add_argument("--limit", type=int, help="first N tasks only (the rest get placeholders)")
+    p.add_argument("--selection", choices=["config", "all"], default="config",
+                   help="all: also record the attempts of every selection policy")
+    _add_config(p)
+
+    p = sub.add_parser("dry-run", help="run on a public split and score it")
+    p.add_argument("--dataset", default="arc-agi-2", choices=["arc-agi-1", "arc-agi-2"])
+    p.add_argument("--split", default="evaluation", choices=["training", "evaluation"])
+    p.add_argument("--limit", type=int, default=DEFAULT_DRY_RUN_TASKS)
+    p.add_argument("--model", help="model directory; omitted: a tiny UNTRAINED model (pipeline check)")
+    p.add_argument("--workdir", default="dry-run")
+    p.add_argument("--selection", choices=["config", "all"], default="all",
+                   help="all: score every selection policy side by side from one candidate pool")
+    _add_config(p)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SubmissionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_export(args) -> int:
+    from .tasks import export_kaggle, load_dataset
+
+    tasks = load_dataset(args.dataset, args.split)
+    if args.limit:
+        tasks = dict(list(tasks.items())[:args.limit])
+    ch, sol = export_kaggle(tasks, args.out, args.split)
+    print(f"wrote {len(tasks)} tasks: {ch}" + (f", {sol}" if sol else ""))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .scoring import load_solutions, load_submission, score_submission
+
+    report = score_submission(load_submission(args.submission), load_solutions(args.solutions))
+    for task_id in report.missing:
+        print(f"warning: task {task_id} missing from {args.submission}; scored 0", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(f"tasks {report.tasks}  test outputs {report.test_outputs}  "
+              f"score (task mean, official) {report.score_task_mean:.4f}  "
+              f"score (output mean) {report.score_output_mean:.4f}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .scoring import load_submission
+    from .submit import challenge_counts, validate_submission
+    from .tasks import load_challenges
+
+    problems = validate_submission(load_submission(args.submission),
+                                   challenge_counts(load_challenges(args.challenges, solutions=None)))
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"{args.submission}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 0 if not problems else 2
+
+
+def cmd_tiny_model(args) -> int:
+    from .tiny import make_tiny_model
+
+    path = make_tiny_model(args.out, args.format, seed=args.seed)
+    print(f"wrote a tiny RANDOM model ({args.format}) to {path}: untrained, for pipeline checks only")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run
+
+    cfg = _config(args)
+    report = run(args.challenges, args.model, args.out, args.workdir, cfg, limit=args.limit,
+                 all_policies=args.selection == "all")
+    print(json.dumps({"submission": str(args.out), "tasks": report["tasks"],
+                      "fallbacks": report["fallbacks"], "seconds": round(report["seconds"], 1)}))
+    return 0
+
+
+def cmd_dry_run(args) -> int:
+    from .dry_run import dry_run
+
+    cfg = _config(args)
+    result = dry_run(args.dataset, args.split, args.limit, args.model, Path(args.workdir), cfg,
+                     all_policies=args.selection == "all", log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result))
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "score": cmd_score, "validate": cmd_validate,
+            "tiny-model": cmd_tiny_model, "run": cmd_run, "dry-run": cmd_dry_run}
+
+
+def entry() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

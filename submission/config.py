@@ -1,0 +1,219 @@
+"""One frozen, nested configuration passed down every stage.
+
+Every field has a default and a comment saying why. `Config.from_dict` rejects unknown keys,
+`with_overrides` takes `section.field=value` strings (CLI `--set`), and `to_dict` is what gets saved
+beside every output. This module only describes settings; it runs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    format: str = "qwen-chat"  # text format of the base model (NVARC's strongest public checkpoint)
+    dtype: str = "auto"  # auto: bf16 on GPUs with compute capability >= 8, fp16 on T4, fp32 on CPU
+    max_seq_len: int = 8192  # ARC-AGI-2 prompt+answer: p90 ~4.7k, max ~9.4k tokens; longer demos get dropped
+
+
+@dataclass(frozen=True)
+class TTTConfig:
+    backend: str = "auto"  # auto: unsloth when a GPU and unsloth are present, else transformers+peft
+    load_in_4bit: bool = True  # unsloth 4-bit base (ARChitects): frees memory for the sampler on the same L4
+    r: int = 64  # LoRA rank; MIT used 128, NVARC 256 (rsLoRA); 64 keeps vLLM's max_lora_rank cheap
+    lora_alpha: int = 32  # with rsLoRA the scale is alpha/sqrt(r), as NVARC (a=32)
+    use_rslora: bool = True  # rank-stabilised scaling keeps the effective lr stable across ranks
+    lora_dropout: float = 0.0  # dropout hurts on 100-sample runs and disables unsloth's fused kernels
+    target_modules: tuple[str, ...] = LINEAR_MODULES  # linear layers only: vLLM rejects lm_head/embed LoRA
+    learning_rate: float = 1e-4  # MIT TTT per-task lr
+    weight_decay: float = 0.0  # too few steps for decay to matter
+    warmup_fraction: float = 0.1  # short linear warmup, then linear decay to 0 (MIT, NVARC)
+    epochs: int = 1  # NVARC: one pass over 128 augmented samples
+    max_samples: int = 128  # NVARC: 8 dihedral x 16 colour perms; MIT capped at 250
+    batch_size: int = 1  # one sequence per step: ARC lengths vary 10x, padding wastes GPU time
+    grad_accum: int = 2  # effective batch 2 (MIT)
+    max_steps: int = 0  # 0: epochs * samples / (batch * accum); a positive value caps the steps
+    max_grad_norm: float = 1.0  # clip: tiny data, occasional huge-gradient samples
+    skip_first_output: bool = False  # loss on every demo output (MIT); True skips the first (no context yet)
+    keep_background: bool = True  # colour 0 stays 0 in colour permutations (background in most tasks)
+    gradient_checkpointing: bool = True  # 8k-token sequences on an L4; ignored on CPU
+    seed: int = 0  # adapter init and data sampling; every task draws from its own derived stream
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    backend: str = "auto"  # auto: vLLM when importable, else the transformers sampler (T4, no vLLM)
+    n_views: int = 16  # ARChitects/NVARC: 16 views (8 dihedral x 2 colour perms), demo order shuffled
+    n_samples: int = 0  # extra samples per view at `temperature` on top of the greedy answer
+    temperature: float = 1.0  # only for the extra samples
+    keep_background: bool = True  # same convention as TTT data
+    shuffle_order: bool = True  # demo order is part of the view
+    base_model_fallback: bool = True  # sample the base model (no LoRA) for tasks whose adapter failed
+    gpu_memory_utilization: float = 0.45  # vLLM takes ~half the card; the trainer process uses the rest
+    max_loras: int = 8  # adapters resident in one engine batch
+    max_num_seqs: int = 128  # concurrent sequences per engine step
+    enforce_eager: bool = False  # CUDA graphs on GPU; the CPU backend ignores it
+    seed: int = 0  # engine seed (per-request seeds crash vLLM on CPU with chunked prefill)
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    policy: str = "count-nll"  # NVARC 2025 winner: times found minus mean NLL under augmentations
+    rescore_augmentations: int = 8  # augmented prompts each candidate is re-scored under
+    max_rescore: int = 8  # most frequent candidates re-scored per test input
+    poe_offset: float = 3.0  # ARChitects: sum over augmentations of (log p + 3)
+    rescore_backend: str = "auto"  # auto: vLLM prompt_logprobs if it agrees with a forward pass, else forward
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    time_budget_s: float = 12 * 3600 - 45 * 60  # Kaggle's 12 h minus margin for start-up and writing
+    workers: int = 1  # one process per GPU (4 on 4 x L4)
+    task_cap_s: float = 1800.0  # a task past this is killed and falls back
+    ttt_fraction: float = 0.75  # share of a task's time given to training; sampling gets the rest
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """Build from nested dicts; unknown sections or keys raise ConfigError."""
+        return _from_dict(cls, data, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, items: list[str] | tuple[str, ...]) -> "Config":
+        """Apply `section.field=value` strings; values parse by the field's type."""
+        data = self.to_dict()
+        for item in items:
+            key, sep, raw = item.partition("=")
+            parts = key.strip().split(".")
+            if not sep or len(parts) != 2:
+                raise ConfigError(f"--set {item!r}: expected section.field=value")
+            section, name = parts
+            hints = _section_hints(section)
+            if name not in hints:
+                raise ConfigError(f"--set {item!r}: unknown field {name!r} in section {section!r}")
+            data[section][name] = _parse_value(raw.strip(), hints[name], key)
+        return Config.from_dict(data)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Config from a JSON or TOML file (None: defaults), then `--set` overrides."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+            data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"config file {p}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p}: top level must be an object")
+        cfg = Config.from_dict(data)
+    return cfg.with_overrides(overrides)
+
+
+def _section_hints(section: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(Config)
+    if section not in hints:
+        raise ConfigError(f"unknown config section {section!r}; sections: {', '.join(hints)}")
+    return typing.get_type_hints(hints[section])
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {where or 'top level'}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"config {where or 'top level'}: unknown keys {unknown}; known: {sorted(hints)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp, key = hints[name], f"{where}.{name}" if where else name
+        kwargs[name] = (_from_dict(tp, value, key) if dataclasses.is_dataclass(tp)
+                        else _coerce(value, tp, key))
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config {key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"config {key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _parse_value(raw: str, tp: Any, key: str) -> Any:
+    try:
+        if tp is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if typing.get_origin(tp) is tuple:
+            return [s.strip() for s in raw.split(",") if s.strip()]
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"--set {key}={raw}: not a valid {getattr(tp, '__name__', tp)}") from exc
+
+
+_CHOICES = {
+    ("model", "dtype"): ("auto", "bfloat16", "float16", "float32"),
+    ("ttt", "backend"): ("auto", "unsloth", "peft"),
+    ("sampling", "backend"): ("auto", "vllm", "transformers"),
+    ("selection", "policy"): ("vote", "poe", "count-nll"),
+    ("selection", "rescore_backend"): ("auto", "vllm", "forward"),
+}
+_POSITIVE = {("ttt", "r"), ("ttt", "lora_alpha"), ("ttt", "learning_rate"), ("ttt", "epochs"),
+             ("ttt", "max_samples"), ("ttt", "batch_size"), ("ttt", "grad_accum"),
+             ("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "max_num_seqs"),
+             ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "workers"),
+             ("budget", "task_cap_s"), ("selection", "rescore_augmentations")}
+
+
+def _check(cfg: Config) -> None:
+    for (section, name), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"config {section}.{name}={value!r}: choose one of {', '.join(choices)}")
+    for section, name in _POSITIVE:
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise ConfigError(f"config {section}.{name} must be positive")
+    if not 0.0 < cfg.sampling.gpu_memory_utilization <= 1.0:
+        raise ConfigError("config sampling.gpu_memory_utilization must be in (0, 1]")
+    if not 0.0 < cfg.budget.ttt_fraction < 1.0:
+        raise ConfigError("config budget.ttt_fraction must be in (0, 1)")
+    if cfg.sampling.n_samples < 0 or cfg.ttt.max_steps < 0:
+        raise ConfigError("config sampling.n_samples and ttt.max_steps must be >= 0")
+    bad = [m for m in cfg.ttt.target_modules if m in ("lm_head", "embed_tokens")]
+    if bad:
+        raise ConfigError(f"config ttt.target_modules: {bad} cannot be served by vLLM; use linear layers")

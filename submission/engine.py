@@ -1,0 +1,81 @@
+"""Builds a worker's models once: the format, the LoRA trainer (unsloth or peft), the sampler (vLLM
+or transformers) and the re-scorer, and records which backends were chosen. Runs no task."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends import choose_sampler_backend, choose_trainer_backend, resolve_dtype
+from .config import Config
+from .formats import TextFormat, get_format
+from .sample import Adapter, Sampler
+from .train import LoRATrainer
+
+
+@dataclass
+class Engine:
+    cfg: Config
+    fmt: TextFormat
+    trainer: LoRATrainer
+    sampler: Sampler
+    forward: Sampler  # transformers forward pass over the trainer's model (reference scorer)
+    info: dict[str, Any] = field(default_factory=dict)
+    fallbacks: Counter = field(default_factory=Counter)
+    _next_id: int = 0
+    _rescore_checked: bool = False
+
+    def new_adapter(self, name: str, path: str | Path) -> Adapter:
+        """A fresh LoRARequest id per adapter: vLLM caches by id, so ids are never reused."""
+        self._next_id += 1
+        return Adapter(name=f"{name}-{self._next_id}", int_id=self._next_id, path=str(path))
+
+    def scorer(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> Sampler:
+        """The re-scoring backend; on first use under `auto`, vLLM must match the forward pass."""
+        choice = self.cfg.selection.rescore_backend
+        if self.sampler is self.forward or choice == "forward":
+            return self.forward
+        if choice == "auto" and not self._rescore_checked:
+            from .rescore import scores_agree
+
+            self._rescore_checked = True
+            ok, a, b = scores_agree(self.sampler, self.forward, prompt, answer, adapter)
+            self.info["rescore_check"] = {"vllm": a, "forward": b, "agree": ok}
+            if not ok:
+                self.fallbacks["rescore_vllm_disagrees_use_forward"] += 1
+                self.info["rescore_backend"] = "forward"
+        if self.info.get("rescore_backend") == "forward":
+            return self.forward
+        self.info.setdefault("rescore_backend", "vllm")
+        return self.sampler
+
+
+def build_engine(model_path: str | Path, cfg: Config) -> Engine:
+    """Load the trainer and sampler for `model_path` under `cfg` (vLLM after the trainer)."""
+    from .backends.hf_sampler import HFSampler
+
+    trainer_backend = choose_trainer_backend(cfg.ttt.backend)
+    scaler = None
+    if trainer_backend == "unsloth":
+        from .backends.unsloth_loader import load_unsloth
+
+        model, tokenizer, info, scaler = load_unsloth(model_path, cfg)
+    else:
+        from .backends.peft_loader import load_peft
+
+        model, tokenizer, info = load_peft(model_path, cfg)
+    fmt = get_format(cfg.model.format, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fmt.eos_id
+    trainer = LoRATrainer(model, cfg.ttt, pad_id=pad_id, backend=trainer_backend, scaler=scaler)
+    forward = HFSampler(trainer, stop_ids=fmt.stop_token_ids, pad_id=pad_id)
+    sampler_backend = choose_sampler_backend(cfg.sampling.backend)
+    sampler: Sampler = forward
+    if sampler_backend == "vllm":
+        from .backends.vllm_sampler import VLLMSampler
+
+        dtype = str(resolve_dtype(cfg.model.dtype)).replace("torch.", "")
+        sampler = VLLMSampler(model_path, cfg, stop_ids=fmt.stop_token_ids, dtype=dtype)
+    info.update(sampler_backend=sampler_backend, format=fmt.name)
+    return Engine(cfg=cfg, fmt=fmt, trainer=trainer, sampler=sampler, forward=forward, info=info)

@@ -1,0 +1,36 @@
+"""Named exceptions of the package. Every error a user can cause maps to exit code 2."""
+
+from __future__ import annotations
+
+
+class SubmissionError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InputError(SubmissionError):
+    """Bad input data: names the file, the task and the field that is wrong."""
+
+    def __init__(self, message: str, *, file: str | None = None, task: str | None = None,
+                 field: str | None = None) -> None:
+        self.file, self.task, self.field, self.detail = file, task, field, message
+        where = ", ".join(p for p in (
+            f"file {file}" if file else "",
+            f"task {task}" if task else "",
+            f"field {field}" if field else "") if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigError(SubmissionError):
+    """Unknown config key, wrong value type, or an impossible combination of settings."""
+
+
+class FormatError(SubmissionError):
+    """A text format cannot be used with a tokenizer (a cell is not exactly one token)."""
+
+
+class BackendUnavailable(SubmissionError):
+    """A requested backend (unsloth, vLLM, a GPU) is not installed or cannot run here."""
+
+
+class BudgetExceeded(SubmissionError):
+    """A stage ran past its deadline; the caller falls back to what it has."""

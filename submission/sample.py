@@ -1,0 +1,103 @@
+"""Sampling interface shared by the vLLM and transformers backends, and the views of a test input.
+
+A `GenRequest` is one prompt (token ids) under one adapter (or none: the base model); a backend returns,
+per request, its generations as (token ids, summed logprob). `build_views` makes the augmented prompts
+of one test input, `collect_samples` parses and inverts what came back. Backends live in `backends/`;
+this module imports neither vLLM nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .augment import Transform, view_transforms
+from .formats import TextFormat
+from .grids import Task
+from .select import Sample
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A saved PEFT adapter, named as vLLM's LoRARequest wants (int_id >= 1; 0 means no LoRA)."""
+
+    name: str
+    int_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    prompt: tuple[int, ...]
+    adapter: Adapter | None
+    max_tokens: int
+    n: int = 1
+    temperature: float = 0.0  # 0: greedy
+
+
+Generation = tuple[list[int], float]  # (generated token ids, summed logprob)
+
+
+class Sampler(Protocol):
+    name: str
+
+    def generate(self, requests: list[GenRequest]) -> list[list[Generation]]: ...
+
+    def score(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> float:
+        """Total log-probability of `answer` following `prompt`."""
+        ...
+
+
+@dataclass(frozen=True)
+class View:
+    task_id: str
+    test_index: int
+    index: int
+    transform: Transform
+    prompt: tuple[int, ...]
+
+
+def build_views(task: Task, test_index: int, fmt: TextFormat, rng: np.random.Generator, *,
+                n_views: int, max_len: int, answer_tokens: int, keep_background: bool = True,
+                shuffle_order: bool = True) -> tuple[list[View], int]:
+    """Prompts of one test input under `n_views` transforms; demos are dropped from the front when a
+    prompt plus its longest possible answer would not fit. Returns (views, demos dropped in total)."""
+    views, dropped = [], 0
+    n = len(task.train)
+    for i, t in enumerate(view_transforms(rng, n_views, n, keep_background=keep_background,
+                                          shuffle_order=shuffle_order)):
+        order = t.order if t.order is not None else tuple(range(n))
+        demos = [t.apply_pair(task.train[j]) for j in order]
+        query = t.apply_grid(task.test_inputs[test_index])
+        prompt = fmt.encode_prompt(demos, query)
+        while len(prompt) + answer_tokens > max_len and len(demos) > 1:
+            demos, dropped = demos[1:], dropped + 1
+            prompt = fmt.encode_prompt(demos, query)
+        views.append(View(task.id, test_index, i, t, tuple(prompt)))
+    return views, dropped
+
+
+def answer_budget(task: Task, test_index: int, fmt: TextFormat) -> int:
+    """max_tokens for an answer: the largest grid the task could need (30x30 is always allowed when
+    demos grow outputs, else the largest demo output or input side, with a margin)."""
+    sides = [g.shape for p in task.train for g in (p.input, p.output)]
+    sides.append(task.test_inputs[test_index].shape)
+    h = min(30, 2 * max(s[0] for s in sides))
+    w = min(30, 2 * max(s[1] for s in sides))
+    side = max(h, w)  # dihedral views may transpose
+    return fmt.max_answer_tokens(side, side)
+
+
+def collect_samples(view: View, generations: list[Generation], fmt: TextFormat,
+                    from_base: bool = False) -> list[Sample]:
+    """Parse each generation and map it back to the original frame (None where it does not parse)."""
+    out = []
+    for ids, logprob in generations:
+        grid = fmt.parse(ids)
+        if grid is not None:
+            grid = view.transform.invert_grid(grid)
+        out.append(Sample(view=view.index, group=view.transform.dihedral, grid=grid,
+                          logprob=float(logprob), from_base=from_base))
+    return out

@@ -1,0 +1,130 @@
+"""Build, check and atomically write the Kaggle `submission.json`.
+
+`build_submission` always yields a file Kaggle accepts (placeholders fill every gap);
+`validate_submission` lists every problem of an existing one. This module does not solve tasks
+and does not score (see scoring.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from submission import tasks as _tasks
+from submission.errors import InputError
+from submission.grids import Grid, Task, grid_to_list
+
+PLACEHOLDER = [[0]]
+ATTEMPT_KEYS = ("attempt_1", "attempt_2")
+
+
+def write_json_atomic(path: str | Path, obj: object) -> None:
+    """Write obj as compact JSON so that a reader sees the old file or the whole new one:
+    temp file in the same directory, flush + fsync, os.replace. Creates parent directories."""
+    path = Path(path)
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)  # fails before any write
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable where the OS allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass  # some filesystems cannot fsync a directory; the file itself is already synced
+        finally:
+            os.close(dir_fd)
+
+
+def _attempt(grid: object, where: str) -> list[list[int]]:
+    """A JSON grid for one attempt; PLACEHOLDER (with a warning) if it is not a valid grid."""
+    if grid is None:
+        return [row[:] for row in PLACEHOLDER]
+    try:
+        if isinstance(grid, np.ndarray):
+            if grid.ndim != 2 or grid.dtype.kind not in "iu":
+                raise InputError(f"array of shape {grid.shape} and dtype {grid.dtype}")
+            grid = grid_to_list(grid)
+        _tasks.validate_grid(grid)
+    except InputError as err:
+        warnings.warn(f"{where}: invalid grid replaced by a placeholder: {err}", stacklevel=3)
+        return [row[:] for row in PLACEHOLDER]
+    return [list(row) for row in grid]
+
+
+def build_submission(task_ids_and_counts: Mapping[str, int],
+                     answers: Mapping[str, Sequence[Sequence[Grid]]]) -> dict:
+    """The submission object: per task (in the given order) and test input, the first two
+    answer grids as attempt_1/attempt_2; PLACEHOLDER fills any missing task, input or attempt."""
+    unknown = [t for t in answers if t not in task_ids_and_counts]
+    if unknown:
+        warnings.warn(f"answers for {len(unknown)} task id(s) not in the challenges are left "
+                      f"out: {', '.join(map(str, unknown[:5]))}", stacklevel=2)
+    submission: dict[str, list[dict[str, list[list[int]]]]] = {}
+    for tid, count in task_ids_and_counts.items():
+        per_input = list(answers.get(tid) or [])
+        if len(per_input) > count:
+            warnings.warn(f"task {tid}: {len(per_input)} answer lists for {count} test inputs; "
+                          f"the extra ones are left out", stacklevel=2)
+        entries = []
+        for i in range(count):
+            grids = list(per_input[i]) if i < len(per_input) and per_input[i] is not None else []
+            entries.append({key: _attempt(grids[k] if k < len(grids) else None,
+                                          f"task {tid} test[{i}] {key}")
+                            for k, key in enumerate(ATTEMPT_KEYS)})
+        submission[tid] = entries
+    return submission
+
+
+def validate_submission(submission: object, challenges: Mapping[str, int]) -> list[str]:
+    """Every problem Kaggle would reject (empty list: fine). `challenges`: task id -> test count."""
+    if not isinstance(submission, dict):
+        got = _tasks.json_kind(submission)
+        return [f"top level: expected an object keyed by task id, got {got}"]
+    problems = [f"task {tid}: missing" for tid in challenges if tid not in submission]
+    problems += [f"task {tid}: not in the challenges (Kaggle rejects unknown task ids)"
+                 for tid in submission if tid not in challenges]
+    for tid, count in challenges.items():
+        if tid not in submission:
+            continue
+        entries = submission[tid]
+        if not isinstance(entries, list):
+            problems.append(f"task {tid}: expected a list of {count} test entries, "
+                            f"got {_tasks.json_kind(entries)}")
+            continue
+        if len(entries) != count:
+            problems.append(f"task {tid}: {len(entries)} test entries, expected {count}")
+        for i, entry in enumerate(entries):
+            where = f"task {tid} test[{i}]"
+            if not isinstance(entry, dict):
+                problems.append(f"{where}: expected an object with attempt_1 and attempt_2, "
+                                f"got {_tasks.json_kind(entry)}")
+                continue
+            for key in ATTEMPT_KEYS:
+                if key not in entry:
+                    problems.append(f"{where}: missing {key}")
+                    continue
+                try:
+                    _tasks.validate_grid(entry[key])
+                except InputError as err:
+                    problems.append(f"{where} {key}: {err.detail}")
+    return problems
+
+
+def challenge_counts(tasks: Mapping[str, Task]) -> dict[str, int]:
+    """Task id -> number of test inputs, in the given order."""
+    return {tid: task.n_test for tid, task in tasks.items()}

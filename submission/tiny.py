@@ -1,0 +1,38 @@
+"""A tiny random causal LM with a format's reduced-vocabulary tokenizer, built locally.
+
+For tests and CPU dry-runs only: the weights are random, so its answers are noise until trained.
+Nothing is downloaded. The architecture (Qwen3, like NVARC's base) is one vLLM and unsloth serve.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .formats import build_tokenizer, reduced_vocab
+
+
+def make_tiny_model(out_dir: str | Path, format_name: str = "qwen-chat", *, seed: int = 0,
+                    hidden_size: int = 64, layers: int = 2, heads: int = 2, kv_heads: int = 1,
+                    max_positions: int = 8192) -> Path:
+    """Write a random Qwen3 causal LM and its tokenizer to `out_dir`; returns the path."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(format_name, out)
+    vocab, _ = reduced_vocab(format_name)
+    cfg = Qwen3Config(
+        vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=32, max_position_embeddings=max_positions, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32", rope_theta=10000.0)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(cfg)
+    model.save_pretrained(str(out))
+    (out / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}))
+    (out / "arc_format.json").write_text(json.dumps({"format": format_name, "tiny_random": True}))
+    return out

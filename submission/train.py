@@ -1,0 +1,163 @@
+"""The one LoRA training loop, shared by every model loader (transformers+peft here, unsloth on GPU).
+
+A `LoRATrainer` wraps a peft model whose adapter state right after `get_peft_model` is kept: every
+task starts from it (`reset`), trains on its own samples until its planned steps or its deadline, and
+saves a PEFT adapter directory vLLM loads. The loss is summed over target tokens and divided by the
+number of targets of the whole optimizer step (the `num_items_in_batch` contract both transformers and
+unsloth honour), so gradient accumulation equals one big batch. This module loads no model itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import TTTConfig
+from .ttt_data import TrainSample
+
+IGNORE = -100
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps taken
+    planned_steps: int
+    samples: int
+    final_loss: float | None  # mean target-token loss of the last step
+    first_loss: float | None
+    seconds: float
+    stopped_by_deadline: bool
+
+
+def planned_steps(n_samples: int, cfg: TTTConfig) -> int:
+    """Optimizer steps for `n_samples` under the config (epochs, batch, accumulation, cap)."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = math.ceil(n_samples * cfg.epochs / per_step) if n_samples else 0
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+class LoRATrainer:
+    """Trains one task's adapter at a time on a peft model, resetting to the initial adapter between tasks."""
+
+    def __init__(self, model: Any, cfg: TTTConfig, *, pad_id: int, backend: str,
+                 scaler: Any = None) -> None:
+        from peft import get_peft_model_state_dict
+
+        self.model, self.cfg, self.pad_id, self.backend = model, cfg, pad_id, backend
+        self.scaler = scaler  # torch GradScaler for fp16 (T4); None otherwise
+        self.device = next(p.device for p in model.parameters())
+        self._init = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+    def reset(self) -> None:
+        """Restore the adapter to its state right after creation (same Parameter objects)."""
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, self._init)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise RuntimeError(f"adapter reset left unexpected keys: {unexpected[:3]}")
+
+    def train(self, samples: list[TrainSample], rng: np.random.Generator, *,
+              deadline: float | None = None, progress: Any = None) -> TrainResult:
+        """Train on `samples` for the planned steps, stopping early at `deadline` (time.monotonic)."""
+        import torch
+
+        cfg, start = self.cfg, time.monotonic()
+        steps_total = planned_steps(len(samples), cfg)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        warm = max(1, round(cfg.warmup_fraction * steps_total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (steps_total - s) / max(1, steps_total - warm))))
+        order = self._order(len(samples), steps_total, rng)
+        self.model.train()
+        first = last = None
+        step, stopped = 0, False
+        per_step = cfg.batch_size * cfg.grad_accum
+        for step in range(steps_total):
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = True
+                break
+            chunk = [samples[i] for i in order[step * per_step:(step + 1) * per_step]]
+            last = self._step(chunk, params, opt)
+            sched.step()
+            first = last if first is None else first
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{last:.3f}", refresh=False)
+        else:
+            step = steps_total
+        self.model.eval()
+        return TrainResult(step, steps_total, len(samples), last, first,
+                           time.monotonic() - start, stopped)
+
+    def _order(self, n: int, steps: int, rng: np.random.Generator) -> list[int]:
+        need = steps * self.cfg.batch_size * self.cfg.grad_accum
+        order: list[int] = []
+        while len(order) < need and n:
+            order.extend(int(i) for i in rng.permutation(n))
+        return order[:need]
+
+    def _step(self, chunk: list[TrainSample], params: list, opt: Any) -> float:
+        import torch
+
+        micro = [chunk[i:i + self.cfg.batch_size] for i in range(0, len(chunk), self.cfg.batch_size)]
+        batches = [self._collate(m) for m in micro]
+        n_items = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        n_items_t = torch.tensor(max(n_items, 1), device=self.device)
+        total = 0.0
+        for b in batches:
+            out = self.model(**b, num_items_in_batch=n_items_t)
+            loss = out.loss
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            total += float(loss.detach())
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return total
+
+    def _collate(self, samples: list[TrainSample]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(s.ids) for s in samples)
+        ids = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+        attn = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, s in enumerate(samples):
+            t = torch.tensor(s.ids, dtype=torch.long)
+            ids[row, :len(t)] = t
+            attn[row, :len(t)] = 1
+            labels[row, :len(t)] = torch.where(torch.tensor(s.mask), t, IGNORE)
+        return {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device),
+                "labels": labels.to(self.device)}
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the current adapter as a PEFT directory, atomically (temp dir, then rename)."""
+        out = Path(out_dir)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        return out
+
+    def load_adapter_weights(self, adapter_dir: str | Path) -> None:
+        """Put a saved adapter's weights into the live model (forward-pass re-scoring)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.model, state)
