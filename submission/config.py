@@ -29,6 +29,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TTTConfig:
+    enabled: bool = True  # False samples the base model only (ablation / no-TTT baseline)
     backend: str = "auto"  # auto: unsloth when a GPU and unsloth are present, else transformers+peft
     load_in_4bit: bool = True  # unsloth 4-bit base (ARChitects): frees memory for the sampler on the same L4
     r: int = 64  # LoRA rank; MIT used 128, NVARC 256 (rsLoRA); 64 keeps vLLM's max_lora_rank cheap

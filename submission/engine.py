@@ -32,9 +32,9 @@ class Engine:
         self._next_id += 1
         return Adapter(name=f"{name}-{self._next_id}", int_id=self._next_id, path=str(path))
 
-    def scorer(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> Sampler:
+    def scorer(self, choice: str, prompt: list[int], answer: list[int],
+               adapter: Adapter | None) -> Sampler:
         """The re-scoring backend; on first use under `auto`, vLLM must match the forward pass."""
-        choice = self.cfg.selection.rescore_backend
         if self.sampler is self.forward or choice == "forward":
             return self.forward
         if choice == "auto" and not self._rescore_checked:
@@ -68,7 +68,7 @@ def build_engine(model_path: str | Path, cfg: Config) -> Engine:
         model, tokenizer, info = load_peft(model_path, cfg)
     fmt = get_format(cfg.model.format, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fmt.eos_id
-    trainer = LoRATrainer(model, cfg.ttt, pad_id=pad_id, backend=trainer_backend, scaler=scaler)
+    trainer = LoRATrainer(model, pad_id=pad_id, backend=trainer_backend, scaler=scaler)
     forward = HFSampler(trainer, stop_ids=fmt.stop_token_ids, pad_id=pad_id)
     sampler_backend = choose_sampler_backend(cfg.sampling.backend)
     sampler: Sampler = forward

@@ -26,7 +26,7 @@ from .engine import Engine, build_engine
 from .grids import Task, grid_to_list
 from .rescore import rescore
 from .sample import GenRequest, answer_budget, build_views, collect_samples
-from .select import POLICIES, Sample, pool, rank, select_two, to_record
+from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
 from .submit import build_submission, write_json_atomic
 from .tasks import load_tasks_lenient, read_json_object
 from .ttt_data import build_ttt_data
@@ -45,6 +45,7 @@ class Run:
     def __init__(self, challenges: str | Path, out: str | Path, workdir: str | Path, cfg: Config,
                  *, limit: int | None = None, all_policies: bool = False) -> None:
         self.cfg, self.out, self.workdir = cfg, Path(out), Path(workdir)
+        self.cfg_json = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists
         self.all_policies = all_policies
         (self.workdir / "tasks").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.workdir / "config.json", cfg.to_dict())
@@ -72,13 +73,13 @@ class Run:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return rec if rec.get("config") == self.cfg.to_dict() else None
+        return rec if rec.get("config") == self.cfg_json else None
 
     def write_submission(self) -> None:
         write_json_atomic(self.out, build_submission(self.counts, self.answers))
 
     def finish_task(self, task: Task, record: dict[str, Any]) -> None:
-        record["config"] = self.cfg.to_dict()
+        record["config"] = self.cfg_json
         write_json_atomic(self.workdir / "tasks" / f"{task.id}.json", record)
         self.records[task.id] = record
         self.answers[task.id] = record["attempts"]
@@ -120,13 +121,15 @@ def run(challenges: str | Path, model: str | Path, out: str | Path, workdir: str
 
 def process_chunk(engine: Engine, state: Run, chunk: Sequence[Task], deadline: float,
                   *, remaining: int) -> None:
-    cfg, fmt = engine.cfg, engine.fmt
+    cfg = state.cfg
     records = {t.id: {"timing": {}, "fallbacks": {}} for t in chunk}
     adapters = {}
     for task in chunk:
         rec, t0 = records[task.id], time.monotonic()
         share = max(0.0, deadline - t0) / max(1, remaining) * cfg.budget.ttt_fraction
         ttt_deadline = t0 + min(share, cfg.budget.task_cap_s * cfg.budget.ttt_fraction)
+        if not cfg.ttt.enabled:
+            continue
         try:
             adapters[task.id] = train_task(engine, state, task, rec, ttt_deadline)
         except TTT_ERRORS as exc:
@@ -145,7 +148,7 @@ def process_chunk(engine: Engine, state: Run, chunk: Sequence[Task], deadline: f
 
 
 def train_task(engine: Engine, state: Run, task: Task, rec: dict[str, Any], deadline: float):
-    cfg = engine.cfg
+    cfg = state.cfg
     rng = task_rng(cfg.ttt.seed, task.id, "ttt")
     data = build_ttt_data(task, engine.fmt, rng, max_samples=cfg.ttt.max_samples,
                           max_len=cfg.model.max_seq_len, keep_background=cfg.ttt.keep_background,
@@ -157,7 +160,7 @@ def train_task(engine: Engine, state: Run, task: Task, rec: dict[str, Any], dead
         raise ValueError("no TTT sample fits the token limit")
     engine.trainer.reset()
     with tqdm(desc=f"ttt {task.id}", unit="step", leave=False) as bar:
-        result = engine.trainer.train(data.samples, rng, deadline=deadline, progress=bar)
+        result = engine.trainer.train(data.samples, rng, cfg.ttt, deadline=deadline, progress=bar)
     engine.forward.forget_loaded()
     rec["ttt"] = {k: v for k, v in vars(result).items()}
     if result.stopped_by_deadline:
@@ -169,7 +172,7 @@ def train_task(engine: Engine, state: Run, task: Task, rec: dict[str, Any], dead
 def sample_chunk(engine: Engine, state: Run, chunk: Sequence[Task], adapters: dict,
                  records: dict[str, dict[str, Any]]) -> dict[tuple[str, int], list[Sample]]:
     """All views of every task in the chunk, one batched generate call (plus base-model fallbacks)."""
-    cfg, fmt, s = engine.cfg, engine.fmt, engine.cfg.sampling
+    cfg, fmt, s = state.cfg, engine.fmt, state.cfg.sampling
     views, requests = [], []
     base_views: dict[tuple[str, int], list] = {}
     for task in chunk:
@@ -183,8 +186,8 @@ def sample_chunk(engine: Engine, state: Run, chunk: Sequence[Task], adapters: di
                 state.fallbacks["view_demos_dropped"] += dropped
             base_views[(task.id, i)] = vs[:2]
             adapter = adapters.get(task.id)
-            if adapter is None and not s.base_model_fallback:
-                continue
+            if adapter is None and cfg.ttt.enabled and not s.base_model_fallback:
+                continue  # TTT failed and base-model answers are not wanted: placeholders
             for v in vs:
                 views.append((v, adapter is None))
                 requests.append(GenRequest(v.prompt, adapter, budget))
@@ -224,7 +227,7 @@ def engine_task(chunk: Sequence[Task], task_id: str) -> Task:
 def choose(engine: Engine, state: Run, task: Task, test_index: int, samples: list[Sample],
            adapter, rec: dict[str, Any]) -> list[list[list[int]]]:
     """Pool, re-score the top candidates, select two attempts; fallbacks counted in `rec` and run."""
-    cfg = engine.cfg
+    cfg = state.cfg
     cands = pool(samples)
     top = cands[:cfg.selection.max_rescore]
     policies = POLICIES if state.all_policies else (cfg.selection.policy,)
@@ -232,7 +235,8 @@ def choose(engine: Engine, state: Run, task: Task, test_index: int, samples: lis
     if top and any(p != "vote" for p in policies):
         t = top[0]
         probe = engine.fmt.encode_prompt(list(task.train), task.test_inputs[test_index])
-        scorer = engine.scorer(probe, engine.fmt.encode_answer(t.grid), adapter)
+        scorer = engine.scorer(cfg.selection.rescore_backend, probe,
+                                engine.fmt.encode_answer(t.grid), adapter)
         rescore(task, test_index, top, engine.fmt, scorer, adapter,
                 task_rng(cfg.selection.rescore_augmentations, task.id, f"rescore{test_index}"),
                 n=cfg.selection.rescore_augmentations, max_len=cfg.model.max_seq_len,
@@ -242,10 +246,9 @@ def choose(engine: Engine, state: Run, task: Task, test_index: int, samples: lis
     chosen = by_policy[cfg.selection.policy] if cfg.selection.policy in by_policy else select_two(
         cands, cfg.selection.policy, poe_offset=cfg.selection.poe_offset)
     keyed = {c.key(): c for c in cands}
-    from .select import grid_key
 
     for g in chosen:
-        if keyed[grid_key(g)].from_base:
+        if keyed[grid_key(g)].from_base and cfg.ttt.enabled:
             _count(state, rec, "attempt_from_base_model")
     for _ in range(2 - len(chosen)):
         _count(state, rec, "attempt_placeholder")

@@ -14,7 +14,7 @@ from .formats import build_tokenizer, reduced_vocab
 
 def make_tiny_model(out_dir: str | Path, format_name: str = "qwen-chat", *, seed: int = 0,
                     hidden_size: int = 64, layers: int = 2, heads: int = 2, kv_heads: int = 1,
-                    max_positions: int = 8192) -> Path:
+                    max_positions: int = 8192, head_std: float = 0.5) -> Path:
     """Write a random Qwen3 causal LM and its tokenizer to `out_dir`; returns the path."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -29,8 +29,12 @@ def make_tiny_model(out_dir: str | Path, format_name: str = "qwen-chat", *, seed
         head_dim=32, max_position_embeddings=max_positions, tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32", rope_theta=10000.0)
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(cfg)
+        # The default init (std 0.02) caps a 16-token head's logits near +-1, so no LoRA on the
+        # linear layers could make a confident prediction; a wider head keeps the model learnable.
+        torch.nn.init.normal_(model.lm_head.weight, std=head_std)
     model.save_pretrained(str(out))
     (out / "generation_config.json").write_text(json.dumps(
         {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}))

@@ -46,11 +46,10 @@ def planned_steps(n_samples: int, cfg: TTTConfig) -> int:
 class LoRATrainer:
     """Trains one task's adapter at a time on a peft model, resetting to the initial adapter between tasks."""
 
-    def __init__(self, model: Any, cfg: TTTConfig, *, pad_id: int, backend: str,
-                 scaler: Any = None) -> None:
+    def __init__(self, model: Any, *, pad_id: int, backend: str, scaler: Any = None) -> None:
         from peft import get_peft_model_state_dict
 
-        self.model, self.cfg, self.pad_id, self.backend = model, cfg, pad_id, backend
+        self.model, self.pad_id, self.backend = model, pad_id, backend
         self.scaler = scaler  # torch GradScaler for fp16 (T4); None otherwise
         self.device = next(p.device for p in model.parameters())
         self._init = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
@@ -64,29 +63,30 @@ class LoRATrainer:
         if unexpected:
             raise RuntimeError(f"adapter reset left unexpected keys: {unexpected[:3]}")
 
-    def train(self, samples: list[TrainSample], rng: np.random.Generator, *,
+    def train(self, samples: list[TrainSample], rng: np.random.Generator, cfg: TTTConfig, *,
               deadline: float | None = None, progress: Any = None) -> TrainResult:
-        """Train on `samples` for the planned steps, stopping early at `deadline` (time.monotonic)."""
+        """Train on `samples` for the planned steps, stopping early at `deadline` (time.monotonic).
+        The LoRA shape (r, targets) is fixed by the model; `cfg` sets the optimisation."""
         import torch
 
-        cfg, start = self.cfg, time.monotonic()
+        start = time.monotonic()
         steps_total = planned_steps(len(samples), cfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         warm = max(1, round(cfg.warmup_fraction * steps_total))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min((s + 1) / warm, max(0.0, (steps_total - s) / max(1, steps_total - warm))))
-        order = self._order(len(samples), steps_total, rng)
+        per_step = cfg.batch_size * cfg.grad_accum
+        order = _epoch_order(len(samples), steps_total * per_step, rng)
         self.model.train()
         first = last = None
         step, stopped = 0, False
-        per_step = cfg.batch_size * cfg.grad_accum
         for step in range(steps_total):
             if deadline is not None and time.monotonic() > deadline:
                 stopped = True
                 break
             chunk = [samples[i] for i in order[step * per_step:(step + 1) * per_step]]
-            last = self._step(chunk, params, opt)
+            last = self._step(chunk, params, opt, cfg)
             sched.step()
             first = last if first is None else first
             if progress is not None:
@@ -98,17 +98,10 @@ class LoRATrainer:
         return TrainResult(step, steps_total, len(samples), last, first,
                            time.monotonic() - start, stopped)
 
-    def _order(self, n: int, steps: int, rng: np.random.Generator) -> list[int]:
-        need = steps * self.cfg.batch_size * self.cfg.grad_accum
-        order: list[int] = []
-        while len(order) < need and n:
-            order.extend(int(i) for i in rng.permutation(n))
-        return order[:need]
-
-    def _step(self, chunk: list[TrainSample], params: list, opt: Any) -> float:
+    def _step(self, chunk: list[TrainSample], params: list, opt: Any, cfg: TTTConfig) -> float:
         import torch
 
-        micro = [chunk[i:i + self.cfg.batch_size] for i in range(0, len(chunk), self.cfg.batch_size)]
+        micro = [chunk[i:i + cfg.batch_size] for i in range(0, len(chunk), cfg.batch_size)]
         batches = [self._collate(m) for m in micro]
         n_items = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         n_items_t = torch.tensor(max(n_items, 1), device=self.device)
@@ -120,7 +113,7 @@ class LoRATrainer:
             total += float(loss.detach())
         if self.scaler is not None:
             self.scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if self.scaler is not None:
             self.scaler.step(opt)
             self.scaler.update()
@@ -161,3 +154,11 @@ class LoRATrainer:
 
         state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.model, state)
+
+
+def _epoch_order(n: int, need: int, rng: np.random.Generator) -> list[int]:
+    """Sample indices for `need` slots: whole shuffled epochs, the last one cut."""
+    order: list[int] = []
+    while len(order) < need and n:
+        order.extend(int(i) for i in rng.permutation(n))
+    return order[:need]

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny random model and ONE engine (trainer + vLLM) per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from submission.config import Config  # noqa: E402
+
+# CPU-sized settings every engine test shares (the engine's LoRA rank is fixed at build time).
+SMALL = Config().with_overrides([
+    "ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling.n_views=4",
+    "selection.rescore_augmentations=2", "selection.max_rescore=3", "model.max_seq_len=4096",
+    "sampling.max_loras=4"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from submission.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", "qwen-chat", seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model):
+    from submission.engine import build_engine
+
+    return build_engine(tiny_model, SMALL)
