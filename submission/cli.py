@@ -14,6 +14,13 @@ from .errors import SubmissionError
 DEFAULT_DRY_RUN_TASKS = 3
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON or TOML config file (sections: model, ttt, sampling, "
                                     "selection, budget)")
@@ -41,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=["arc-agi-1", "arc-agi-2"])
     p.add_argument("--split", required=True, choices=["training", "evaluation"])
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--limit", type=int, help="first N tasks only")
+    p.add_argument("--limit", type=_positive_int, help="first N tasks only")
 
     p = sub.add_parser("score", help="score a submission.json against a solutions file")
     p.add_argument("--submission", required=True)
@@ -62,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="local model directory (nothing is downloaded)")
     p.add_argument("--out", required=True, help="submission.json path")
     p.add_argument("--workdir", required=True, help="adapters, per-task records, run.json")
-    p.add_argument("--limit", type=int, help="first N tasks only (the rest get placeholders)")
+    p.add_argument("--limit", type=_positive_int,
+                   help="first N tasks only (the rest are left out of the submission)")
     p.add_argument("--selection", choices=["config", "all"], default="config",
                    help="all: also record the attempts of every selection policy")
     _add_config(p)
@@ -70,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dry-run", help="run on a public split and score it")
     p.add_argument("--dataset", default="arc-agi-2", choices=["arc-agi-1", "arc-agi-2"])
     p.add_argument("--split", default="evaluation", choices=["training", "evaluation"])
-    p.add_argument("--limit", type=int, default=DEFAULT_DRY_RUN_TASKS)
+    p.add_argument("--limit", type=_positive_int, default=DEFAULT_DRY_RUN_TASKS)
     p.add_argument("--model", help="model directory; omitted: a tiny UNTRAINED model (pipeline check)")
     p.add_argument("--workdir", default="dry-run")
     p.add_argument("--selection", choices=["config", "all"], default="all",
@@ -85,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except SubmissionError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unreadable or unwritable paths given by the user
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -188,6 +188,7 @@ def _parse_value(raw: str, tp: Any, key: str) -> Any:
 
 
 _CHOICES = {
+    ("model", "format"): ("qwen-chat", "architects"),
     ("model", "dtype"): ("auto", "bfloat16", "float16", "float32"),
     ("ttt", "backend"): ("auto", "unsloth", "peft"),
     ("sampling", "backend"): ("auto", "vllm", "transformers"),
@@ -207,7 +208,7 @@ def _check(cfg: Config) -> None:
         if value not in choices:
             raise ConfigError(f"config {section}.{name}={value!r}: choose one of {', '.join(choices)}")
     for section, name in _POSITIVE:
-        if getattr(getattr(cfg, section), name) <= 0:
+        if not getattr(getattr(cfg, section), name) > 0:  # also rejects NaN
             raise ConfigError(f"config {section}.{name} must be positive")
     if not 0.0 < cfg.sampling.gpu_memory_utilization <= 1.0:
         raise ConfigError("config sampling.gpu_memory_utilization must be in (0, 1]")

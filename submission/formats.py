@@ -95,7 +95,10 @@ class TextFormat(ABC):
 
     def parse(self, ids: Sequence[int]) -> Grid | None:
         """Generated answer ids -> grid, or None if they are not a clean grid."""
-        arr = np.asarray(list(ids), dtype=np.int64)
+        try:
+            arr = np.asarray(list(ids), dtype=np.int64)
+        except (OverflowError, ValueError, TypeError):
+            return None
         stop = np.flatnonzero(arr == self.eos_id)
         if stop.size:
             arr = arr[: stop[0]]
@@ -235,6 +238,7 @@ def build_tokenizer(name: str, out_dir: str | Path | None = None):
 
 
 def _regex_escape(piece: str) -> str:
+    """A regex matching `piece` literally (a row break is written `\\n`, not an escaped newline)."""
     import re
 
-    return re.escape(piece).replace("\n", "\\n")
+    return "\\n" if piece == NL else re.escape(piece)

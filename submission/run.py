@@ -103,8 +103,12 @@ def run(challenges: str | Path, model: str | Path, out: str | Path, workdir: str
     state = Run(challenges, out, workdir, cfg, limit=limit, all_policies=all_policies)
     if not state.pending:
         return state.report(engine.info if engine else {}, time.monotonic() - start)
-    engine = engine or build_engine(model, cfg)
+    if engine is None:
+        t0 = time.monotonic()
+        engine = build_engine(model, cfg)
+        engine.info["load_s"] = time.monotonic() - t0
     engine.fallbacks = state.fallbacks
+    loop_start, compute_start = time.monotonic(), compute_seconds(engine)
     deadline = start + cfg.budget.time_budget_s
     size = cfg.sampling.max_loras
     with tqdm(total=len(state.pending), desc="tasks", unit="task") as bar:
@@ -116,7 +120,17 @@ def run(challenges: str | Path, model: str | Path, out: str | Path, workdir: str
                 continue
             process_chunk(engine, state, chunk, deadline, remaining=len(state.pending) - k)
             bar.update(len(chunk))
+    loop_s, compute_s = time.monotonic() - loop_start, compute_seconds(engine) - compute_start
+    engine.info["compute"] = {"loop_s": loop_s, "compute_s": compute_s,
+                              "host_share": max(0.0, loop_s - compute_s) / loop_s if loop_s else 0.0}
     return state.report(engine.info, time.monotonic() - start)
+
+
+def compute_seconds(engine: Engine) -> float:
+    """Seconds spent in model compute so far (training steps, generate and scoring calls); the rest
+    of the task loop is host work (data, views, parsing, selection, writing)."""
+    samplers = {id(s): s for s in (engine.sampler, engine.forward)}.values()
+    return engine.trainer.compute_s + sum(getattr(s, "compute_s", 0.0) for s in samplers)
 
 
 def process_chunk(engine: Engine, state: Run, chunk: Sequence[Task], deadline: float,

@@ -52,6 +52,7 @@ class LoRATrainer:
         self.model, self.pad_id, self.backend = model, pad_id, backend
         self.scaler = scaler  # torch GradScaler for fp16 (T4); None otherwise
         self.device = next(p.device for p in model.parameters())
+        self.compute_s = 0.0  # seconds inside optimizer steps (forward, backward, update)
         self._init = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
     def reset(self) -> None:
@@ -86,7 +87,9 @@ class LoRATrainer:
                 stopped = True
                 break
             chunk = [samples[i] for i in order[step * per_step:(step + 1) * per_step]]
+            t0 = time.perf_counter()
             last = self._step(chunk, params, opt, cfg)
+            self.compute_s += time.perf_counter() - t0
             sched.step()
             first = last if first is None else first
             if progress is not None:

@@ -195,10 +195,6 @@ def test_bad_solutions_grid(perfect_submission, tmp_path, capsys):
     assert_one_line_error(err, str(bad), "t1", "solutions[0]")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.main only turns SubmissionError into exit 2; export_kaggle -> write_json_atomic "
-    "(submit.py:32 path.parent.mkdir) raises FileExistsError when --out is an existing file, "
-    "which escapes as a traceback"))
 def test_export_to_a_file_path_is_a_clean_error(tmp_path, capsys):
     target = tmp_path / "a_file"
     target.write_text("x")
@@ -208,14 +204,13 @@ def test_export_to_a_file_path_is_a_clean_error(tmp_path, capsys):
     assert_one_line_error(err, str(target))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.cmd_export (cli.py:95 `if args.limit:`) treats --limit 0 as 'no limit' and exports every "
-    "task; negative limits slice from the end"))
-def test_export_limit_zero_does_not_export_everything(tmp_path, capsys):
-    code, _, _ = run_cli(capsys, "export", "--dataset", "arc-agi-2", "--split", "evaluation",
-                         "--out", tmp_path, "--limit", "0")
-    written = json.loads((tmp_path / CH_NAME).read_text()) if code == 0 else {}
-    assert code == 2 or len(written) == 0
+def test_export_limit_zero_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(capsys, "export", "--dataset", "arc-agi-2", "--split", "evaluation",
+                "--out", tmp_path, "--limit", "0")
+    assert exc.value.code == 2
+    assert "--limit: must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / CH_NAME).exists()
 
 
 # --- models and runs -----------------------------------------------------------------------
@@ -273,9 +268,6 @@ def test_missing_config_file_on_run(exported, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "a missing --model directory is not checked: backends/peft_loader.load_peft passes it to "
-    "AutoModelForCausalLM.from_pretrained, whose OSError escapes cli.main as a traceback"))
 def test_run_with_missing_model_dir_is_a_clean_error(exported, tmp_path, capsys):
     _, ch, _, _ = exported
     model = tmp_path / "no_model_here"

@@ -148,7 +148,7 @@ def test_reduced_vocab_sizes(bound):
         assert len(tok) == 16 and len(tok.get_vocab()) == 16
 
 
-# Any sequence of the format's pieces, with no two row breaks in a row (see the xfail below).
+# Any sequence of the format's pieces, with no two row breaks in a row.
 def _piece_sequences():
     return st.lists(st.integers(0, 200), max_size=60)
 
@@ -165,10 +165,6 @@ def test_reduced_tokenizer_round_trips_piece_sequences(bound, seed_ids):
     assert tok.decode(ids) == text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "formats._regex_escape turns '\\n' into the regex \\\\n (a literal backslash + 'n'), so the "
-    "newline is never matched by the Split pre-tokenizer: a run of newlines stays one piece and "
-    "becomes the unk/pad token"))
 @pytest.mark.parametrize("name", FORMAT_NAMES)
 def test_reduced_tokenizer_splits_consecutive_row_breaks(name):
     tok = build_tokenizer(name)
@@ -286,9 +282,6 @@ def test_parse_near_grids(bound, choice):
         assert out.max(initial=0) <= 9
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TextFormat.parse (formats.py:98) converts ids with np.asarray(..., dtype=np.int64), which "
-    "raises OverflowError for ids outside int64 instead of returning None"))
 @pytest.mark.parametrize("name", FORMAT_NAMES)
 def test_parse_never_raises_on_huge_ids(name):
     fmt = get_format(name, build_tokenizer(name))

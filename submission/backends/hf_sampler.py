@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 from ..sample import Adapter, GenRequest, Generation
@@ -24,6 +25,7 @@ class HFSampler:
         self.stop_ids, self.pad_id = list(stop_ids), pad_id
         self._loaded: str | None = None
         self.calls = 0
+        self.compute_s = 0.0  # seconds inside generate and forward calls
 
     def _use(self, adapter: Adapter | None) -> Any:
         if adapter is None:
@@ -41,6 +43,7 @@ class HFSampler:
         import torch
 
         results = []
+        start = time.perf_counter()
         self.model.eval()
         for r in requests:
             ids = torch.tensor([list(r.prompt)], device=self.trainer.device)
@@ -59,16 +62,19 @@ class HFSampler:
                     gens.append((new.tolist(), float(lp)))
             self.calls += 1
             results.append(gens)
+        self.compute_s += time.perf_counter() - start
         return results
 
     def score(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> float:
         import torch
 
+        start = time.perf_counter()
         full = torch.tensor([list(prompt) + list(answer)], device=self.trainer.device)
         self.model.eval()
         os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # unsloth returns empty logits otherwise
         with self._use(adapter), torch.no_grad():
             logits = self.model(input_ids=full).logits[0, len(prompt) - 1:-1].float()
         self.calls += 1
-        lp = logits.log_softmax(-1).gather(1, full[0, len(prompt):, None])
-        return float(lp.sum())
+        lp = float(logits.log_softmax(-1).gather(1, full[0, len(prompt):, None]).sum())
+        self.compute_s += time.perf_counter() - start
+        return lp

@@ -8,6 +8,7 @@ adapter prompts silently get an adapter, so they go in their own `generate` call
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class VLLMSampler:
         self.stop_ids = list(stop_ids)
         self.llm = LLM(**kwargs)
         self.calls = 0
+        self.compute_s = 0.0  # seconds inside LLM.generate
 
     def _lora(self, adapter: Adapter | None) -> Any:
         if adapter is None:
@@ -68,7 +70,9 @@ class VLLMSampler:
                                      max_tokens=requests[i].max_tokens, stop_token_ids=self.stop_ids,
                                      logprobs=0, detokenize=False) for i in group]
             loras = [self._lora(requests[i].adapter) for i in group] if group is with_adapter else None
+            t0 = time.perf_counter()
             outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=True)
+            self.compute_s += time.perf_counter() - t0
             self.calls += 1
             for i, out in zip(group, outs):
                 results[i] = [(list(c.token_ids), float(c.cumulative_logprob or 0.0))
@@ -81,8 +85,10 @@ class VLLMSampler:
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         full = list(prompt) + list(answer)
+        t0 = time.perf_counter()
         out = self.llm.generate([TokensPrompt(prompt_token_ids=full)], params,
                                 lora_request=self._lora(adapter), use_tqdm=False)[0]
+        self.compute_s += time.perf_counter() - t0
         self.calls += 1
         total = 0.0
         for pos in range(len(prompt), len(full)):
