@@ -192,9 +192,9 @@ def sample_chunk(engine: Engine, state: Run, chunk: Sequence[Task], adapters: di
     for task in chunk:
         rng = task_rng(s.seed, task.id, "views")
         for i in range(task.n_test):
-            budget = answer_budget(task, i, fmt)
             vs, dropped = build_views(task, i, fmt, rng, n_views=s.n_views, max_len=cfg.model.max_seq_len,
-                                      answer_tokens=budget, keep_background=s.keep_background,
+                                      answer_tokens=answer_budget(task, i, fmt),
+                                      keep_background=s.keep_background,
                                       shuffle_order=s.shuffle_order)
             if dropped:
                 state.fallbacks["view_demos_dropped"] += dropped
@@ -204,6 +204,7 @@ def sample_chunk(engine: Engine, state: Run, chunk: Sequence[Task], adapters: di
                 continue  # TTT failed and base-model answers are not wanted: placeholders
             for v in vs:
                 views.append((v, adapter is None))
+                budget = max_tokens(v, fmt, cfg.model.max_seq_len)
                 requests.append(GenRequest(v.prompt, adapter, budget))
                 if s.n_samples:
                     views.append((v, adapter is None))
@@ -217,8 +218,7 @@ def sample_chunk(engine: Engine, state: Run, chunk: Sequence[Task], adapters: di
     # Base-model answers where the adapter produced fewer than two distinct grids (own call: vLLM bug).
     need = [key for key, smp in out.items() if len(pool(smp)) < 2 and s.base_model_fallback
             and key[0] in adapters]
-    base_req = [(v, GenRequest(v.prompt, None, answer_budget(engine_task(chunk, v.task_id),
-                                                             v.test_index, fmt)))
+    base_req = [(v, GenRequest(v.prompt, None, max_tokens(v, fmt, cfg.model.max_seq_len)))
                 for key in need for v in base_views[key]]
     if base_req:
         gens = engine.sampler.generate([r for _, r in base_req])
@@ -234,8 +234,9 @@ def sample_chunk(engine: Engine, state: Run, chunk: Sequence[Task], adapters: di
     return out
 
 
-def engine_task(chunk: Sequence[Task], task_id: str) -> Task:
-    return next(t for t in chunk if t.id == task_id)
+def max_tokens(view, fmt, max_len: int) -> int:
+    """Room for the largest possible answer (30x30), within the context length."""
+    return max(1, min(fmt.max_answer_tokens(), max_len - len(view.prompt)))
 
 
 def choose(engine: Engine, state: Run, task: Task, test_index: int, samples: list[Sample],

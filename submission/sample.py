@@ -80,13 +80,15 @@ def build_views(task: Task, test_index: int, fmt: TextFormat, rng: np.random.Gen
 
 
 def answer_budget(task: Task, test_index: int, fmt: TextFormat) -> int:
-    """max_tokens for an answer: the largest grid the task could need (30x30 is always allowed when
-    demos grow outputs, else the largest demo output or input side, with a margin)."""
-    sides = [g.shape for p in task.train for g in (p.input, p.output)]
-    sides.append(task.test_inputs[test_index].shape)
-    h = min(30, 2 * max(s[0] for s in sides))
-    w = min(30, 2 * max(s[1] for s in sides))
-    side = max(h, w)  # dihedral views may transpose
+    """max_tokens for an answer: the largest grid the demos suggest (their largest output, or the
+    test input scaled by the demos' largest output/input ratio, e.g. 3x for tilings), plus a margin,
+    square because views may transpose, capped at 30x30."""
+    test = task.test_inputs[test_index].shape
+    side = max(max(p.output.shape) for p in task.train)
+    for p in task.train:
+        ratio = max(p.output.shape[0] / p.input.shape[0], p.output.shape[1] / p.input.shape[1])
+        side = max(side, int(np.ceil(max(test) * ratio)))
+    side = min(30, side + 2)
     return fmt.max_answer_tokens(side, side)
 
 
