@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="submission.json path")
     p.add_argument("--workdir", required=True, help="adapters, per-task records, run.json")
     p.add_argument("--limit", type=_positive_int,
-                   help="first N tasks only (the rest are left out of the submission)")
+                   help="first N tasks only (the rest get placeholder answers)")
     p.add_argument("--selection", choices=["config", "all"], default="config",
                    help="all: also record the attempts of every selection policy")
     _add_config(p)
@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="dry-run")
     p.add_argument("--selection", choices=["config", "all"], default="all",
                    help="all: score every selection policy side by side from one candidate pool")
+    _add_config(p)
+
+    p = sub.add_parser("kaggle", help="the Kaggle notebook's entry: find inputs, run, write submission.json")
+    p.add_argument("--input-root", default="/kaggle/input")
+    p.add_argument("--working", default="/kaggle/working")
+    p.add_argument("--model", help="model directory (default: found under --input-root)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", default=None,
+                      help="full run (default only when KAGGLE_IS_COMPETITION_RERUN is set)")
+    mode.add_argument("--smoke", dest="full", action="store_false", help="short smoke run")
+    p.add_argument("--smoke-tasks", type=_positive_int, default=3)
+    p.add_argument("--workers", type=_positive_int, help="worker processes (default: one per GPU)")
     _add_config(p)
     return ap
 
@@ -167,8 +179,24 @@ def cmd_dry_run(args) -> int:
     return 0
 
 
+def cmd_kaggle(args) -> int:
+    from .kaggle import kaggle_config, resolve
+    from .run import run
+
+    setup = resolve(input_root=args.input_root, working=args.working, model=args.model,
+                    full=args.full, smoke_tasks=args.smoke_tasks, workers=args.workers)
+    cfg = kaggle_config(_config(args), setup, budget_s=args.time_budget)
+    print(f"{'FULL' if setup.full else 'SMOKE'} run: {setup.challenges} with {setup.model}, "
+          f"{cfg.budget.workers} worker(s), budget {cfg.budget.time_budget_s:.0f} s", file=sys.stderr)
+    report = run(setup.challenges, setup.model, setup.out, setup.workdir, cfg, limit=setup.limit)
+    print(json.dumps({"submission": str(setup.out), "full": setup.full, "tasks": report["tasks"],
+                      "fallbacks": report["fallbacks"], "seconds": round(report["seconds"], 1)}))
+    return 0
+
+
 COMMANDS = {"export": cmd_export, "score": cmd_score, "validate": cmd_validate,
-            "tiny-model": cmd_tiny_model, "run": cmd_run, "dry-run": cmd_dry_run}
+            "tiny-model": cmd_tiny_model, "run": cmd_run, "dry-run": cmd_dry_run,
+            "kaggle": cmd_kaggle}
 
 
 def entry() -> None:

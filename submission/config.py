@@ -80,9 +80,12 @@ class SelectionConfig:
 @dataclass(frozen=True)
 class BudgetConfig:
     time_budget_s: float = 12 * 3600 - 45 * 60  # Kaggle's 12 h minus margin for start-up and writing
-    workers: int = 1  # one process per GPU (4 on 4 x L4)
-    task_cap_s: float = 1800.0  # a task past this is killed and falls back
-    ttt_fraction: float = 0.75  # share of a task's time given to training; sampling gets the rest
+    workers: int = 1  # worker processes, one per GPU (4 on 4 x L4); 0 runs in this process
+    task_cap_s: float = 1800.0  # hard cap per task: its worker is killed, the task re-queued once
+    max_scale: float = 1.0  # >1 lets spare time buy more TTT samples and views than configured
+    prior_train_tokens_per_s: float = 2500.0  # L4, 4B 4-bit: 128 samples of ~2.5k tokens in ~2 min
+    prior_sample_tokens_per_s: float = 3000.0  # L4: 16 views of ~2.9k tokens in ~15 s
+    prior_score_tokens_per_s: float = 9000.0  # prefill only, prefix-cached: 64 prompts in ~20 s
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,9 @@ _CHOICES = {
 _POSITIVE = {("ttt", "r"), ("ttt", "lora_alpha"), ("ttt", "learning_rate"), ("ttt", "epochs"),
              ("ttt", "max_samples"), ("ttt", "batch_size"), ("ttt", "grad_accum"),
              ("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "max_num_seqs"),
-             ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "workers"),
-             ("budget", "task_cap_s"), ("selection", "rescore_augmentations")}
+             ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "max_scale"),
+             ("budget", "task_cap_s"), ("budget", "prior_train_tokens_per_s"),
+             ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"), ("selection", "rescore_augmentations")}
 
 
 def _check(cfg: Config) -> None:
@@ -212,8 +216,8 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"config {section}.{name} must be positive")
     if not 0.0 < cfg.sampling.gpu_memory_utilization <= 1.0:
         raise ConfigError("config sampling.gpu_memory_utilization must be in (0, 1]")
-    if not 0.0 < cfg.budget.ttt_fraction < 1.0:
-        raise ConfigError("config budget.ttt_fraction must be in (0, 1)")
+    if cfg.budget.workers < 0:
+        raise ConfigError("config budget.workers must be >= 0")
     if cfg.sampling.n_samples < 0 or cfg.ttt.max_steps < 0:
         raise ConfigError("config sampling.n_samples and ttt.max_steps must be >= 0")
     bad = [m for m in cfg.ttt.target_modules if m in ("lm_head", "embed_tokens")]

@@ -52,6 +52,19 @@ class Engine:
         return self.sampler
 
 
+def check_model_dir(model_path: str | Path | None) -> Path:
+    """A local model directory with a config.json (InputError otherwise; nothing is downloaded)."""
+    from .errors import InputError
+
+    if model_path is None:
+        raise InputError("no model directory given (--model)")
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a model directory (no config.json); models are loaded "
+                         "from local paths only", file=str(path))
+    return path
+
+
 def build_engine(model_path: str | Path, cfg: Config) -> Engine:
     """Load the trainer and sampler for `model_path` under `cfg` (vLLM after the trainer)."""
     from .backends.hf_sampler import HFSampler

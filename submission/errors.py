@@ -34,3 +34,7 @@ class BackendUnavailable(SubmissionError):
 
 class BudgetExceeded(SubmissionError):
     """A stage ran past its deadline; the caller falls back to what it has."""
+
+
+class AdapterError(SubmissionError):
+    """A saved LoRA adapter is missing or unreadable; the task falls back to base-model answers."""

@@ -34,6 +34,7 @@ class TrainResult:
     first_loss: float | None
     seconds: float
     stopped_by_deadline: bool
+    tokens: int = 0  # tokens of the samples trained on (for throughput)
 
 
 def planned_steps(n_samples: int, cfg: TTTConfig) -> int:
@@ -81,12 +82,13 @@ class LoRATrainer:
         order = _epoch_order(len(samples), steps_total * per_step, rng)
         self.model.train()
         first = last = None
-        step, stopped = 0, False
+        step, stopped, tokens = 0, False, 0
         for step in range(steps_total):
             if deadline is not None and time.monotonic() > deadline:
                 stopped = True
                 break
             chunk = [samples[i] for i in order[step * per_step:(step + 1) * per_step]]
+            tokens += sum(len(c.ids) for c in chunk)
             t0 = time.perf_counter()
             last = self._step(chunk, params, opt, cfg)
             self.compute_s += time.perf_counter() - t0
@@ -99,7 +101,7 @@ class LoRATrainer:
             step = steps_total
         self.model.eval()
         return TrainResult(step, steps_total, len(samples), last, first,
-                           time.monotonic() - start, stopped)
+                           time.monotonic() - start, stopped, tokens)
 
     def _step(self, chunk: list[TrainSample], params: list, opt: Any, cfg: TTTConfig) -> float:
         import torch

@@ -145,7 +145,7 @@ def test_bad_overrides_raise(item, needle):
     ("ttt.r=0", "ttt.r"),
     ("ttt.learning_rate=-1e-4", "ttt.learning_rate"),
     ("sampling.n_views=0", "sampling.n_views"),
-    ("budget.workers=0", "budget.workers"),
+    ("budget.workers=-1", "budget.workers"),
     ("sampling.gpu_memory_utilization=1.5", "gpu_memory_utilization"),
     ("sampling.gpu_memory_utilization=0", "gpu_memory_utilization"),
     ("budget.ttt_fraction=1.0", "ttt_fraction"),

@@ -1,0 +1,103 @@
+"""Time budget: a cost model per task, throughput calibrated on finished tasks, and per-task plans.
+
+Cost units are tokens: TTT costs (samples x epochs x tokens per sample) at the training rate; sampling
+costs (views x test inputs x (prompt + answer) tokens) at the sampling rate; re-scoring costs
+(candidates x augmentations x prompt tokens) at the scoring rate. Rates start from priors (an L4 with
+a 4B model) and follow the measured ones. Each plan gives the task its share of the worker-seconds
+left, scaled down (fewer TTT samples and views, never below floors) when the time is short.
+This module only computes numbers; it neither runs nor kills anything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import Config
+from .grids import Task
+
+MIN_SAMPLES = 8  # below this TTT barely moves the adapter; skip-by-deadline is the next step down
+MIN_VIEWS = 4
+ANSWER_GUESS = 1.0  # expected answer tokens as a multiple of the test input's cells (+ row breaks)
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    max_samples: int
+    n_views: int
+    ttt_s: float  # training time allowed
+    expected_s: float  # whole task at this plan
+    cap_s: float  # hard cap: past it the worker is killed and the task re-queued or given fallbacks
+
+
+@dataclass(frozen=True)
+class TaskCost:
+    sample_tokens: float  # tokens of one TTT sample (all demos)
+    view_tokens: float  # prompt + expected answer tokens of one view, averaged over test inputs
+    n_test: int
+
+    @classmethod
+    def of(cls, task: Task) -> "TaskCost":
+        def cells(g) -> int:
+            return g.shape[0] * (g.shape[1] + 1)
+
+        demo = sum(cells(p.input) + cells(p.output) + 8 for p in task.train)
+        view = sum(demo + cells(t) * (1 + ANSWER_GUESS) + 8 for t in task.test_inputs)
+        return cls(float(demo), view / task.n_test, task.n_test)
+
+
+class Planner:
+    """Plans tasks against one global deadline shared by `workers` parallel workers."""
+
+    def __init__(self, cfg: Config, *, start: float, workers: int) -> None:
+        self.cfg, self.workers = cfg, max(1, workers)
+        self.deadline = start + cfg.budget.time_budget_s
+        b = cfg.budget
+        self.rates = {"train": b.prior_train_tokens_per_s, "sample": b.prior_sample_tokens_per_s,
+                      "score": b.prior_score_tokens_per_s}
+        self.observed = 0
+
+    def full_seconds(self, cost: TaskCost, scale: float = 1.0) -> tuple[float, float]:
+        """(TTT seconds, total seconds) of one task at `scale` of the configured samples and views."""
+        t, s, sel = self.cfg.ttt, self.cfg.sampling, self.cfg.selection
+        samples = max(MIN_SAMPLES, t.max_samples * scale)
+        views = max(MIN_VIEWS, s.n_views * scale)
+        ttt = samples * t.epochs * cost.sample_tokens / self.rates["train"]
+        per_input = cost.n_test * cost.view_tokens
+        samp = views * (1 + s.n_samples) * per_input / self.rates["sample"]
+        score = sel.max_rescore * sel.rescore_augmentations * per_input / self.rates["score"]
+        return ttt, ttt + samp + score
+
+    def scale(self, now: float, remaining: list[TaskCost]) -> float:
+        """Fraction of the configured work every remaining task can get (<= budget.max_scale)."""
+        left = max(0.0, self.deadline - now) * self.workers
+        demand = sum(self.full_seconds(c)[1] for c in remaining)
+        if demand <= 0:
+            return self.cfg.budget.max_scale
+        return min(self.cfg.budget.max_scale, left / demand)
+
+    def plan(self, cost: TaskCost, now: float, remaining: list[TaskCost]) -> TaskPlan:
+        """The plan of one task, given every task not yet finished (this one included)."""
+        scale = self.scale(now, remaining)
+        t, s, b = self.cfg.ttt, self.cfg.sampling, self.cfg.budget
+        ttt_s, total_s = self.full_seconds(cost, scale)
+        samples = max(MIN_SAMPLES, min(math.ceil(t.max_samples * scale), 4 * t.max_samples))
+        views = max(MIN_VIEWS, min(round(s.n_views * scale), 4 * s.n_views))
+        # Until the rates are measured the estimates can be far off: never cut a task below its
+        # fair share of the time left, and never let it take more than twice that.
+        fair = max(0.0, self.deadline - now) * self.workers / max(1, len(remaining))
+        cap = min(b.task_cap_s, max(60.0, 3.0 * total_s, 2.0 * fair))
+        return TaskPlan(max_samples=samples, n_views=views, ttt_s=max(1.5 * ttt_s, 0.5 * fair),
+                        expected_s=total_s, cap_s=cap)
+
+    def observe(self, cost: TaskCost, *, ttt_s: float, train_tokens: float, sample_s: float,
+                views: int, rescore_s: float, rescored: int) -> None:
+        """Update the rates from one finished task (exponential average, new weight 0.3); `views`
+        counts generate requests over all test inputs, `rescored` scoring calls."""
+        pairs = (("train", train_tokens, ttt_s), ("sample", views * cost.view_tokens, sample_s),
+                 ("score", rescored * cost.view_tokens, rescore_s))
+        for key, tokens, seconds in pairs:
+            if tokens > 0 and seconds > 0.05:
+                rate = tokens / seconds
+                self.rates[key] = rate if self.observed == 0 else 0.7 * self.rates[key] + 0.3 * rate
+        self.observed += 1

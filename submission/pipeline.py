@@ -1,0 +1,227 @@
+"""One chunk of tasks through the stages: TTT per task (one adapter each) -> one batched
+multi-LoRA generate call for all their views -> parse + invert -> pool -> re-score -> two attempts.
+
+Each task gets a `TaskPlan` (samples, views, TTT time) from budget.py. A stage that fails for one
+task is counted and falls back (base-model answers, then placeholders); the other tasks go on.
+Results go to a `Sink` (the run in this process, or a worker's pipe to the supervisor). This module
+neither schedules nor writes submission.json.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .budget import TaskPlan
+from .config import Config
+from .engine import Engine
+from .errors import AdapterError, SubmissionError
+from .faults import inject
+from .grids import Task, grid_to_list
+from .rescore import rescore
+from .sample import GenRequest, answer_budget, build_views, collect_samples
+from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
+from .ttt_data import build_ttt_data
+
+TTT_ERRORS = (RuntimeError, OSError, ValueError, SubmissionError)  # torch OOM is a RuntimeError
+
+
+class Sink(Protocol):
+    cfg: Config
+    workdir: Path
+    all_policies: bool
+    fallbacks: Counter
+    faults: list[dict[str, Any]]
+
+    def finish_task(self, task: Task, record: dict[str, Any]) -> None: ...
+
+
+def task_rng(seed: int, task_id: str, stage: str) -> np.random.Generator:
+    """An explicit, reproducible stream per (seed, task, stage), independent of processing order."""
+    return np.random.default_rng([seed, zlib.crc32(task_id.encode()), zlib.crc32(stage.encode())])
+
+
+def planned_config(cfg: Config, plan: TaskPlan) -> Config:
+    """The config of one task under its plan (TTT samples and views scaled by the budget)."""
+    return replace(cfg, ttt=replace(cfg.ttt, max_samples=plan.max_samples),
+                   sampling=replace(cfg.sampling, n_views=plan.n_views))
+
+
+def check_adapter(path: str | Path) -> None:
+    """A saved adapter must have a readable config and weights before vLLM is given it."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        json.loads((path / "adapter_config.json").read_text())
+        with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f:
+            keys = list(f.keys())
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise AdapterError(f"adapter {path} is unreadable: {exc}") from exc
+    if not keys:
+        raise AdapterError(f"adapter {path} has no weights")
+
+
+def process_chunk(engine: Engine, state: Sink, chunk: Sequence[Task],
+                  plans: dict[str, TaskPlan]) -> None:
+    """Every stage for the tasks of `chunk`; each finished task goes to `state.finish_task`."""
+    cfgs = {t.id: planned_config(state.cfg, plans[t.id]) for t in chunk}
+    records = {t.id: {"timing": {}, "fallbacks": {}, "plan": vars(plans[t.id]).copy()} for t in chunk}
+    adapters = {}
+    for task in chunk:
+        rec, t0 = records[task.id], time.monotonic()
+        if not state.cfg.ttt.enabled:
+            continue
+        try:
+            adapters[task.id] = train_task(engine, state, cfgs[task.id], task, rec,
+                                           t0 + plans[task.id].ttt_s)
+        except TTT_ERRORS as exc:
+            _count(state, rec, "ttt_failed")
+            state.faults.append({"task": task.id, "stage": "ttt", "error": repr(exc)})
+        rec["timing"]["ttt_s"] = time.monotonic() - t0
+    samples = sample_chunk(engine, state, chunk, cfgs, adapters, records)
+    for task in chunk:
+        t0, rec = time.monotonic(), records[task.id]
+        rec["attempts"] = [choose(engine, state, task, i, samples[(task.id, i)],
+                                  adapters.get(task.id), rec) for i in range(task.n_test)]
+        rec["timing"]["select_s"] = time.monotonic() - t0
+        state.finish_task(task, rec)
+
+
+def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[str, Any],
+               deadline: float):
+    """TTT data, reset, train, save and check the adapter; returns its vLLM handle."""
+    inject(task.id, "ttt", state.workdir)
+    rng = task_rng(cfg.ttt.seed, task.id, "ttt")
+    data = build_ttt_data(task, engine.fmt, rng, max_samples=cfg.ttt.max_samples,
+                          max_len=cfg.model.max_seq_len, keep_background=cfg.ttt.keep_background,
+                          skip_first_output=cfg.ttt.skip_first_output)
+    rec["ttt_data"] = data.stats()
+    if data.too_long:
+        state.fallbacks["ttt_samples_too_long"] += data.too_long
+    if not data.samples:
+        raise ValueError("no TTT sample fits the token limit")
+    engine.trainer.reset()
+    with tqdm(desc=f"ttt {task.id}", unit="step", leave=False) as bar:
+        result = engine.trainer.train(data.samples, rng, cfg.ttt, deadline=deadline, progress=bar)
+    engine.forward.forget_loaded()
+    rec["ttt"] = {k: v for k, v in vars(result).items()}
+    if result.stopped_by_deadline:
+        state.fallbacks["ttt_cut_by_deadline"] += 1
+    path = engine.trainer.save(state.workdir / "adapters" / task.id)
+    inject(task.id, "saved", state.workdir, path)
+    check_adapter(path)
+    return engine.new_adapter(task.id, path)
+
+
+def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[str, Config],
+                 adapters: dict, records: dict[str, dict[str, Any]]
+                 ) -> dict[tuple[str, int], list[Sample]]:
+    """All views of every task in the chunk, one batched generate call (plus base-model fallbacks)."""
+    cfg, fmt = state.cfg, engine.fmt
+    views, requests = [], []
+    base_views: dict[tuple[str, int], list] = {}
+    for task in chunk:
+        s = cfgs[task.id].sampling
+        rng = task_rng(s.seed, task.id, "views")
+        for i in range(task.n_test):
+            vs, dropped = build_views(task, i, fmt, rng, n_views=s.n_views, max_len=cfg.model.max_seq_len,
+                                      answer_tokens=answer_budget(task, i, fmt),
+                                      keep_background=s.keep_background,
+                                      shuffle_order=s.shuffle_order)
+            if dropped:
+                state.fallbacks["view_demos_dropped"] += dropped
+            base_views[(task.id, i)] = vs[:2]
+            adapter = adapters.get(task.id)
+            if adapter is None and cfg.ttt.enabled and not s.base_model_fallback:
+                continue  # TTT failed and base-model answers are not wanted: placeholders
+            for v in vs:
+                views.append((v, adapter is None))
+                budget = max_tokens(v, fmt, cfg.model.max_seq_len)
+                requests.append(GenRequest(v.prompt, adapter, budget))
+                if s.n_samples:
+                    views.append((v, adapter is None))
+                    requests.append(GenRequest(v.prompt, adapter, budget, n=s.n_samples,
+                                               temperature=s.temperature))
+    t0 = time.monotonic()
+    gens = engine.sampler.generate(requests) if requests else []
+    out: dict[tuple[str, int], list[Sample]] = {key: [] for key in base_views}
+    for (v, from_base), g in zip(views, gens):
+        out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=from_base))
+    # Base-model answers where the adapter produced fewer than two distinct grids (own call: vLLM bug).
+    need = [key for key, smp in out.items() if len(pool(smp)) < 2
+            and cfg.sampling.base_model_fallback and key[0] in adapters]
+    base_req = [(v, GenRequest(v.prompt, None, max_tokens(v, fmt, cfg.model.max_seq_len)))
+                for key in need for v in base_views[key]]
+    if base_req:
+        gens = engine.sampler.generate([r for _, r in base_req])
+        for (v, _), g in zip(base_req, gens):
+            out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=True))
+        state.fallbacks["base_model_sampled_inputs"] += len(need)
+    elapsed, total = time.monotonic() - t0, max(1, len(requests) + len(base_req))
+    for task in chunk:
+        mine = sum(1 for v, _ in views if v.task_id == task.id) + sum(
+            1 for v, _ in base_req if v.task_id == task.id)
+        records[task.id]["timing"]["sample_s"] = elapsed * mine / total
+        records[task.id]["views"] = mine
+    return out
+
+
+def max_tokens(view, fmt, max_len: int) -> int:
+    """Room for the largest possible answer (30x30), within the context length."""
+    return max(1, min(fmt.max_answer_tokens(), max_len - len(view.prompt)))
+
+
+def choose(engine: Engine, state: Sink, task: Task, test_index: int, samples: list[Sample],
+           adapter, rec: dict[str, Any]) -> list[list[list[int]]]:
+    """Pool, re-score the top candidates, select two attempts; fallbacks counted in `rec` and run."""
+    cfg = state.cfg
+    cands = pool(samples)
+    top = cands[:cfg.selection.max_rescore]
+    policies = POLICIES if state.all_policies else (cfg.selection.policy,)
+    t0 = time.monotonic()
+    if top and any(p != "vote" for p in policies):
+        t = top[0]
+        probe = engine.fmt.encode_prompt(list(task.train), task.test_inputs[test_index])
+        scorer = engine.scorer(cfg.selection.rescore_backend, probe,
+                                engine.fmt.encode_answer(t.grid), adapter)
+        rescore(task, test_index, top, engine.fmt, scorer, adapter,
+                task_rng(cfg.selection.rescore_augmentations, task.id, f"rescore{test_index}"),
+                n=cfg.selection.rescore_augmentations, max_len=cfg.model.max_seq_len,
+                keep_background=cfg.sampling.keep_background)
+    rec["timing"]["rescore_s"] = rec["timing"].get("rescore_s", 0.0) + time.monotonic() - t0
+    by_policy = {p: select_two(cands, p, poe_offset=cfg.selection.poe_offset) for p in policies}
+    chosen = by_policy[cfg.selection.policy] if cfg.selection.policy in by_policy else select_two(
+        cands, cfg.selection.policy, poe_offset=cfg.selection.poe_offset)
+    keyed = {c.key(): c for c in cands}
+
+    for g in chosen:
+        if keyed[grid_key(g)].from_base and cfg.ttt.enabled:
+            _count(state, rec, "attempt_from_base_model")
+    for _ in range(2 - len(chosen)):
+        _count(state, rec, "attempt_placeholder")
+    entry = {"test_index": test_index, "samples": len(samples),
+             "unparsed": sum(1 for s in samples if s.grid is None),
+             "candidates": [to_record(c) for c in rank(cands, cfg.selection.policy,
+                                                       poe_offset=cfg.selection.poe_offset)[:8]]}
+    if state.all_policies:
+        entry["attempts_by_policy"] = {p: [grid_to_list(g) for g in a] for p, a in by_policy.items()}
+    rec.setdefault("tests", []).append(entry)
+    return [grid_to_list(g) for g in chosen]
+
+
+def _count(state: Sink, rec: dict[str, Any], name: str) -> None:
+    state.fallbacks[name] += 1
+    rec["fallbacks"][name] = rec["fallbacks"].get(name, 0) + 1
+
+
