@@ -18,6 +18,8 @@ from .grids import Task
 
 MIN_SAMPLES = 8  # below this TTT barely moves the adapter; skip-by-deadline is the next step down
 MIN_VIEWS = 4
+MIN_RESCORE = 2
+CAP_FLOOR_S = 120.0  # no task is killed sooner (first-call warm-ups, tiny tasks)
 ANSWER_GUESS = 1.0  # expected answer tokens as a multiple of the test input's cells (+ row breaks)
 
 
@@ -25,8 +27,10 @@ ANSWER_GUESS = 1.0  # expected answer tokens as a multiple of the test input's c
 class TaskPlan:
     max_samples: int
     n_views: int
-    ttt_s: float  # training time allowed
+    max_rescore: int
+    ttt_s: float  # training time allowed (training stops itself there)
     expected_s: float  # whole task at this plan
+    sample_s: float  # expected sampling + re-scoring time at this plan
     cap_s: float  # hard cap: past it the worker is killed and the task re-queued or given fallbacks
 
 
@@ -58,37 +62,55 @@ class Planner:
         self.observed = 0
 
     def full_seconds(self, cost: TaskCost, scale: float = 1.0) -> tuple[float, float]:
-        """(TTT seconds, total seconds) of one task at `scale` of the configured samples and views."""
-        t, s, sel = self.cfg.ttt, self.cfg.sampling, self.cfg.selection
-        samples = max(MIN_SAMPLES, t.max_samples * scale)
-        views = max(MIN_VIEWS, s.n_views * scale)
+        """(TTT seconds, total seconds) of one task at `scale` of the configured work."""
+        t, s = self.cfg.ttt, self.cfg.sampling
+        samples, views, rescore = self.amounts(scale)
         ttt = samples * t.epochs * cost.sample_tokens / self.rates["train"]
         per_input = cost.n_test * cost.view_tokens
         samp = views * (1 + s.n_samples) * per_input / self.rates["sample"]
-        score = sel.max_rescore * sel.rescore_augmentations * per_input / self.rates["score"]
+        score = rescore * self.cfg.selection.rescore_augmentations * per_input / self.rates["score"]
         return ttt, ttt + samp + score
 
+    def amounts(self, scale: float) -> tuple[int, int, int]:
+        """(TTT samples, views, candidates re-scored) at `scale`, within floors and 4x the config."""
+        t, s, sel = self.cfg.ttt, self.cfg.sampling, self.cfg.selection
+        samples = max(MIN_SAMPLES, min(math.ceil(t.max_samples * scale), 4 * t.max_samples))
+        views = max(MIN_VIEWS, min(round(s.n_views * scale), 4 * s.n_views))
+        rescore = max(MIN_RESCORE, min(round(sel.max_rescore * scale), sel.max_rescore))
+        return samples, views, rescore
+
     def scale(self, now: float, remaining: list[TaskCost]) -> float:
-        """Fraction of the configured work every remaining task can get (<= budget.max_scale)."""
+        """The largest scale (<= budget.max_scale) at which every remaining task fits the
+        worker-seconds left (bisection; the cost is monotone in the scale)."""
         left = max(0.0, self.deadline - now) * self.workers
-        demand = sum(self.full_seconds(c)[1] for c in remaining)
-        if demand <= 0:
-            return self.cfg.budget.max_scale
-        return min(self.cfg.budget.max_scale, left / demand)
+
+        def demand(x: float) -> float:
+            return sum(self.full_seconds(c, x)[1] for c in remaining)
+
+        hi = self.cfg.budget.max_scale
+        if demand(hi) <= left:
+            return hi
+        lo = 0.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if demand(mid) <= left else (lo, mid)
+        return lo
 
     def plan(self, cost: TaskCost, now: float, remaining: list[TaskCost]) -> TaskPlan:
         """The plan of one task, given every task not yet finished (this one included)."""
         scale = self.scale(now, remaining)
-        t, s, b = self.cfg.ttt, self.cfg.sampling, self.cfg.budget
+        b = self.cfg.budget
         ttt_s, total_s = self.full_seconds(cost, scale)
-        samples = max(MIN_SAMPLES, min(math.ceil(t.max_samples * scale), 4 * t.max_samples))
-        views = max(MIN_VIEWS, min(round(s.n_views * scale), 4 * s.n_views))
-        # Until the rates are measured the estimates can be far off: never cut a task below its
-        # fair share of the time left, and never let it take more than twice that.
+        samples, views, rescore = self.amounts(scale)
+        # The cap catches hangs: 6x the estimate leaves room for priors that are off by that much
+        # before the rates are measured, and for slow tasks. Training may run past its estimate up to half the task's
+        # fair share of the time left (never past 60% of the cap, so sampling still fits).
         fair = max(0.0, self.deadline - now) * self.workers / max(1, len(remaining))
-        cap = min(b.task_cap_s, max(60.0, 3.0 * total_s, 2.0 * fair))
-        return TaskPlan(max_samples=samples, n_views=views, ttt_s=max(1.5 * ttt_s, 0.5 * fair),
-                        expected_s=total_s, cap_s=cap)
+        cap = min(b.task_cap_s, max(CAP_FLOOR_S, 6.0 * total_s))
+        ttt_allowed = min(max(1.5 * ttt_s, 0.5 * fair), 0.6 * cap,
+                          0.5 * max(0.0, self.deadline - now))
+        return TaskPlan(max_samples=samples, n_views=views, max_rescore=rescore, ttt_s=ttt_allowed,
+                        expected_s=total_s, sample_s=total_s - ttt_s, cap_s=cap)
 
     def observe(self, cost: TaskCost, *, ttt_s: float, train_tokens: float, sample_s: float,
                 views: int, rescore_s: float, rescored: int) -> None:

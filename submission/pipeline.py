@@ -27,6 +27,7 @@ from .errors import AdapterError, SubmissionError
 from .faults import inject
 from .grids import Task, grid_to_list
 from .rescore import rescore
+from .submit import write_json_atomic
 from .sample import GenRequest, answer_budget, build_views, collect_samples
 from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
 from .ttt_data import build_ttt_data
@@ -41,6 +42,9 @@ class Sink(Protocol):
     fallbacks: Counter
     faults: list[dict[str, Any]]
 
+    def progress(self, stage: str, task_id: str | None) -> None:
+        """Heartbeat: `stage` ('ttt' of a task, 'sample' of the chunk) starts now."""
+
     def finish_task(self, task: Task, record: dict[str, Any]) -> None: ...
 
 
@@ -52,7 +56,8 @@ def task_rng(seed: int, task_id: str, stage: str) -> np.random.Generator:
 def planned_config(cfg: Config, plan: TaskPlan) -> Config:
     """The config of one task under its plan (TTT samples and views scaled by the budget)."""
     return replace(cfg, ttt=replace(cfg.ttt, max_samples=plan.max_samples),
-                   sampling=replace(cfg.sampling, n_views=plan.n_views))
+                   sampling=replace(cfg.sampling, n_views=plan.n_views),
+                   selection=replace(cfg.selection, max_rescore=plan.max_rescore))
 
 
 def check_adapter(path: str | Path) -> None:
@@ -82,6 +87,7 @@ def process_chunk(engine: Engine, state: Sink, chunk: Sequence[Task],
         rec, t0 = records[task.id], time.monotonic()
         if not state.cfg.ttt.enabled:
             continue
+        state.progress("ttt", task.id)
         try:
             adapters[task.id] = train_task(engine, state, cfgs[task.id], task, rec,
                                            t0 + plans[task.id].ttt_s)
@@ -89,10 +95,11 @@ def process_chunk(engine: Engine, state: Sink, chunk: Sequence[Task],
             _count(state, rec, "ttt_failed")
             state.faults.append({"task": task.id, "stage": "ttt", "error": repr(exc)})
         rec["timing"]["ttt_s"] = time.monotonic() - t0
+    state.progress("sample", None)
     samples = sample_chunk(engine, state, chunk, cfgs, adapters, records)
     for task in chunk:
         t0, rec = time.monotonic(), records[task.id]
-        rec["attempts"] = [choose(engine, state, task, i, samples[(task.id, i)],
+        rec["attempts"] = [choose(engine, state, cfgs[task.id], task, i, samples[(task.id, i)],
                                   adapters.get(task.id), rec) for i in range(task.n_test)]
         rec["timing"]["select_s"] = time.monotonic() - t0
         state.finish_task(task, rec)
@@ -100,7 +107,14 @@ def process_chunk(engine: Engine, state: Sink, chunk: Sequence[Task],
 
 def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[str, Any],
                deadline: float):
-    """TTT data, reset, train, save and check the adapter; returns its vLLM handle."""
+    """TTT data, reset, train, save and check the adapter; returns its vLLM handle. An adapter this
+    run already finished for the task (its chunk was killed later) is reused, not retrained."""
+    out = state.workdir / "adapters" / task.id
+    reused = _finished_adapter(out, state.cfg)
+    if reused is not None:
+        rec.update(reused, ttt_reused=True)
+        state.fallbacks["ttt_adapter_reused"] += 1
+        return engine.new_adapter(task.id, out)
     inject(task.id, "ttt", state.workdir)
     rng = task_rng(cfg.ttt.seed, task.id, "ttt")
     data = build_ttt_data(task, engine.fmt, rng, max_samples=cfg.ttt.max_samples,
@@ -118,10 +132,34 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
     rec["ttt"] = {k: v for k, v in vars(result).items()}
     if result.stopped_by_deadline:
         state.fallbacks["ttt_cut_by_deadline"] += 1
-    path = engine.trainer.save(state.workdir / "adapters" / task.id)
+    path = engine.trainer.save(out)
     inject(task.id, "saved", state.workdir, path)
     check_adapter(path)
+    write_json_atomic(path / DONE, {"config": _ttt_identity(state.cfg), "ttt": rec["ttt"],
+                                    "ttt_data": rec["ttt_data"]})
     return engine.new_adapter(task.id, path)
+
+
+DONE = "ttt_done.json"  # written last: the adapter is complete and checked
+
+
+def _ttt_identity(cfg: Config) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps({"model": cfg.model.__dict__, "ttt": cfg.ttt.__dict__}))
+
+
+def _finished_adapter(path: Path, cfg: Config) -> dict[str, Any] | None:
+    import json
+
+    try:
+        done = json.loads((path / DONE).read_text())
+        check_adapter(path)
+    except (OSError, ValueError, AdapterError):
+        return None
+    if done.get("config") != _ttt_identity(cfg):
+        return None
+    return {"ttt": done["ttt"], "ttt_data": done["ttt_data"]}
 
 
 def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[str, Config],
@@ -182,10 +220,9 @@ def max_tokens(view, fmt, max_len: int) -> int:
     return max(1, min(fmt.max_answer_tokens(), max_len - len(view.prompt)))
 
 
-def choose(engine: Engine, state: Sink, task: Task, test_index: int, samples: list[Sample],
+def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int, samples: list[Sample],
            adapter, rec: dict[str, Any]) -> list[list[list[int]]]:
     """Pool, re-score the top candidates, select two attempts; fallbacks counted in `rec` and run."""
-    cfg = state.cfg
     cands = pool(samples)
     top = cands[:cfg.selection.max_rescore]
     policies = POLICIES if state.all_policies else (cfg.selection.policy,)

@@ -70,6 +70,9 @@ class Run:
     def write_submission(self) -> None:
         write_json_atomic(self.out, build_submission(self.counts, self.answers))
 
+    def progress(self, stage: str, task_id: str | None) -> None:
+        """In-process runs have no supervisor to tell."""
+
     def finish_task(self, task: Task, record: dict[str, Any]) -> None:
         """Store a finished task's record (resume point), then rewrite submission.json."""
         write_task_record(self.workdir, task.id, record, self.cfg_json)

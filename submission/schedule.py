@@ -15,6 +15,8 @@ from .budget import Planner, TaskCost, TaskPlan
 from .grids import Task
 
 MAX_ATTEMPTS = 2  # first try plus one re-queue
+STAGE_SLACK_S = 90.0  # data building, adapter saving, first-call warm-up on top of a stage's time
+SAMPLE_SLACK = 6.0  # sampling may take this many times its estimate before it counts as hung
 
 
 @dataclass
@@ -23,8 +25,13 @@ class Assignment:
     tasks: list[str]
     plans: dict[str, TaskPlan]
     started: float
-    cap_at: float  # absolute time after which the worker is killed
+    cap_at: float  # absolute time after which the worker is killed, whatever the stage
+    stage_until: float = float("inf")  # deadline of the stage in progress (heartbeats move it)
+    stage: str = ""
     done: set[str] = field(default_factory=set)
+
+    def kill_at(self) -> float:
+        return min(self.cap_at, self.stage_until)
 
 
 class Scheduler:
@@ -47,14 +54,36 @@ class Scheduler:
         if not self.queue or now >= self.planner.deadline:
             return None
         remaining = self._remaining_costs()
-        ids = [self.queue.popleft() for _ in range(min(self.chunk_size, len(self.queue)))]
-        plans = {i: self.planner.plan(self.costs[i], now, remaining) for i in ids}
+        left = self.planner.deadline - now
+        ids, plans, expected = [], {}, 0.0
+        # A chunk is lost whole if the budget ends mid-way: near the end, chunks shrink to what
+        # fits in 80% of the time left (at least one task).
+        while self.queue and len(ids) < self.chunk_size:
+            plan = self.planner.plan(self.costs[self.queue[0]], now, remaining)
+            if ids and expected + plan.expected_s > 0.8 * left:
+                break
+            ids.append(self.queue.popleft())
+            plans[ids[-1]] = plan
+            expected += plan.expected_s
         for i in ids:
             self.attempts[i] += 1
         cap = min(sum(p.cap_s for p in plans.values()), self.planner.cfg.budget.task_cap_s * len(ids))
         a = Assignment(worker, ids, plans, now, now + cap)
         self.active[worker] = a
+        self.progress(worker, "ttt", ids[0], now)
         return a
+
+    def progress(self, worker: int, stage: str, task_id: str | None, now: float) -> None:
+        """A worker's heartbeat: it starts `stage` ('ttt' of one task, or 'sample' of its chunk);
+        the stage gets its planned time plus slack before the worker counts as hung."""
+        a = self.active.get(worker)
+        if a is None:
+            return
+        if stage == "ttt" and task_id in a.plans:
+            allowed = a.plans[task_id].ttt_s * 1.25 + STAGE_SLACK_S
+        else:
+            allowed = SAMPLE_SLACK * sum(a.plans[t].sample_s for t in a.tasks) + STAGE_SLACK_S
+        a.stage, a.stage_until = f"{stage} {task_id or ''}".strip(), now + allowed
 
     def task_done(self, worker: int, task_id: str) -> None:
         a = self.active.get(worker)
@@ -81,7 +110,7 @@ class Scheduler:
         return gave_up
 
     def overdue(self, now: float) -> list[int]:
-        return [w for w, a in self.active.items() if now > a.cap_at]
+        return [w for w, a in self.active.items() if now > a.kill_at()]
 
     def complete(self) -> bool:
         return not self.queue and not self.active

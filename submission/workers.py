@@ -103,7 +103,9 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         now = time.monotonic()
         for wid in sched.overdue(now):
             if wid in handles:
-                kill(handles[wid], f"chunk past its cap of {sched.active[wid].cap_at - sched.active[wid].started:.0f} s")
+                a = sched.active[wid]
+                kill(handles[wid], f"stage '{a.stage}' past its deadline ({now - a.started:.0f} s "
+                                   f"into its chunk)")
         for h in list(handles.values()):
             if not h.proc.is_alive() and not h.outbox.poll():
                 kill(h, f"worker died (exit code {h.proc.exitcode})")
@@ -150,6 +152,8 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
         sched.task_done(h.wid, task_id)
         observe(planner, sched, record, task_id)
         info["bar"].update(1)
+    elif kind == "progress":
+        sched.progress(h.wid, msg[1], msg[2], time.monotonic())
     elif kind == "chunk_error":
         state.faults.append({"tasks": msg[1], "stage": "chunk", "error": msg[2], "worker": h.wid})
     elif kind == "chunk_done":
@@ -181,6 +185,9 @@ class WorkerSink:
         self.cfg_json = json.loads(json.dumps(cfg.to_dict()))
         self.fallbacks: Counter = Counter()
         self.faults: list[dict[str, Any]] = []
+
+    def progress(self, stage: str, task_id: str | None) -> None:
+        self.outbox.send(("progress", stage, task_id))
 
     def finish_task(self, task, record: dict[str, Any]) -> None:
         from .run import write_task_record

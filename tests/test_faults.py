@@ -68,7 +68,7 @@ def test_worker_faults_end_in_a_valid_submission(tmp_path, tiny_model):
     assert done == set(ids), (done, report["faults"])  # killed and hung tasks finished on retry
     killed = report["backends"]["killed"]
     assert any("died" in k["reason"] or "pipe closed" in k["reason"] for k in killed), killed
-    assert any("past its cap" in k["reason"] for k in killed), killed
+    assert any("past its deadline" in k["reason"] for k in killed), killed
     stages = {(f.get("task"), f["stage"]) for f in report["faults"]}
     assert ("badtask6", "load") in stages and ("raise002", "ttt") in stages
     assert ("corrupt4", "ttt") in stages
