@@ -59,7 +59,7 @@ class Planner:
         b = cfg.budget
         self.rates = {"train": b.prior_train_tokens_per_s, "sample": b.prior_sample_tokens_per_s,
                       "score": b.prior_score_tokens_per_s}
-        self.observed = 0
+        self.measured: set[str] = set()  # rates measured at least once
 
     def full_seconds(self, cost: TaskCost, scale: float = 1.0) -> tuple[float, float]:
         """(TTT seconds, total seconds) of one task at `scale` of the configured work."""
@@ -120,6 +120,6 @@ class Planner:
                  ("score", rescored * cost.view_tokens, rescore_s))
         for key, tokens, seconds in pairs:
             if tokens > 0 and seconds > 0.05:
-                rate = tokens / seconds
-                self.rates[key] = rate if self.observed == 0 else 0.7 * self.rates[key] + 0.3 * rate
-        self.observed += 1
+                rate = tokens / seconds  # the first measurement of a rate replaces its prior
+                self.rates[key] = 0.7 * self.rates[key] + 0.3 * rate if key in self.measured else rate
+                self.measured.add(key)

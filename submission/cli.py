@@ -38,6 +38,12 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, sets)
 
 
+def _explicit_keys(args: argparse.Namespace) -> frozenset[str]:
+    from .config import explicit_keys
+
+    return explicit_keys(args.config, args.set)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m submission",
                                  description="ARC test-time-training kernel: per-task LoRA TTT, "
@@ -83,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="dry-run")
     p.add_argument("--selection", choices=["config", "all"], default="all",
                    help="all: score every selection policy side by side from one candidate pool")
+    _add_config(p)
+
+    p = sub.add_parser("shrink-vocab", help="keep only the format's tokens in a model's vocabulary")
+    p.add_argument("--model", required=True)
+    p.add_argument("--format", default="qwen-chat", choices=["qwen-chat", "architects"])
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("finetune", help="initial fine-tune of a base model on ARC tasks (then merged)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default="arc-agi-2:training",
+                   help="comma-separated dataset:split items and folders of task JSON files")
+    p.add_argument("--out", required=True, help="checkpoints/, model/ (merged), finetune.json")
+    p.add_argument("--samples-per-task", type=_positive_int, help="finetune.samples_per_task")
+    p.add_argument("--allow-eval", action="store_true", help="allow training on evaluation splits")
+    p.add_argument("--drop-overlaps", action="store_true",
+                   help="leave out training tasks that overlap the evaluation sets")
     _add_config(p)
 
     p = sub.add_parser("kaggle", help="the Kaggle notebook's entry: find inputs, run, write submission.json")
@@ -179,13 +201,32 @@ def cmd_dry_run(args) -> int:
     return 0
 
 
+def cmd_shrink_vocab(args) -> int:
+    from .vocab import shrink_vocab
+
+    report = shrink_vocab(args.model, args.format, args.out)
+    print(json.dumps(report))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .finetune import finetune
+
+    if args.samples_per_task:
+        args.set.append(f"finetune.samples_per_task={args.samples_per_task}")
+    report = finetune(args.model, args.data, args.out, _config(args), allow_eval=args.allow_eval,
+                      drop_overlaps=args.drop_overlaps, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(report))
+    return 0
+
+
 def cmd_kaggle(args) -> int:
     from .kaggle import kaggle_config, resolve
     from .run import run
 
     setup = resolve(input_root=args.input_root, working=args.working, model=args.model,
                     full=args.full, smoke_tasks=args.smoke_tasks, workers=args.workers)
-    cfg = kaggle_config(_config(args), setup, budget_s=args.time_budget)
+    cfg = kaggle_config(_config(args), setup, budget_s=args.time_budget, explicit=_explicit_keys(args))
     print(f"{'FULL' if setup.full else 'SMOKE'} run: {setup.challenges} with {setup.model}, "
           f"{cfg.budget.workers} worker(s), budget {cfg.budget.time_budget_s:.0f} s", file=sys.stderr)
     report = run(setup.challenges, setup.model, setup.out, setup.workdir, cfg, limit=setup.limit)
@@ -196,7 +237,7 @@ def cmd_kaggle(args) -> int:
 
 COMMANDS = {"export": cmd_export, "score": cmd_score, "validate": cmd_validate,
             "tiny-model": cmd_tiny_model, "run": cmd_run, "dry-run": cmd_dry_run,
-            "kaggle": cmd_kaggle}
+            "kaggle": cmd_kaggle, "shrink-vocab": cmd_shrink_vocab, "finetune": cmd_finetune}
 
 
 def entry() -> None:

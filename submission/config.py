@@ -53,6 +53,24 @@ class TTTConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig(TTTConfig):
+    """The initial fine-tune over many tasks (finetune command): same loop and loaders as TTT."""
+
+    load_in_4bit: bool = False  # a base model is worth 16-bit training where memory allows
+    r: int = 64  # ARChitects trained their base LoRA at r=64-256 over all tasks
+    lora_alpha: int = 64
+    use_rslora: bool = False
+    learning_rate: float = 1e-4
+    warmup_fraction: float = 0.05
+    grad_accum: int = 16  # effective batch 16: steadier over thousands of different tasks
+    max_samples: int = 0  # unused here: samples come from samples_per_task
+    samples_per_task: int = 8  # augmented copies of every task (D8 x colours x demo order)
+    modules_to_save: tuple[str, ...] = ()  # trained in full, e.g. embed_tokens,lm_head (then merged)
+    checkpoint_every: int = 200  # optimizer steps between resumable checkpoints
+    keep_checkpoints: int = 2  # older checkpoints are deleted
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     backend: str = "auto"  # auto: vLLM when importable, else the transformers sampler (T4, no vLLM)
     n_views: int = 16  # ARChitects/NVARC: 16 views (8 dihedral x 2 colour perms), demo order shuffled
@@ -92,6 +110,7 @@ class BudgetConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -125,18 +144,30 @@ class Config:
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Config from a JSON or TOML file (None: defaults), then `--set` overrides."""
-    cfg = Config()
-    if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text()
-            data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"config file {p}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p}: top level must be an object")
-        cfg = Config.from_dict(data)
+    cfg = Config() if path is None else Config.from_dict(read_config_file(path))
     return cfg.with_overrides(overrides)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw nested dict of a JSON or TOML config file (ConfigError if unreadable)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config file {p}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: top level must be an object")
+    return data
+
+
+def explicit_keys(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> frozenset[str]:
+    """The `section.field` keys a user set, in the config file or as overrides."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if path is not None:
+        keys |= {f"{sec}.{k}" for sec, fields in read_config_file(path).items()
+                 if isinstance(fields, dict) for k in fields}
+    return frozenset(keys)
 
 
 def _section_hints(section: str) -> dict[str, Any]:
@@ -194,6 +225,7 @@ _CHOICES = {
     ("model", "format"): ("qwen-chat", "architects"),
     ("model", "dtype"): ("auto", "bfloat16", "float16", "float32"),
     ("ttt", "backend"): ("auto", "unsloth", "peft"),
+    ("finetune", "backend"): ("auto", "unsloth", "peft"),
     ("sampling", "backend"): ("auto", "vllm", "transformers"),
     ("selection", "policy"): ("vote", "poe", "count-nll"),
     ("selection", "rescore_backend"): ("auto", "vllm", "forward"),
@@ -220,6 +252,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError("config budget.workers must be >= 0")
     if cfg.sampling.n_samples < 0 or cfg.ttt.max_steps < 0:
         raise ConfigError("config sampling.n_samples and ttt.max_steps must be >= 0")
-    bad = [m for m in cfg.ttt.target_modules if m in ("lm_head", "embed_tokens")]
+    for section in ("ttt", "finetune"):
+        bad = [m for m in getattr(cfg, section).target_modules if m in ("lm_head", "embed_tokens")]
+        if bad:
+            raise ConfigError(f"config {section}.target_modules: {bad} cannot be served by vLLM as "
+                              "LoRA; use linear layers (finetune.modules_to_save trains them fully)")
+    bad = [m for m in cfg.finetune.modules_to_save if m not in ("lm_head", "embed_tokens")]
     if bad:
-        raise ConfigError(f"config ttt.target_modules: {bad} cannot be served by vLLM; use linear layers")
+        raise ConfigError(f"config finetune.modules_to_save: {bad}; only embed_tokens and lm_head")
+    if cfg.finetune.samples_per_task < 1 or cfg.finetune.checkpoint_every < 1:
+        raise ConfigError("config finetune.samples_per_task and checkpoint_every must be >= 1")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import choose_sampler_backend, choose_trainer_backend, resolve_dtype
-from .config import Config
+from .config import Config, TTTConfig
 from .formats import TextFormat, get_format
 from .sample import Adapter, Sampler
 from .train import LoRATrainer
@@ -65,24 +65,31 @@ def check_model_dir(model_path: str | Path | None) -> Path:
     return path
 
 
+def load_trainer(model_path: str | Path, cfg: Config, section: TTTConfig | None = None
+                 ) -> tuple[LoRATrainer, Any, dict[str, Any]]:
+    """(trainer, tokenizer, info) with the LoRA of `section` (default cfg.ttt) on unsloth or peft."""
+    t = section or cfg.ttt
+    backend = choose_trainer_backend(t.backend)
+    scaler = None
+    if backend == "unsloth":
+        from .backends.unsloth_loader import load_unsloth
+
+        model, tokenizer, info, scaler = load_unsloth(model_path, cfg, t)
+    else:
+        from .backends.peft_loader import load_peft
+
+        model, tokenizer, info = load_peft(model_path, cfg, t)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return LoRATrainer(model, pad_id=pad_id, backend=backend, scaler=scaler), tokenizer, info
+
+
 def build_engine(model_path: str | Path, cfg: Config) -> Engine:
     """Load the trainer and sampler for `model_path` under `cfg` (vLLM after the trainer)."""
     from .backends.hf_sampler import HFSampler
 
-    trainer_backend = choose_trainer_backend(cfg.ttt.backend)
-    scaler = None
-    if trainer_backend == "unsloth":
-        from .backends.unsloth_loader import load_unsloth
-
-        model, tokenizer, info, scaler = load_unsloth(model_path, cfg)
-    else:
-        from .backends.peft_loader import load_peft
-
-        model, tokenizer, info = load_peft(model_path, cfg)
+    trainer, tokenizer, info = load_trainer(model_path, cfg)
     fmt = get_format(cfg.model.format, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fmt.eos_id
-    trainer = LoRATrainer(model, pad_id=pad_id, backend=trainer_backend, scaler=scaler)
-    forward = HFSampler(trainer, stop_ids=fmt.stop_token_ids, pad_id=pad_id)
+    forward = HFSampler(trainer, stop_ids=fmt.stop_token_ids, pad_id=trainer.pad_id)
     sampler_backend = choose_sampler_backend(cfg.sampling.backend)
     sampler: Sampler = forward
     if sampler_backend == "vllm":

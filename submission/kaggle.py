@@ -74,14 +74,15 @@ def resolve(*, input_root: str | Path = INPUT_ROOT, working: str | Path = WORKIN
                        workers=workers if workers is not None else max(1, gpu_count()))
 
 
-def kaggle_config(cfg: Config, setup: KaggleSetup, *, budget_s: float | None = None) -> Config:
-    """The config with Kaggle's budget and worker count (explicit --set values are kept)."""
+def kaggle_config(cfg: Config, setup: KaggleSetup, *, budget_s: float | None = None,
+                  explicit: frozenset[str] = frozenset()) -> Config:
+    """The config with Kaggle's budget and one worker per GPU, except for the `section.field` keys
+    the user set explicitly (`explicit`, from --set and the config file)."""
     from dataclasses import replace
 
-    default = Config().budget
     budget = cfg.budget
-    if budget.time_budget_s == default.time_budget_s or budget_s is not None:
-        budget = replace(budget, time_budget_s=budget_s or 12 * 3600 - SAFETY_MARGIN_S)
-    if budget.workers == default.workers:
+    if budget_s is not None or "budget.time_budget_s" not in explicit:
+        budget = replace(budget, time_budget_s=float(budget_s or 12 * 3600 - SAFETY_MARGIN_S))
+    if "budget.workers" not in explicit:
         budget = replace(budget, workers=setup.workers)
     return replace(cfg, budget=budget)

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,15 @@ class LoRATrainer:
             raise RuntimeError(f"adapter reset left unexpected keys: {unexpected[:3]}")
 
     def train(self, samples: list[TrainSample], rng: np.random.Generator, cfg: TTTConfig, *,
-              deadline: float | None = None, progress: Any = None) -> TrainResult:
+              deadline: float | None = None, progress: Any = None,
+              resume: dict[str, Any] | None = None,
+              checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+              checkpoint_every: int = 0) -> TrainResult:
         """Train on `samples` for the planned steps, stopping early at `deadline` (time.monotonic).
-        The LoRA shape (r, targets) is fixed by the model; `cfg` sets the optimisation."""
+        The LoRA shape (r, targets) is fixed by the model; `cfg` sets the optimisation. With
+        `checkpoint`, every `checkpoint_every` steps it is called with (steps done, optimizer and
+        scheduler state); `resume` is such a state (plus "step") to continue from. The sample order
+        comes from `rng` alone, so a resumed run sees the same order as an uninterrupted one."""
         import torch
 
         start = time.monotonic()
@@ -80,10 +87,15 @@ class LoRATrainer:
             opt, lambda s: min((s + 1) / warm, max(0.0, (steps_total - s) / max(1, steps_total - warm))))
         per_step = cfg.batch_size * cfg.grad_accum
         order = _epoch_order(len(samples), steps_total * per_step, rng)
+        begin = 0
+        if resume is not None:
+            opt.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+            begin = int(resume["step"])
         self.model.train()
         first = last = None
-        step, stopped, tokens = 0, False, 0
-        for step in range(steps_total):
+        step, stopped, tokens = begin, False, 0
+        for step in range(begin, steps_total):
             if deadline is not None and time.monotonic() > deadline:
                 stopped = True
                 break
@@ -94,6 +106,8 @@ class LoRATrainer:
             self.compute_s += time.perf_counter() - t0
             sched.step()
             first = last if first is None else first
+            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                checkpoint(step + 1, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last:.3f}", refresh=False)

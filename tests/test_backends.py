@@ -72,9 +72,9 @@ def test_unsloth_path_feeds_the_shared_loop(monkeypatch, tiny_model):
 
     calls = []
 
-    def fake_load_unsloth(path, cfg):
+    def fake_load_unsloth(path, cfg, section=None):
         calls.append(path)
-        model, tok, info = peft_loader.load_peft(path, cfg)
+        model, tok, info = peft_loader.load_peft(path, cfg, section)
         return model, tok, dict(info, trainer_backend="unsloth"), None
 
     monkeypatch.setattr(backends, "installed", lambda m: True)

@@ -12,7 +12,7 @@ from submission.config import (LINEAR_MODULES, Config, ModelConfig, SelectionCon
                                load_config)
 from submission.errors import ConfigError
 
-SECTIONS = ("model", "ttt", "sampling", "selection", "budget")
+SECTIONS = ("model", "ttt", "finetune", "sampling", "selection", "budget")
 
 
 def test_defaults_build():
@@ -253,3 +253,12 @@ def test_config_is_frozen():
     assert cfg.ttt.r == TTTConfig().r
     assert isinstance(cfg.model, ModelConfig)
     hash(cfg)  # frozen dataclasses of hashable fields are hashable
+
+
+def test_explicit_keys_from_file_and_overrides(tmp_path):
+    from submission.config import explicit_keys
+
+    path = tmp_path / "c.toml"
+    path.write_text('[budget]\nworkers = 2\n[ttt]\nr = 8\n')
+    assert explicit_keys(path, ["sampling.n_views=4"]) == {"budget.workers", "ttt.r", "sampling.n_views"}
+    assert explicit_keys(None) == frozenset()

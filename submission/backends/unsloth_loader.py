@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import Config, TTTConfig
 from ..errors import BackendUnavailable
 from . import has_cuda, installed, resolve_dtype
 
@@ -44,13 +44,14 @@ def _import_unsloth() -> Any:
     return FastLanguageModel
 
 
-def load_unsloth(model_path: str | Path, cfg: Config) -> tuple[Any, Any, dict[str, Any], Any]:
-    """(peft model, tokenizer, info, GradScaler or None). GPU only."""
+def load_unsloth(model_path: str | Path, cfg: Config, section: TTTConfig | None = None
+                 ) -> tuple[Any, Any, dict[str, Any], Any]:
+    """(peft model, tokenizer, info, GradScaler or None) for `section` (default cfg.ttt). GPU only."""
     fast = _import_unsloth()
     import torch
 
     dtype = resolve_dtype(cfg.model.dtype)
-    t = cfg.ttt
+    t = section or cfg.ttt
     # An absolute path never triggers unsloth's name-mapper refresh; local_files_only forces offline.
     model, tokenizer = fast.from_pretrained(
         model_name=str(Path(model_path).resolve()), max_seq_length=cfg.model.max_seq_len,
@@ -60,6 +61,7 @@ def load_unsloth(model_path: str | Path, cfg: Config) -> tuple[Any, Any, dict[st
         model, r=t.r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
         target_modules=list(t.target_modules), bias="none", use_rslora=t.use_rslora,
         random_state=t.seed, max_seq_length=cfg.model.max_seq_len,
+        modules_to_save=list(getattr(t, "modules_to_save", ())) or None,
         use_gradient_checkpointing="unsloth" if t.gradient_checkpointing else False)
     scaler = None
     if dtype == torch.float16:  # T4: the fused loss needs the scale during its forward pass

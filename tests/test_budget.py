@@ -1,0 +1,705 @@
+"""Tests of submission.budget (TaskCost, Planner, TaskPlan) and submission.schedule (Scheduler):
+the cost model, scaling against the time left, per-task plans, rate calibration, chunk assignment,
+stage deadlines, re-queue-once-then-give-up, and a small simulated run on a fake clock."""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import pytest
+
+from submission.budget import (ANSWER_GUESS, CAP_FLOOR_S, MIN_RESCORE, MIN_SAMPLES, MIN_VIEWS,
+                               Planner, TaskCost, TaskPlan)
+from submission.config import Config
+from submission.grids import Pair, Task
+from submission.schedule import MAX_ATTEMPTS, SAMPLE_SLACK, STAGE_SLACK_S, Scheduler
+
+
+def grid(h: int, w: int) -> np.ndarray:
+    return np.zeros((h, w), dtype=np.uint8)
+
+
+def make_task(task_id: str, side: int = 5, *, n_train: int = 2, test_sides: tuple[int, ...] | None = None,
+              ) -> Task:
+    """A task of square grids: `n_train` demo pairs of `side` x `side`, test inputs of `test_sides`."""
+    sides = (side,) if test_sides is None else test_sides
+    train = tuple(Pair(grid(side, side), grid(side, side)) for _ in range(n_train))
+    return Task(task_id, train, tuple(grid(s, s) for s in sides))
+
+
+def cfg_with(*sets: str) -> Config:
+    return Config().with_overrides(list(sets))
+
+
+def demand(planner: Planner, costs: list[TaskCost], scale: float) -> float:
+    return sum(planner.full_seconds(c, scale)[1] for c in costs)
+
+
+# ---------------------------------------------------------------- TaskCost
+
+
+def test_task_cost_exact_numbers():
+    # demo: one pair 2x3 -> 3x4: cells 2*(3+1)=8 and 3*(4+1)=15, plus 8 -> 31 tokens
+    # test inputs 1x1 (2 cells) and 3x3 (12 cells): views 31 + 2*2 + 8 = 43 and 31 + 12*2 + 8 = 63
+    task = Task("t", (Pair(grid(2, 3), grid(3, 4)),), (grid(1, 1), grid(3, 3)))
+    c = TaskCost.of(task)
+    assert ANSWER_GUESS == 1.0  # the numbers below assume it
+    assert c.sample_tokens == 31.0
+    assert c.n_test == 2
+    assert c.view_tokens == pytest.approx((43 + 63) / 2)
+
+
+def test_task_cost_grows_with_grid_size_and_demos():
+    small, big = TaskCost.of(make_task("a", 3)), TaskCost.of(make_task("b", 20))
+    assert big.sample_tokens > small.sample_tokens
+    assert big.view_tokens > small.view_tokens
+    more_demos = TaskCost.of(make_task("c", 3, n_train=4))
+    assert more_demos.sample_tokens > small.sample_tokens
+    assert more_demos.view_tokens > small.view_tokens
+
+
+def test_task_cost_counts_tests_and_averages_views():
+    one = TaskCost.of(make_task("a", 5, test_sides=(5,)))
+    two_same = TaskCost.of(make_task("b", 5, test_sides=(5, 5)))
+    assert (one.n_test, two_same.n_test) == (1, 2)
+    assert two_same.view_tokens == one.view_tokens  # an average, not a sum
+    assert two_same.sample_tokens == one.sample_tokens  # demos do not depend on the tests
+    mixed = TaskCost.of(make_task("c", 5, test_sides=(2, 10)))
+    lo = TaskCost.of(make_task("d", 5, test_sides=(2,))).view_tokens
+    hi = TaskCost.of(make_task("e", 5, test_sides=(10,))).view_tokens
+    assert mixed.view_tokens == pytest.approx((lo + hi) / 2)
+    assert mixed.n_test == 2
+
+
+# ---------------------------------------------------------------- Planner: seconds and amounts
+
+
+def test_full_seconds_formula_at_defaults():
+    cfg = Config()
+    p = Planner(cfg, start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 10, n_train=3))
+    ttt, total = p.full_seconds(c)
+    b = cfg.budget
+    exp_ttt = cfg.ttt.max_samples * cfg.ttt.epochs * c.sample_tokens / b.prior_train_tokens_per_s
+    per_input = c.n_test * c.view_tokens
+    exp_samp = cfg.sampling.n_views * (1 + cfg.sampling.n_samples) * per_input / b.prior_sample_tokens_per_s
+    exp_score = (cfg.selection.max_rescore * cfg.selection.rescore_augmentations * per_input
+                 / b.prior_score_tokens_per_s)
+    assert ttt == pytest.approx(exp_ttt)
+    assert total == pytest.approx(exp_ttt + exp_samp + exp_score)
+
+
+def test_full_seconds_grows_with_scale_and_size():
+    p = Planner(Config().with_overrides(["budget.max_scale=4"]), start=0.0, workers=1)
+    small, big = TaskCost.of(make_task("a", 4)), TaskCost.of(make_task("b", 15, n_train=3))
+    totals = [p.full_seconds(small, s)[1] for s in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)]
+    assert all(x < y for x, y in zip(totals, totals[1:]))
+    ttts = [p.full_seconds(small, s)[0] for s in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)]
+    assert all(x < y for x, y in zip(ttts, ttts[1:]))
+    for s in (0.0, 0.5, 1.0, 2.0):
+        assert p.full_seconds(big, s)[1] > p.full_seconds(small, s)[1]
+        assert p.full_seconds(big, s)[0] > p.full_seconds(small, s)[0]
+        ttt, total = p.full_seconds(big, s)
+        assert 0 < ttt < total
+
+
+def test_full_seconds_counts_extra_samples():
+    c = TaskCost.of(make_task("a", 6))
+    base = Planner(Config(), start=0.0, workers=1)
+    extra = Planner(cfg_with("sampling.n_samples=3"), start=0.0, workers=1)
+    assert extra.full_seconds(c)[0] == base.full_seconds(c)[0]
+    assert extra.full_seconds(c)[1] > base.full_seconds(c)[1]
+
+
+def test_amounts_at_scale_one_is_the_config():
+    cfg = Config()
+    p = Planner(cfg, start=0.0, workers=1)
+    assert p.amounts(1.0) == (cfg.ttt.max_samples, cfg.sampling.n_views, cfg.selection.max_rescore)
+
+
+def test_amounts_floors():
+    p = Planner(Config(), start=0.0, workers=1)
+    assert p.amounts(0.0) == (MIN_SAMPLES, MIN_VIEWS, MIN_RESCORE)
+    assert p.amounts(1e-6) == (MIN_SAMPLES, MIN_VIEWS, MIN_RESCORE)
+    for s in np.linspace(0.0, 1.0, 41):
+        samples, views, rescore = p.amounts(float(s))
+        assert samples >= MIN_SAMPLES and views >= MIN_VIEWS and rescore >= MIN_RESCORE
+
+
+def test_amounts_caps():
+    cfg = Config()
+    p = Planner(cfg, start=0.0, workers=1)
+    cap = (4 * cfg.ttt.max_samples, 4 * cfg.sampling.n_views, cfg.selection.max_rescore)
+    assert p.amounts(4.0) == cap
+    assert p.amounts(100.0) == cap
+    assert p.amounts(2.0) == (2 * cfg.ttt.max_samples, 2 * cfg.sampling.n_views, cfg.selection.max_rescore)
+    for s in np.linspace(0.0, 10.0, 101):
+        samples, views, rescore = p.amounts(float(s))
+        assert samples <= cap[0] and views <= cap[1] and rescore <= cap[2]
+
+
+def test_amounts_monotone_in_scale():
+    p = Planner(Config(), start=0.0, workers=1)
+    prev = p.amounts(0.0)
+    for s in np.linspace(0.0, 6.0, 121):
+        cur = p.amounts(float(s))
+        assert all(c >= q for c, q in zip(cur, prev))
+        prev = cur
+
+
+# ---------------------------------------------------------------- Planner.scale
+
+BUDGET_S = 300.0
+
+
+def short_setup(workers: int = 2, n: int = 20, budget: float = BUDGET_S):
+    cfg = cfg_with(f"budget.time_budget_s={budget}", f"budget.workers={workers}")
+    planner = Planner(cfg, start=0.0, workers=workers)
+    costs = [TaskCost.of(make_task(f"t{i}", 6 + i % 5, n_train=2 + i % 3)) for i in range(n)]
+    return planner, costs
+
+
+def test_scale_is_max_when_time_is_plentiful():
+    planner, costs = short_setup(budget=12 * 3600)
+    assert planner.scale(0.0, costs) == planner.cfg.budget.max_scale
+    big = Planner(cfg_with("budget.time_budget_s=43200", "budget.max_scale=3"), start=0.0, workers=2)
+    assert big.scale(0.0, costs) == 3.0
+    assert planner.scale(0.0, []) == planner.cfg.budget.max_scale  # nothing left to do
+
+
+def test_scale_short_time_fits_the_worker_seconds_left():
+    planner, costs = short_setup(workers=2)
+    now = 0.0
+    left = (planner.deadline - now) * planner.workers
+    assert demand(planner, costs, 1.0) > left  # the setup really is short on time
+    assert demand(planner, costs, 0.0) < left  # ... but the floors fit
+    s = planner.scale(now, costs)
+    assert 0.0 < s < 1.0
+    assert demand(planner, costs, s) <= left * (1 + 1e-9)
+    assert demand(planner, costs, s + 1e-6) > left  # the largest scale that fits
+
+
+@pytest.mark.parametrize("now", [0.0, 50.0, 150.0, 250.0, 290.0, 299.0])
+def test_scale_fits_or_is_at_floor(now):
+    planner, costs = short_setup(workers=2)
+    left = max(0.0, planner.deadline - now) * planner.workers
+    s = planner.scale(now, costs)
+    assert 0.0 <= s <= planner.cfg.budget.max_scale
+    if s > 0.0:
+        assert demand(planner, costs, s) <= left * (1 + 1e-9)
+    else:  # not even the floors fit
+        assert demand(planner, costs, 1e-6) > left
+    if s < planner.cfg.budget.max_scale:
+        assert demand(planner, costs, s + 1e-6) > left
+
+
+def test_scale_is_zero_past_the_deadline():
+    planner, costs = short_setup()
+    assert planner.scale(planner.deadline, costs) == 0.0
+    assert planner.scale(planner.deadline + 100.0, costs) == 0.0
+    assert planner.amounts(planner.scale(planner.deadline + 100.0, costs)) == (MIN_SAMPLES, MIN_VIEWS,
+                                                                               MIN_RESCORE)
+
+
+def test_scale_grows_with_workers():
+    scales = []
+    for w in (1, 2, 3, 4):
+        planner, costs = short_setup(workers=w, budget=400.0)
+        scales.append(planner.scale(0.0, costs))
+    assert all(a <= b for a, b in zip(scales, scales[1:]))
+    assert scales[0] < scales[-1]
+
+
+def test_planner_workers_at_least_one():
+    planner, costs = short_setup()
+    zero = Planner(planner.cfg, start=0.0, workers=0)
+    one = Planner(planner.cfg, start=0.0, workers=1)
+    assert zero.workers == 1
+    assert zero.scale(0.0, costs) == one.scale(0.0, costs)
+
+
+def test_scale_monotone_in_time_left():
+    planner, costs = short_setup(workers=2)
+    nows = np.linspace(0.0, planner.deadline + 10.0, 40)
+    scales = [planner.scale(float(t), costs) for t in nows]
+    assert all(a >= b for a, b in zip(scales, scales[1:]))  # less time left -> smaller scale
+    assert scales[0] > scales[-1] == 0.0
+
+
+def test_scale_grows_as_tasks_finish():
+    planner, costs = short_setup(workers=2)
+    scales = [planner.scale(0.0, costs[:k]) for k in (20, 15, 10, 5, 1)]
+    assert all(a <= b for a, b in zip(scales, scales[1:]))
+
+
+# ---------------------------------------------------------------- Planner.plan
+
+
+def test_plan_full_when_time_is_plentiful():
+    cfg = cfg_with("budget.time_budget_s=43200")
+    planner = Planner(cfg, start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 8))
+    plan = planner.plan(c, 0.0, [c])
+    assert isinstance(plan, TaskPlan)
+    assert (plan.max_samples, plan.n_views, plan.max_rescore) == (
+        cfg.ttt.max_samples, cfg.sampling.n_views, cfg.selection.max_rescore)
+    ttt, total = planner.full_seconds(c, 1.0)
+    assert plan.expected_s == pytest.approx(total)
+    assert plan.sample_s == pytest.approx(total - ttt)
+
+
+def test_plans_shrink_as_time_runs_short():
+    planner, costs = short_setup(workers=2, budget=600.0)
+    c = costs[0]
+    plans = [planner.plan(c, float(t), costs) for t in np.linspace(0.0, planner.deadline, 25)]
+    for a, b in zip(plans, plans[1:]):
+        assert b.max_samples <= a.max_samples
+        assert b.n_views <= a.n_views
+        assert b.max_rescore <= a.max_rescore
+        assert b.expected_s <= a.expected_s + 1e-9
+    assert plans[0].max_samples > plans[-1].max_samples == MIN_SAMPLES
+    assert plans[0].n_views >= plans[-1].n_views == MIN_VIEWS
+    assert plans[-1].max_rescore == MIN_RESCORE
+
+
+@pytest.mark.parametrize("budget", [60.0, 300.0, 3600.0, 43200.0])
+@pytest.mark.parametrize("frac", [0.0, 0.3, 0.9, 0.999, 1.0, 1.5])
+def test_plan_invariants(budget, frac):
+    planner, costs = short_setup(workers=2, budget=budget)
+    b = planner.cfg.budget
+    now = frac * budget
+    for c in (costs[0], costs[7], costs[-1]):
+        plan = planner.plan(c, now, costs)
+        assert CAP_FLOOR_S <= plan.cap_s <= b.task_cap_s
+        assert plan.ttt_s <= 0.6 * plan.cap_s + 1e-9
+        assert plan.ttt_s <= 0.5 * max(0.0, planner.deadline - now) + 1e-9
+        assert plan.ttt_s >= 0.0
+        scale = planner.scale(now, costs)
+        ttt_est, total = planner.full_seconds(c, scale)
+        assert plan.expected_s == pytest.approx(ttt_est + plan.sample_s)
+        assert plan.expected_s == pytest.approx(total)
+        assert (plan.max_samples, plan.n_views, plan.max_rescore) == planner.amounts(scale)
+
+
+def test_plan_cap_is_six_times_the_estimate_within_bounds():
+    planner = Planner(cfg_with("budget.time_budget_s=43200"), start=0.0, workers=1)
+    tiny = TaskCost.of(make_task("a", 1, n_train=1))
+    plan = planner.plan(tiny, 0.0, [tiny])
+    assert plan.cap_s == CAP_FLOOR_S  # 6x a tiny estimate is below the floor
+    huge = TaskCost.of(make_task("b", 30, n_train=10, test_sides=(30, 30, 30)))
+    assert 6 * planner.full_seconds(huge)[1] > planner.cfg.budget.task_cap_s
+    assert planner.plan(huge, 0.0, [huge]).cap_s == planner.cfg.budget.task_cap_s
+    mid = TaskCost.of(make_task("c", 12, n_train=3))
+    total = planner.full_seconds(mid)[1]
+    assert CAP_FLOOR_S < 6 * total < planner.cfg.budget.task_cap_s
+    assert planner.plan(mid, 0.0, [mid]).cap_s == pytest.approx(6 * total)
+
+
+def test_plan_ttt_allowance_exceeds_estimate_when_time_allows():
+    planner = Planner(cfg_with("budget.time_budget_s=43200"), start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 12, n_train=3))
+    plan = planner.plan(c, 0.0, [c])
+    ttt_est = planner.full_seconds(c)[0]
+    assert plan.ttt_s >= 1.5 * ttt_est - 1e-9 or plan.ttt_s == pytest.approx(0.6 * plan.cap_s)
+
+
+def test_plan_past_deadline_allows_no_training():
+    planner, costs = short_setup()
+    plan = planner.plan(costs[0], planner.deadline + 5.0, costs)
+    assert plan.ttt_s == 0.0
+    assert (plan.max_samples, plan.n_views, plan.max_rescore) == (MIN_SAMPLES, MIN_VIEWS, MIN_RESCORE)
+    assert plan.cap_s >= CAP_FLOOR_S
+
+
+# ---------------------------------------------------------------- Planner.observe
+
+
+def test_observe_first_replaces_then_averages():
+    planner = Planner(Config(), start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 8))
+    planner.observe(c, ttt_s=10.0, train_tokens=10000.0, sample_s=2.0, views=16, rescore_s=4.0,
+                    rescored=64)
+    assert planner.rates["train"] == pytest.approx(1000.0)
+    assert planner.rates["sample"] == pytest.approx(16 * c.view_tokens / 2.0)
+    assert planner.rates["score"] == pytest.approx(64 * c.view_tokens / 4.0)
+    first = dict(planner.rates)
+    planner.observe(c, ttt_s=10.0, train_tokens=30000.0, sample_s=1.0, views=16, rescore_s=1.0,
+                    rescored=64)
+    assert planner.rates["train"] == pytest.approx(0.7 * 1000.0 + 0.3 * 3000.0)
+    assert planner.rates["sample"] == pytest.approx(0.7 * first["sample"] + 0.3 * 16 * c.view_tokens)
+    assert planner.rates["score"] == pytest.approx(0.7 * first["score"] + 0.3 * 64 * c.view_tokens)
+    assert planner.measured == {"train", "sample", "score"}
+
+
+def test_observe_moves_rates_toward_measured():
+    planner = Planner(Config(), start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 8))
+    target = 500.0
+    planner.observe(c, ttt_s=1.0, train_tokens=5000.0, sample_s=0, views=0, rescore_s=0, rescored=0)
+    gaps = []
+    for _ in range(10):
+        planner.observe(c, ttt_s=10.0, train_tokens=10 * target, sample_s=0, views=0, rescore_s=0,
+                        rescored=0)
+        gaps.append(abs(planner.rates["train"] - target))
+    assert all(a > b for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1] < 0.05 * abs(5000.0 - target)
+
+
+def test_observe_slower_machine_means_longer_estimates():
+    planner = Planner(Config(), start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 8))
+    before = planner.full_seconds(c)
+    prior = planner.rates["train"]
+    planner.observe(c, ttt_s=10.0, train_tokens=prior * 10.0 / 2, sample_s=0, views=0, rescore_s=0,
+                    rescored=0)
+    after = planner.full_seconds(c)
+    assert after[0] == pytest.approx(2 * before[0])
+    assert after[1] > before[1]
+
+
+def test_observe_ignores_tiny_durations_and_zero_tokens():
+    planner = Planner(Config(), start=0.0, workers=1)
+    prior = dict(planner.rates)
+    c = TaskCost.of(make_task("a", 8))
+    planner.observe(c, ttt_s=0.04, train_tokens=1e6, sample_s=0.049, views=16, rescore_s=0.01,
+                    rescored=64)
+    assert planner.rates == prior
+    planner.observe(c, ttt_s=10.0, train_tokens=0, sample_s=10.0, views=0, rescore_s=10.0, rescored=0)
+    assert planner.rates == prior
+
+
+def test_observe_first_real_measurement_replaces_prior_even_after_ignored_ones():
+    planner = Planner(Config(), start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 8))
+    # a task whose stages were all too short to measure: nothing learnt
+    planner.observe(c, ttt_s=0.01, train_tokens=100.0, sample_s=0.01, views=16, rescore_s=0.01,
+                    rescored=64)
+    planner.observe(c, ttt_s=10.0, train_tokens=10000.0, sample_s=0.0, views=0, rescore_s=0.0,
+                    rescored=0)
+    assert planner.rates["train"] == pytest.approx(1000.0)
+
+
+def test_observe_first_sampling_measurement_replaces_prior_after_ttt_only_call():
+    planner = Planner(Config(), start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 8))
+    planner.observe(c, ttt_s=10.0, train_tokens=10000.0, sample_s=0.0, views=0, rescore_s=0.0,
+                    rescored=0)
+    planner.observe(c, ttt_s=0.0, train_tokens=0, sample_s=2.0, views=16, rescore_s=0.0, rescored=0)
+    assert planner.rates["sample"] == pytest.approx(16 * c.view_tokens / 2.0)
+
+
+# ---------------------------------------------------------------- Scheduler
+
+
+def sched_setup(n: int = 10, *, chunk: int = 4, budget: float = 43200.0, workers: int = 2,
+                sides: list[int] | None = None, extra: tuple[str, ...] = ()):
+    cfg = cfg_with(f"budget.time_budget_s={budget}", f"budget.workers={workers}", *extra)
+    planner = Planner(cfg, start=0.0, workers=workers)
+    sides = sides or [3 + (7 * i) % 17 for i in range(n)]  # distinct sizes, shuffled
+    tasks = [make_task(f"t{i:02d}", s) for i, s in enumerate(sides)]
+    return Scheduler(tasks, planner, chunk_size=chunk), planner, tasks
+
+
+def test_scheduler_longest_first_in_chunks():
+    sched, planner, tasks = sched_setup(10, chunk=3)
+    full = {t.id: planner.full_seconds(TaskCost.of(t))[1] for t in tasks}
+    expected_order = sorted(full, key=lambda i: -full[i])
+    assert list(sched.queue) == expected_order
+    got, w = [], 0
+    while (a := sched.assign(w, 0.0)) is not None:
+        assert 1 <= len(a.tasks) <= 3
+        assert set(a.plans) == set(a.tasks)
+        got.extend(a.tasks)
+        w += 1
+    assert got == expected_order
+    assert [len(sched.active[i].tasks) for i in range(w)] == [3, 3, 3, 1]
+    assert all(sched.attempts[t] == 1 for t in got)
+
+
+def test_scheduler_chunk_size_at_least_one():
+    sched, _, _ = sched_setup(3, chunk=0)
+    assert sched.chunk_size == 1
+    assert len(sched.assign(0, 0.0).tasks) == 1
+
+
+def test_assignment_fields():
+    sched, planner, _ = sched_setup(6, chunk=2)
+    a = sched.assign(1, 10.0)
+    assert a.worker == 1 and a.started == 10.0
+    assert sched.active[1] is a
+    cap = min(sum(p.cap_s for p in a.plans.values()), planner.cfg.budget.task_cap_s * len(a.tasks))
+    assert a.cap_at == pytest.approx(10.0 + cap)
+    assert a.stage == f"ttt {a.tasks[0]}"  # assign starts the first task's TTT stage
+    assert a.stage_until == pytest.approx(10.0 + a.plans[a.tasks[0]].ttt_s * 1.25 + STAGE_SLACK_S)
+    assert a.kill_at() == min(a.cap_at, a.stage_until)
+
+
+def test_assign_none_when_queue_empty_or_past_deadline():
+    sched, planner, _ = sched_setup(4, chunk=4)
+    assert sched.assign(0, planner.deadline) is None
+    assert sched.assign(0, planner.deadline + 1.0) is None
+    assert not sched.active and len(sched.queue) == 4 and not sched.attempts
+    a = sched.assign(0, 0.0)
+    assert len(a.tasks) == 4
+    assert sched.assign(1, 0.0) is None
+    assert 1 not in sched.active
+
+
+def test_chunks_shrink_near_the_deadline():
+    # ten equal tasks, one worker, so little time left that every plan sits at the floors
+    sched, planner, tasks = sched_setup(10, chunk=8, budget=3600.0, workers=1, sides=[8] * 10)
+    floor_total = planner.full_seconds(TaskCost.of(tasks[0]), 0.0)[1]
+    left = 2.5 * floor_total / 0.8  # 80% of the time left holds 2.5 tasks at the floors
+    now = planner.deadline - left
+    assert planner.scale(now, list(sched.costs.values())) == 0.0
+    a = sched.assign(0, now)
+    assert len(a.tasks) == 2
+    assert sum(p.expected_s for p in a.plans.values()) <= 0.8 * left
+    # with less time than one task needs, a chunk still gets one task
+    b = sched.assign(1, planner.deadline - 0.5 * floor_total)
+    assert len(b.tasks) == 1
+
+
+@pytest.mark.parametrize("frac", [0.5, 0.9, 0.97, 0.99, 0.999])
+def test_chunk_fits_80_percent_of_time_left(frac):
+    sched, planner, _ = sched_setup(12, chunk=6, budget=1800.0, workers=2)
+    now = frac * planner.deadline
+    left = planner.deadline - now
+    remaining = [sched.costs[i] for i in sched.queue]
+    a = sched.assign(0, now)
+    assert 1 <= len(a.tasks) <= 6
+    total = sum(a.plans[t].expected_s for t in a.tasks)
+    assert len(a.tasks) == 1 or total <= 0.8 * left
+    if len(a.tasks) < 6 and sched.queue:  # stopped early: the next task would not have fitted
+        nxt = planner.plan(sched.costs[sched.queue[0]], now, remaining)
+        assert total + nxt.expected_s > 0.8 * left
+
+
+def test_task_done_and_chunk_done_complete_the_run():
+    sched, _, tasks = sched_setup(5, chunk=3)
+    while not sched.complete():
+        for w in (0, 1):
+            a = sched.assign(w, 0.0)
+            if a is None:
+                continue
+            for t in a.tasks:
+                sched.task_done(w, t)
+            assert a.done == set(a.tasks)
+            assert sched.chunk_done(w) == []
+            assert w not in sched.active
+    assert sched.finished == {t.id for t in tasks}
+    assert sched.unfinished() == [] and sched.given_up == {}
+    assert all(sched.attempts[t.id] == 1 for t in tasks)
+    assert sched.assign(0, 0.0) is None
+
+
+def test_chunk_done_without_results_requeues_unreported():
+    sched, _, _ = sched_setup(6, chunk=3)
+    a = sched.assign(0, 0.0)
+    sched.task_done(0, a.tasks[0])
+    assert sched.chunk_done(0) == []  # first failure: re-queued, nothing given up
+    assert list(sched.queue)[:2] == a.tasks[1:]
+    assert a.tasks[0] not in sched.queue
+    assert not sched.complete()
+
+
+def test_failed_chunk_requeued_once_then_given_up():
+    sched, _, _ = sched_setup(8, chunk=3)
+    a = sched.assign(0, 0.0)
+    first, rest = a.tasks[0], a.tasks[1:]
+    untouched = list(sched.queue)
+    sched.task_done(0, first)
+    assert sched.fail(0, "worker died") == []
+    # the unfinished ones go to the front, in chunk order; the finished one is not re-queued
+    assert list(sched.queue) == rest + untouched
+    assert first not in sched.queue and first in sched.finished
+    assert all(sched.attempts[t] == 1 for t in rest)
+
+    b = sched.assign(1, 5.0)
+    assert b.tasks == rest + untouched[:1]
+    assert all(sched.attempts[t] == 2 for t in rest)
+    assert sched.attempts[untouched[0]] == 1
+    gave_up = sched.fail(1, "killed: past its cap")
+    assert sorted(gave_up) == sorted(rest)  # second failure: given up (order not specified)
+    assert sched.given_up == {t: "killed: past its cap" for t in rest}
+    assert list(sched.queue) == untouched  # its first attempt: re-queued at the front
+    assert MAX_ATTEMPTS == 2
+    for t in rest:
+        assert t not in sched.queue and t not in sched.unfinished()
+
+
+def test_fail_unknown_worker_is_noop():
+    sched, _, _ = sched_setup(3)
+    before = list(sched.queue)
+    assert sched.fail(7, "x") == []
+    assert list(sched.queue) == before
+    sched.progress(7, "ttt", "t00", 0.0)  # no error for an idle worker
+    assert sched.overdue(1e9) == []
+
+
+def test_task_done_reported_before_a_kill_is_not_requeued():
+    sched, _, _ = sched_setup(4, chunk=4)
+    a = sched.assign(0, 0.0)
+    for t in a.tasks[:3]:
+        sched.task_done(0, t)
+    sched.fail(0, "killed")
+    assert list(sched.queue) == a.tasks[3:]
+    b = sched.assign(0, 1.0)
+    sched.task_done(0, b.tasks[0])
+    sched.chunk_done(0)
+    assert sched.complete()
+    assert sched.unfinished() == [] and sched.given_up == {}
+
+
+def test_overdue_ttt_heartbeat():
+    sched, _, _ = sched_setup(4, chunk=2)
+    a = sched.assign(0, 0.0)
+    t1 = a.tasks[1]
+    sched.progress(0, "ttt", t1, 100.0)
+    until = 100.0 + a.plans[t1].ttt_s * 1.25 + STAGE_SLACK_S
+    assert a.stage == f"ttt {t1}"
+    assert a.stage_until == pytest.approx(until)
+    assert until < a.cap_at  # so the stage deadline is what triggers
+    assert sched.overdue(until - 1.0) == []
+    assert sched.overdue(until) == []
+    assert sched.overdue(until + 0.01) == [0]
+
+
+def test_overdue_sample_heartbeat():
+    sched, _, _ = sched_setup(4, chunk=2)
+    a = sched.assign(0, 0.0)
+    sched.progress(0, "sample", None, 50.0)
+    until = 50.0 + SAMPLE_SLACK * sum(a.plans[t].sample_s for t in a.tasks) + STAGE_SLACK_S
+    assert a.stage == "sample"
+    assert a.stage_until == pytest.approx(until)
+    assert until < a.cap_at
+    assert sched.overdue(until - 0.5) == []
+    assert sched.overdue(until + 0.5) == [0]
+
+
+def test_heartbeats_keep_a_worker_alive_until_the_cap():
+    sched, _, _ = sched_setup(4, chunk=2)
+    a = sched.assign(0, 0.0)
+    t = 0.0
+    while t + 10.0 < a.cap_at:  # a worker that keeps reporting progress
+        t += 10.0
+        sched.progress(0, "ttt", a.tasks[0], t)
+        assert sched.overdue(min(t + 1.0, a.cap_at)) == []
+    assert sched.overdue(a.cap_at + 0.01) == [0]  # the overall cap still kills it
+
+
+def test_cap_triggers_overdue_before_stage_deadline():
+    sched, _, _ = sched_setup(4, chunk=1, extra=("budget.task_cap_s=100",))
+    a = sched.assign(0, 0.0)
+    assert a.cap_at == pytest.approx(100.0)
+    assert a.stage_until > a.cap_at
+    assert a.kill_at() == a.cap_at
+    assert sched.overdue(100.0) == []
+    assert sched.overdue(100.5) == [0]
+
+
+def test_overdue_lists_only_late_workers():
+    sched, _, _ = sched_setup(6, chunk=2)
+    a0 = sched.assign(0, 0.0)
+    a1 = sched.assign(1, 0.0)
+    first, second = sorted((a0, a1), key=lambda a: a.kill_at())
+    assert first.kill_at() < second.kill_at()
+    between = (first.kill_at() + second.kill_at()) / 2
+    assert sched.overdue(first.kill_at() - 1.0) == []
+    assert sched.overdue(between) == [first.worker]
+    assert sorted(sched.overdue(second.kill_at() + 1.0)) == [0, 1]
+    sched.fail(first.worker, "killed")
+    assert sched.overdue(between) == []
+    # a heartbeat moves the other worker's stage deadline
+    sched.progress(second.worker, "ttt", second.tasks[-1], between)
+    assert second.stage_until > between
+    assert sched.overdue(between + 1.0) == []
+
+
+def test_unfinished_lists_queued_and_active_tasks():
+    sched, _, tasks = sched_setup(6, chunk=2)
+    ids = {t.id for t in tasks}
+    assert set(sched.unfinished()) == ids
+    a = sched.assign(0, 0.0)
+    assert set(sched.unfinished()) == ids  # active tasks are not finished yet
+    sched.task_done(0, a.tasks[0])
+    assert set(sched.unfinished()) == ids - {a.tasks[0]}
+    sched.fail(0, "x")
+    b = sched.assign(0, 1.0)
+    assert b.tasks[0] == a.tasks[1]
+    sched.fail(0, "y")  # a.tasks[1] given up; b.tasks[1] re-queued
+    assert a.tasks[1] in sched.given_up
+    assert set(sched.unfinished()) == ids - {a.tasks[0], a.tasks[1]}
+    assert len(sched.unfinished()) == len(set(sched.unfinished()))
+
+
+# ---------------------------------------------------------------- mini simulation
+
+
+def test_mini_simulation_hang_is_retried_and_finishes():
+    """20 tasks on 2 workers against a fake clock; one task hangs in TTT on its first attempt:
+    its worker is killed at the stage deadline, restarts, and the retry finishes."""
+    cfg = cfg_with("budget.time_budget_s=4000", "budget.workers=2", "sampling.max_loras=4")
+    planner = Planner(cfg, start=0.0, workers=2)
+    tasks = [make_task(f"s{i:02d}", 4 + (i * 5) % 13, n_train=2 + i % 3, test_sides=(5,) * (1 + i % 2))
+             for i in range(20)]
+    sched = Scheduler(tasks, planner, chunk_size=cfg.sampling.max_loras)
+    hang = "s07"
+    true_rates = dict(planner.rates)  # the machine runs exactly at the priors
+    restart_s, end = 60.0, planner.deadline - 15.0
+    events = [(30.0, 0), (30.0, 1)]  # (time the worker is idle, worker)
+    kills, last = [], 0.0
+    while events:
+        now, w = heapq.heappop(events)
+        if now >= end or sched.complete():
+            continue
+        a = sched.assign(w, now)
+        if a is None:
+            continue
+        t, killed = now, None
+        for task_id in a.tasks:
+            plan, cost = a.plans[task_id], sched.costs[task_id]
+            sched.progress(w, "ttt", task_id, t)
+            full = plan.max_samples * cfg.ttt.epochs * cost.sample_tokens / true_rates["train"]
+            ttt = min(full, plan.ttt_s)
+            if task_id == hang and sched.attempts[task_id] == 1:
+                ttt = math.inf
+            assert sched.overdue(t) == []
+            if t + ttt > a.kill_at():
+                killed = a.kill_at()
+                break
+            t += ttt
+            planner.observe(cost, ttt_s=ttt, train_tokens=ttt * true_rates["train"], sample_s=0.0,
+                            views=0, rescore_s=0.0, rescored=0)
+        if killed is None:
+            sched.progress(w, "sample", None, t)
+            for task_id in a.tasks:
+                plan, cost = a.plans[task_id], sched.costs[task_id]
+                t += plan.n_views * cost.n_test * cost.view_tokens / true_rates["sample"]
+                t += (plan.max_rescore * cfg.selection.rescore_augmentations * cost.n_test
+                      * cost.view_tokens / true_rates["score"])
+            assert t <= a.kill_at()
+            for task_id in a.tasks:
+                sched.task_done(w, task_id)
+            assert sched.chunk_done(w) == []
+            last = max(last, t)
+            heapq.heappush(events, (t, w))
+        else:
+            assert sched.overdue(killed + 0.01) == [w]
+            unfinished = [t for t in a.tasks if t not in sched.finished]
+            assert hang in unfinished
+            kills.append((w, a.stage, killed, unfinished))
+            assert sched.fail(w, "killed") == []
+            assert list(sched.queue)[:len(unfinished)] == unfinished  # re-queued at the front
+            heapq.heappush(events, (killed + restart_s, w))
+    assert sched.complete()
+    assert len(kills) == 1 and kills[0][1] == f"ttt {hang}"
+    assert hang in sched.finished
+    assert sched.finished == {t.id for t in tasks}
+    assert sched.given_up == {} and sched.unfinished() == []
+    retried = set(kills[0][3])  # the killed chunk's tasks, the hanging one included
+    assert sched.attempts[hang] == 2
+    assert all(sched.attempts[t.id] == (2 if t.id in retried else 1) for t in tasks)
+    assert last <= planner.deadline

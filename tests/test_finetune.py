@@ -1,0 +1,112 @@
+"""Initial fine-tuning on CPU: data sources, leakage guard, resumable checkpoints, exact merge."""
+
+import json
+
+import numpy as np
+import pytest
+
+from submission.config import Config
+from submission.errors import InputError
+from submission.finetune import latest_checkpoint, leakage_report, load_sources
+from submission.tasks import load_dataset, tasks_to_challenges, tasks_to_solutions
+
+FT = Config().with_overrides([
+    "finetune.samples_per_task=2", "finetune.grad_accum=2", "finetune.checkpoint_every=2",
+    "finetune.r=8", "finetune.lora_alpha=16", "finetune.learning_rate=1e-3",
+    "model.max_seq_len=4096"])
+
+
+def write_task_dir(folder, tasks):
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, v in tasks.items():
+        ch = tasks_to_challenges({k: v})[k]
+        for i, o in enumerate(tasks_to_solutions({k: v})[k]):
+            ch["test"][i]["output"] = o
+        (folder / f"{k}.json").write_text(json.dumps(ch))
+    return folder
+
+
+def test_evaluation_split_refused_unless_allowed():
+    with pytest.raises(InputError, match="refusing to train on an evaluation split"):
+        load_sources("arc-agi-2:evaluation")
+    assert len(load_sources("arc-agi-2:evaluation", allow_eval=True)) == 120
+    with pytest.raises(InputError, match="not a dataset:split"):
+        load_sources("no-such-thing")
+
+
+def test_leakage_found_by_id_and_by_grids(tmp_path):
+    train2 = load_dataset("arc-agi-2", "training")
+    report = leakage_report(train2)
+    # ARC-AGI-2's training set holds many ARC-AGI-1 evaluation tasks.
+    assert len(report["arc-agi-1:evaluation"]["by_id"]) > 50
+    eval2 = load_dataset("arc-agi-2", "evaluation")
+    renamed = {"renamed0": next(iter(eval2.values()))}
+    folder = write_task_dir(tmp_path / "extra", renamed)
+    tasks = load_sources(str(folder))
+    r = leakage_report(tasks)["arc-agi-2:evaluation"]
+    assert r["by_id"] == [] and r["by_grids"] == {"renamed0": [next(iter(eval2))]}
+
+
+def test_cli_refuses_eval_split(tmp_path, capsys, tiny_model):
+    from submission.cli import main
+
+    code = main(["finetune", "--model", str(tiny_model), "--data", "arc-agi-1:evaluation",
+                 "--out", str(tmp_path)])
+    assert code == 2 and "--allow-eval" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finetune_resume_merge_and_run(tmp_path, tiny_model):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from submission.engine import build_engine
+    from submission.finetune import finetune
+    from submission.run import run
+    from submission.submit import challenge_counts, validate_submission
+    from submission.tasks import export_kaggle, load_challenges
+
+    data = write_task_dir(tmp_path / "data", dict(list(load_dataset("arc-agi-2", "training").items())[:5]))
+    full = finetune(tiny_model, str(data), tmp_path / "a", FT, log=lambda m: None)
+    assert full["steps"] == full["planned_steps"] == 5 and full["resumed_from"] is None
+    # An interrupted run: only the step-4 checkpoint survives; resuming must reach the same adapter.
+    finetune(tiny_model, str(data), tmp_path / "b", FT, log=lambda m: None)
+    last = latest_checkpoint(tmp_path / "b")
+    import shutil
+
+    shutil.rmtree(last)
+    assert latest_checkpoint(tmp_path / "b").name == "step-0000004"
+    resumed = finetune(tiny_model, str(data), tmp_path / "b", FT, log=lambda m: None)
+    assert resumed["resumed_from"].endswith("step-0000004") and resumed["steps"] == 5
+    wa = load_file(str(latest_checkpoint(tmp_path / "a") / "adapter_model.safetensors"))
+    wb = load_file(str(latest_checkpoint(tmp_path / "b") / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    assert any(float(v.abs().sum()) > 0 for k, v in wa.items() if "lora_B" in k)
+
+    # The merged model equals base + LoRA: same logits and the same greedy answer.
+    merged = AutoModelForCausalLM.from_pretrained(full["model"])
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    lora = PeftModel.from_pretrained(base, str(latest_checkpoint(tmp_path / "a")))
+    prompt = torch.tensor([[14, 11, 10, 1, 2, 10, 3, 4, 15, 14, 12, 10]])
+    with torch.no_grad():
+        assert torch.allclose(merged(prompt).logits, lora(prompt).logits, atol=1e-4)
+        g1 = merged.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=13)
+        g2 = lora.generate(input_ids=prompt, max_new_tokens=12, do_sample=False, pad_token_id=13)
+    assert g1.tolist() == g2.tolist()
+
+    # `run` accepts the merged model.
+    tasks = dict(list(load_dataset("arc-agi-2", "evaluation").items())[:2])
+    ch, _ = export_kaggle(tasks, tmp_path / "eval", "evaluation")
+    cfg = Config().with_overrides(["ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=2",
+                                   "sampling.n_views=2", "sampling.backend=transformers",
+                                   "selection.rescore_augmentations=2", "selection.max_rescore=2",
+                                   "model.max_seq_len=4096"])
+    out = tmp_path / "submission.json"
+    run(ch, None, out, tmp_path / "work", cfg, engine=build_engine(full["model"], cfg))
+    counts = challenge_counts(load_challenges(ch, solutions=None))
+    assert validate_submission(json.loads(out.read_text()), counts) == []
+    assert np.isfinite(full["final_loss"])

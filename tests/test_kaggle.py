@@ -1,0 +1,285 @@
+"""Tests of submission.kaggle (model discovery, GPU count, input resolution, Kaggle config),
+submission.workers.worker_env, and the CLI `kaggle` command's error path. No models, no GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from submission import cli
+from submission.config import Config
+from submission.errors import InputError
+from submission.kaggle import (SAFETY_MARGIN_S, SMOKE_TASKS, KaggleSetup, find_model, gpu_count,
+                               is_competition_rerun, kaggle_config, resolve)
+from submission.workers import worker_env
+
+CHALLENGES_REL = Path("competitions/arc-prize-2026-arc-agi-2/arc-agi_test_challenges.json")
+ENV_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "KAGGLE_IS_COMPETITION_RERUN",
+            "CUDA_VISIBLE_DEVICES")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """Every env var these functions read or write is restored after each test."""
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # deterministic: no GPUs unless a test says so
+
+
+def make_model(d: Path, *, config: bool = True, weights: bool = True, tokenizer: bool = True) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    if config:
+        (d / "config.json").write_text("{}")
+    if weights:
+        (d / "model.safetensors").write_bytes(b"")
+    if tokenizer:
+        (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+def make_input_root(root: Path, *, challenges: bool = True, model: bool = True) -> Path:
+    if challenges:
+        path = root / CHALLENGES_REL
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({}))
+    if model:
+        make_model(root / "models" / "x" / "y")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+# ---------------------------------------------------------------- find_model
+
+
+def test_find_model_picks_shallowest_complete_dir(tmp_path):
+    deep = make_model(tmp_path / "models" / "org" / "name" / "1")
+    shallow = make_model(tmp_path / "models" / "org" / "m")
+    make_model(tmp_path / "models" / "org" / "m" / "sub")  # deeper copy inside
+    assert find_model(tmp_path) == shallow
+    assert find_model(tmp_path / "models" / "org" / "name") == deep
+    assert find_model(str(tmp_path)) == shallow  # a str root works too
+
+
+def test_find_model_ignores_incomplete_dirs(tmp_path):
+    make_model(tmp_path / "a", tokenizer=False)
+    make_model(tmp_path / "b", weights=False)
+    make_model(tmp_path / "c", config=False)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "config.json").write_text("{}")
+    (tmp_path / "d" / "weights.bin").write_bytes(b"")  # not safetensors
+    (tmp_path / "d" / "tokenizer.json").write_text("{}")
+    assert find_model(tmp_path) is None
+    full = make_model(tmp_path / "deeper" / "still" / "ok")
+    assert find_model(tmp_path) == full
+
+
+def test_find_model_accepts_sharded_weights(tmp_path):
+    d = make_model(tmp_path / "m", weights=False)
+    (d / "model-00001-of-00002.safetensors").write_bytes(b"")
+    assert find_model(tmp_path) == d
+
+
+def test_find_model_tie_is_deterministic(tmp_path):
+    make_model(tmp_path / "b" / "m")
+    a = make_model(tmp_path / "a" / "m")
+    assert find_model(tmp_path) == a
+
+
+def test_find_model_none(tmp_path):
+    assert find_model(tmp_path) is None
+    assert find_model(tmp_path / "does-not-exist") is None
+
+
+# ---------------------------------------------------------------- gpu_count, rerun flag
+
+
+@pytest.mark.parametrize("value, n", [("0,1,2,3", 4), ("", 0), ("0", 1), ("2, 3", 2), ("0,", 1)])
+def test_gpu_count_honours_cuda_visible_devices(monkeypatch, value, n):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert gpu_count() == n
+
+
+def test_is_competition_rerun(monkeypatch):
+    assert not is_competition_rerun()
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "")
+    assert not is_competition_rerun()
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "True")
+    assert is_competition_rerun()
+
+
+# ---------------------------------------------------------------- resolve
+
+
+def test_resolve_smoke_by_default(tmp_path):
+    root = make_input_root(tmp_path / "input")
+    working = tmp_path / "working"
+    s = resolve(input_root=root, working=working)
+    assert isinstance(s, KaggleSetup)
+    assert s.challenges == root / CHALLENGES_REL
+    assert s.model == root / "models" / "x" / "y"
+    assert s.out == working / "submission.json"
+    assert s.workdir.parent == working
+    assert s.full is False and s.limit == SMOKE_TASKS
+    assert s.workers == 1  # no GPU visible -> one worker
+    assert resolve(input_root=root, working=working, smoke_tasks=7).limit == 7
+
+
+def test_resolve_full_in_competition_rerun(tmp_path, monkeypatch):
+    root = make_input_root(tmp_path / "input")
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    s = resolve(input_root=root, working=tmp_path / "w")
+    assert s.full is True and s.limit is None
+
+
+def test_resolve_explicit_mode_overrides_env(tmp_path, monkeypatch):
+    root = make_input_root(tmp_path / "input")
+    s = resolve(input_root=root, working=tmp_path / "w", full=True)
+    assert s.full is True and s.limit is None
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    s = resolve(input_root=root, working=tmp_path / "w", full=False, smoke_tasks=2)
+    assert s.full is False and s.limit == 2
+
+
+def test_resolve_workers(tmp_path, monkeypatch):
+    root = make_input_root(tmp_path / "input")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert resolve(input_root=root, working=tmp_path / "w").workers == 4
+    assert resolve(input_root=root, working=tmp_path / "w", workers=2).workers == 2
+
+
+def test_resolve_explicit_model(tmp_path):
+    root = make_input_root(tmp_path / "input", model=False)
+    other = make_model(tmp_path / "elsewhere" / "model")
+    assert resolve(input_root=root, working=tmp_path / "w", model=other).model == other
+    assert resolve(input_root=root, working=tmp_path / "w", model=str(other)).model == other
+
+
+def test_resolve_sets_offline_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    root = make_input_root(tmp_path / "input")
+    resolve(input_root=root, working=tmp_path / "w")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_resolve_sets_offline_env_even_on_error(tmp_path):
+    with pytest.raises(InputError):
+        resolve(input_root=tmp_path, working=tmp_path / "w")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_resolve_missing_challenges_names_root(tmp_path):
+    root = make_input_root(tmp_path / "input", challenges=False)
+    with pytest.raises(InputError) as exc:
+        resolve(input_root=root, working=tmp_path / "w")
+    assert str(root) in str(exc.value)
+    assert "arc-agi_test_challenges.json" in str(exc.value)
+    with pytest.raises(InputError, match="arc-agi_test_challenges.json"):
+        resolve(input_root=tmp_path / "missing-root", working=tmp_path / "w")
+
+
+def test_resolve_missing_model_names_root(tmp_path):
+    root = make_input_root(tmp_path / "input", model=False)
+    make_model(root / "models" / "broken", tokenizer=False)
+    with pytest.raises(InputError) as exc:
+        resolve(input_root=root, working=tmp_path / "w")
+    assert str(root) in str(exc.value)
+    assert "model" in str(exc.value)
+
+
+def test_resolve_explicit_model_without_config(tmp_path):
+    root = make_input_root(tmp_path / "input")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError):
+        resolve(input_root=root, working=tmp_path / "w", model=empty)
+
+
+# ---------------------------------------------------------------- kaggle_config
+
+
+def setup_with(workers: int, tmp: Path = Path("/tmp/x")) -> KaggleSetup:
+    return KaggleSetup(challenges=tmp / "c.json", model=tmp / "m", out=tmp / "w" / "submission.json",
+                       workdir=tmp / "w" / "arc-run", full=False, limit=3, workers=workers)
+
+
+def test_kaggle_config_defaults():
+    cfg = kaggle_config(Config(), setup_with(4))
+    assert cfg.budget.time_budget_s == 12 * 3600 - SAFETY_MARGIN_S
+    assert cfg.budget.workers == 4
+    # nothing else changes
+    assert cfg.ttt == Config().ttt and cfg.sampling == Config().sampling
+    assert cfg.budget.task_cap_s == Config().budget.task_cap_s
+
+
+def test_kaggle_config_explicit_budget_wins():
+    assert kaggle_config(Config(), setup_with(1), budget_s=1234.0).budget.time_budget_s == 1234.0
+    custom = Config().with_overrides(["budget.time_budget_s=5000"])
+    explicit = frozenset({"budget.time_budget_s"})
+    assert kaggle_config(custom, setup_with(1), explicit=explicit).budget.time_budget_s == 5000.0
+    assert kaggle_config(custom, setup_with(1)).budget.time_budget_s == 12 * 3600 - SAFETY_MARGIN_S
+    assert kaggle_config(custom, setup_with(1), budget_s=777.0).budget.time_budget_s == 777.0
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_kaggle_config_explicit_workers_kept(workers):
+    cfg = Config().with_overrides([f"budget.workers={workers}"])
+    assert kaggle_config(cfg, setup_with(4), explicit=frozenset({"budget.workers"})).budget.workers == workers
+
+
+def test_kaggle_config_explicit_workers_one_kept():
+    cfg = Config().with_overrides(["budget.workers=1"])
+    assert kaggle_config(cfg, setup_with(4), explicit=frozenset({"budget.workers"})).budget.workers == 1
+
+
+# ---------------------------------------------------------------- worker_env
+
+
+def test_worker_env_with_gpus(tmp_path):
+    env = worker_env(5, 4, tmp_path)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert [worker_env(w, 2, tmp_path)["CUDA_VISIBLE_DEVICES"] for w in range(4)] == ["0", "1", "0", "1"]
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert all(isinstance(v, str) for v in env.values())
+
+
+def test_worker_env_without_gpus(tmp_path):
+    env = worker_env(0, 0, tmp_path)
+    assert "CUDA_VISIBLE_DEVICES" not in env
+    assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_worker_env_compile_location_absolute_per_worker(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = worker_env(0, 1, Path("rel-work"))["UNSLOTH_COMPILE_LOCATION"]
+    b = worker_env(1, 1, Path("rel-work"))["UNSLOTH_COMPILE_LOCATION"]
+    assert Path(a).is_absolute() and Path(b).is_absolute()
+    assert a != b
+    assert Path(a).is_relative_to(tmp_path.resolve() / "rel-work")
+    assert Path(b).is_relative_to(tmp_path.resolve() / "rel-work")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_kaggle_without_challenges_exits_2(tmp_path, capsys):
+    root = tmp_path / "input"
+    root.mkdir()
+    code = cli.main(["kaggle", "--input-root", str(root), "--working", str(tmp_path / "w")])
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and str(root) in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "w" / "submission.json").exists()
+
+
+def test_cli_kaggle_without_model_exits_2(tmp_path, capsys):
+    root = make_input_root(tmp_path / "input", model=False)
+    code = cli.main(["kaggle", "--input-root", str(root), "--working", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error:") and str(root) in err
