@@ -31,17 +31,21 @@ ENGINE_START_S = 120.0  # model load + vLLM start per worker (also after a kill)
 
 
 def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang: float,
-             rng: np.random.Generator) -> dict:
-    """One run; `speed` = true throughput / planner prior."""
+             rng: np.random.Generator, kinds: dict[str, str] | None = None,
+             noise_sd: float = 0.3, engine_start_s: float = ENGINE_START_S) -> dict:
+    """One run; `speed` = true throughput / planner prior. `kinds` fixes tasks' kinds ('ok',
+    'slow', 'hang') instead of drawing them with the `slow` and `hang` probabilities."""
     workers = cfg.budget.workers
     planner = Planner(cfg, start=0.0, workers=workers)
     sched = Scheduler(tasks, planner, chunk_size=cfg.sampling.max_loras)
-    kind = {t.id: rng.choice(["ok", "slow", "hang"], p=[1 - slow - hang, slow, hang]) for t in tasks}
-    noise = {t.id: float(rng.lognormal(0.0, 0.3)) for t in tasks}
+    kind = kinds if kinds is not None else {
+        t.id: rng.choice(["ok", "slow", "hang"], p=[1 - slow - hang, slow, hang]) for t in tasks}
+    kind = {t.id: kind.get(t.id, "ok") for t in tasks}
+    noise = {t.id: float(rng.lognormal(0.0, noise_sd)) for t in tasks}
     true_rates = {k: v * speed for k, v in planner.rates.items()}
-    events = [(ENGINE_START_S, w) for w in range(workers)]  # (time a worker becomes idle, worker)
+    events = [(engine_start_s, w) for w in range(workers)]  # (time a worker becomes idle, worker)
     end = planner.deadline - 15.0
-    scales, last, adapters, kills = [], 0.0, set(), 0
+    scales, last, adapters, kills, killed_stages = [], 0.0, set(), 0, []
     while events:
         now, w = heapq.heappop(events)
         if now >= end or sched.complete():
@@ -97,11 +101,12 @@ def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang:
         else:  # killed at a stage deadline or the cap: restart the engine
             stop = min(killed, end)
             kills += 1
+            killed_stages.append(a.stage)
             sched.fail(w, "killed")
             last = max(last, stop)
-            heapq.heappush(events, (stop + ENGINE_START_S, w))
+            heapq.heappush(events, (stop + engine_start_s, w))
     done = len(sched.finished)
-    return {"finish_fraction": last / cfg.budget.time_budget_s, "done": done,
+    return {"finished": set(sched.finished), "killed_stages": killed_stages,"finish_fraction": last / cfg.budget.time_budget_s, "done": done,
             "given_up": len(sched.given_up), "skipped": len(sched.unfinished()),
             "mean_scale": float(np.mean(scales)) if scales else 0.0, "kills": kills,
             "injected": {k: sum(1 for v in kind.values() if v == k) for k in ("slow", "hang")}}

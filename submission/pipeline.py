@@ -173,7 +173,8 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
         s = cfgs[task.id].sampling
         rng = task_rng(s.seed, task.id, "views")
         for i in range(task.n_test):
-            vs, dropped = build_views(task, i, fmt, rng, n_views=s.n_views, max_len=cfg.model.max_seq_len,
+            vs, dropped = build_views(task, i, fmt, rng, n_views=s.n_views,
+                                      max_len=cfg.model.max_seq_len,
                                       answer_tokens=answer_budget(task, i, fmt),
                                       keep_background=s.keep_background,
                                       shuffle_order=s.shuffle_order)
@@ -220,8 +221,8 @@ def max_tokens(view, fmt, max_len: int) -> int:
     return max(1, min(fmt.max_answer_tokens(), max_len - len(view.prompt)))
 
 
-def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int, samples: list[Sample],
-           adapter, rec: dict[str, Any]) -> list[list[list[int]]]:
+def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int,
+           samples: list[Sample], adapter, rec: dict[str, Any]) -> list[list[list[int]]]:
     """Pool, re-score the top candidates, select two attempts; fallbacks counted in `rec` and run."""
     cands = pool(samples)
     top = cands[:cfg.selection.max_rescore]
@@ -233,15 +234,13 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
         scorer = engine.scorer(cfg.selection.rescore_backend, probe,
                                 engine.fmt.encode_answer(t.grid), adapter)
         rescore(task, test_index, top, engine.fmt, scorer, adapter,
-                task_rng(cfg.selection.rescore_augmentations, task.id, f"rescore{test_index}"),
+                task_rng(cfg.sampling.seed, task.id, f"rescore{test_index}"),
                 n=cfg.selection.rescore_augmentations, max_len=cfg.model.max_seq_len,
                 keep_background=cfg.sampling.keep_background)
     rec["timing"]["rescore_s"] = rec["timing"].get("rescore_s", 0.0) + time.monotonic() - t0
     by_policy = {p: select_two(cands, p, poe_offset=cfg.selection.poe_offset) for p in policies}
-    chosen = by_policy[cfg.selection.policy] if cfg.selection.policy in by_policy else select_two(
-        cands, cfg.selection.policy, poe_offset=cfg.selection.poe_offset)
+    chosen = by_policy[cfg.selection.policy]
     keyed = {c.key(): c for c in cands}
-
     for g in chosen:
         if keyed[grid_key(g)].from_base and cfg.ttt.enabled:
             _count(state, rec, "attempt_from_base_model")

@@ -92,7 +92,7 @@ class LoRATrainer:
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["scheduler"])
             begin = int(resume["step"])
-        self.model.train()
+        self.set_mode(training=True)
         first = last = None
         step, stopped, tokens = begin, False, 0
         for step in range(begin, steps_total):
@@ -113,9 +113,18 @@ class LoRATrainer:
                 progress.set_postfix(loss=f"{last:.3f}", refresh=False)
         else:
             step = steps_total
-        self.model.eval()
+        self.set_mode(training=False)
         return TrainResult(step, steps_total, len(samples), last, first,
                            time.monotonic() - start, stopped, tokens)
+
+    def set_mode(self, *, training: bool) -> None:
+        """train()/eval(), plus unsloth's own switches when the model came from unsloth."""
+        if self.backend == "unsloth":
+            from .backends.unsloth_loader import set_mode
+
+            set_mode(self.model, training)
+        else:
+            self.model.train(training)
 
     def _step(self, chunk: list[TrainSample], params: list, opt: Any, cfg: TTTConfig) -> float:
         import torch

@@ -80,6 +80,13 @@ def test_unsloth_path_feeds_the_shared_loop(monkeypatch, tiny_model):
     monkeypatch.setattr(backends, "installed", lambda m: True)
     monkeypatch.setattr(backends, "has_cuda", lambda: True)
     monkeypatch.setattr(unsloth_loader, "load_unsloth", fake_load_unsloth)
+    modes = []
+
+    def fake_set_mode(model, training):  # unsloth's for_training / for_inference need a GPU
+        modes.append(training)
+        model.train(training)
+
+    monkeypatch.setattr(unsloth_loader, "set_mode", fake_set_mode)
     monkeypatch.setattr(peft_loader, "has_cuda", lambda: False)
     cfg = SMALL.with_overrides(["ttt.backend=unsloth", "sampling.backend=transformers"])
     monkeypatch.setattr("submission.engine.resolve_dtype", lambda name: "float32")
@@ -95,6 +102,7 @@ def test_unsloth_path_feeds_the_shared_loop(monkeypatch, tiny_model):
     data = build_ttt_data(task, eng.fmt, np.random.default_rng(0), max_samples=4, max_len=512)
     res = eng.trainer.train(data.samples, np.random.default_rng(0), cfg.ttt)
     assert res.steps == res.planned_steps > 0
+    assert modes == [True, False]  # unsloth's training / inference switches around the loop
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@ stage deadlines, re-queue-once-then-give-up, and a small simulated run on a fake
 
 from __future__ import annotations
 
-import heapq
-import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -639,67 +639,16 @@ def test_unfinished_lists_queued_and_active_tasks():
 
 
 def test_mini_simulation_hang_is_retried_and_finishes():
-    """20 tasks on 2 workers against a fake clock; one task hangs in TTT on its first attempt:
-    its worker is killed at the stage deadline, restarts, and the retry finishes."""
+    """20 tasks on 2 workers against the benchmark's simulated clock; one task hangs in TTT on its
+    first attempt: its worker is killed at the stage deadline, restarts, and the retry finishes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from budget_sim import simulate
+
     cfg = cfg_with("budget.time_budget_s=4000", "budget.workers=2", "sampling.max_loras=4")
-    planner = Planner(cfg, start=0.0, workers=2)
     tasks = [make_task(f"s{i:02d}", 4 + (i * 5) % 13, n_train=2 + i % 3, test_sides=(5,) * (1 + i % 2))
              for i in range(20)]
-    sched = Scheduler(tasks, planner, chunk_size=cfg.sampling.max_loras)
-    hang = "s07"
-    true_rates = dict(planner.rates)  # the machine runs exactly at the priors
-    restart_s, end = 60.0, planner.deadline - 15.0
-    events = [(30.0, 0), (30.0, 1)]  # (time the worker is idle, worker)
-    kills, last = [], 0.0
-    while events:
-        now, w = heapq.heappop(events)
-        if now >= end or sched.complete():
-            continue
-        a = sched.assign(w, now)
-        if a is None:
-            continue
-        t, killed = now, None
-        for task_id in a.tasks:
-            plan, cost = a.plans[task_id], sched.costs[task_id]
-            sched.progress(w, "ttt", task_id, t)
-            full = plan.max_samples * cfg.ttt.epochs * cost.sample_tokens / true_rates["train"]
-            ttt = min(full, plan.ttt_s)
-            if task_id == hang and sched.attempts[task_id] == 1:
-                ttt = math.inf
-            assert sched.overdue(t) == []
-            if t + ttt > a.kill_at():
-                killed = a.kill_at()
-                break
-            t += ttt
-            planner.observe(cost, ttt_s=ttt, train_tokens=ttt * true_rates["train"], sample_s=0.0,
-                            views=0, rescore_s=0.0, rescored=0)
-        if killed is None:
-            sched.progress(w, "sample", None, t)
-            for task_id in a.tasks:
-                plan, cost = a.plans[task_id], sched.costs[task_id]
-                t += plan.n_views * cost.n_test * cost.view_tokens / true_rates["sample"]
-                t += (plan.max_rescore * cfg.selection.rescore_augmentations * cost.n_test
-                      * cost.view_tokens / true_rates["score"])
-            assert t <= a.kill_at()
-            for task_id in a.tasks:
-                sched.task_done(w, task_id)
-            assert sched.chunk_done(w) == []
-            last = max(last, t)
-            heapq.heappush(events, (t, w))
-        else:
-            assert sched.overdue(killed + 0.01) == [w]
-            unfinished = [t for t in a.tasks if t not in sched.finished]
-            assert hang in unfinished
-            kills.append((w, a.stage, killed, unfinished))
-            assert sched.fail(w, "killed") == []
-            assert list(sched.queue)[:len(unfinished)] == unfinished  # re-queued at the front
-            heapq.heappush(events, (killed + restart_s, w))
-    assert sched.complete()
-    assert len(kills) == 1 and kills[0][1] == f"ttt {hang}"
-    assert hang in sched.finished
-    assert sched.finished == {t.id for t in tasks}
-    assert sched.given_up == {} and sched.unfinished() == []
-    retried = set(kills[0][3])  # the killed chunk's tasks, the hanging one included
-    assert sched.attempts[hang] == 2
-    assert all(sched.attempts[t.id] == (2 if t.id in retried else 1) for t in tasks)
-    assert last <= planner.deadline
+    r = simulate(tasks, cfg, speed=1.0, slow=0.0, hang=0.0, rng=np.random.default_rng(0),
+                 kinds={"s07": "hang"}, noise_sd=0.0, engine_start_s=30.0)
+    assert r["killed_stages"] == ["ttt s07"]
+    assert r["finished"] == {t.id for t in tasks} and r["given_up"] == 0 and r["skipped"] == 0
+    assert r["finish_fraction"] < 1.0

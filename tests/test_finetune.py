@@ -110,3 +110,27 @@ def test_finetune_resume_merge_and_run(tmp_path, tiny_model):
     counts = challenge_counts(load_challenges(ch, solutions=None))
     assert validate_submission(json.loads(out.read_text()), counts) == []
     assert np.isfinite(full["final_loss"])
+
+
+@pytest.mark.slow
+def test_finetune_full_modules_are_trained_and_merged(tmp_path, tiny_model):
+    """finetune.modules_to_save trains embed_tokens/lm_head in full; the merge carries them over."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from submission.finetune import finetune
+
+    data = write_task_dir(tmp_path / "data", dict(list(load_dataset("arc-agi-2", "training").items())[:2]))
+    cfg = FT.with_overrides(["finetune.modules_to_save=embed_tokens,lm_head",
+                             "finetune.samples_per_task=1", "finetune.grad_accum=1"])
+    report = finetune(tiny_model, str(data), tmp_path / "out", cfg, log=lambda m: None)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    merged = AutoModelForCausalLM.from_pretrained(report["model"])
+    assert not torch.equal(base.lm_head.weight, merged.lm_head.weight)
+    assert not torch.equal(base.get_input_embeddings().weight, merged.get_input_embeddings().weight)
+    lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model)),
+                                     str(latest_checkpoint(tmp_path / "out")))
+    prompt = torch.tensor([[14, 11, 10, 1, 2, 15, 14, 12, 10]])
+    with torch.no_grad():
+        assert torch.allclose(merged(prompt).logits, lora(prompt).logits, atol=1e-4)

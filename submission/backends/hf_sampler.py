@@ -44,7 +44,7 @@ class HFSampler:
 
         results = []
         start = time.perf_counter()
-        self.model.eval()
+        self.trainer.set_mode(training=False)
         for r in requests:
             ids = torch.tensor([list(r.prompt)], device=self.trainer.device)
             gens: list[Generation] = []
@@ -70,7 +70,7 @@ class HFSampler:
 
         start = time.perf_counter()
         full = torch.tensor([list(prompt) + list(answer)], device=self.trainer.device)
-        self.model.eval()
+        self.trainer.set_mode(training=False)
         os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # unsloth returns empty logits otherwise
         with self._use(adapter), torch.no_grad():
             logits = self.model(input_ids=full).logits[0, len(prompt) - 1:-1].float()

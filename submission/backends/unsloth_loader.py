@@ -71,3 +71,10 @@ def load_unsloth(model_path: str | Path, cfg: Config, section: TTTConfig | None 
     info = {"trainer_backend": "unsloth", "dtype": str(dtype).replace("torch.", ""),
             "load_in_4bit": t.load_in_4bit, "device": "cuda"}
     return model, tokenizer, info, scaler
+
+
+def set_mode(model: Any, training: bool) -> None:
+    """unsloth's for_training / for_inference (checkpointing, cache, padding side). GPU only."""
+    from unsloth import FastLanguageModel
+
+    (FastLanguageModel.for_training if training else FastLanguageModel.for_inference)(model)
