@@ -27,9 +27,10 @@ from .errors import AdapterError, SubmissionError
 from .faults import inject
 from .grids import Task, grid_to_list
 from .rescore import rescore
-from .submit import write_json_atomic
 from .sample import GenRequest, answer_budget, build_views, collect_samples
+from .search import search
 from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
+from .submit import write_json_atomic
 from .ttt_data import build_ttt_data
 
 TTT_ERRORS = (RuntimeError, OSError, ValueError, SubmissionError)  # torch OOM is a RuntimeError
@@ -193,7 +194,8 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                     requests.append(GenRequest(v.prompt, adapter, budget, n=s.n_samples,
                                                temperature=s.temperature))
     t0 = time.monotonic()
-    gens = engine.sampler.generate(requests) if requests else []
+    gens = search(engine.sampler, requests, threshold=cfg.sampling.dfs_threshold,
+                  max_paths=cfg.sampling.dfs_max_paths, stop_ids=fmt.stop_token_ids)
     out: dict[tuple[str, int], list[Sample]] = {key: [] for key in base_views}
     for (v, from_base), g in zip(views, gens):
         out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=from_base))
@@ -203,7 +205,8 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
     base_req = [(v, GenRequest(v.prompt, None, max_tokens(v, fmt, cfg.model.max_seq_len)))
                 for key in need for v in base_views[key]]
     if base_req:
-        gens = engine.sampler.generate([r for _, r in base_req])
+        gens = search(engine.sampler, [r for _, r in base_req], threshold=cfg.sampling.dfs_threshold,
+                      max_paths=cfg.sampling.dfs_max_paths, stop_ids=fmt.stop_token_ids)
         for (v, _), g in zip(base_req, gens):
             out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=True))
         state.fallbacks["base_model_sampled_inputs"] += len(need)

@@ -9,7 +9,7 @@ this module imports neither vLLM nor torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -35,9 +35,13 @@ class GenRequest:
     max_tokens: int
     n: int = 1
     temperature: float = 0.0  # 0: greedy
+    top_logprobs: int = 0  # also return the k most likely tokens at every generated position
 
 
-Generation = tuple[list[int], float]  # (generated token ids, summed logprob)
+class Generation(NamedTuple):
+    ids: list[int]  # generated token ids
+    logprob: float  # their summed log-probability
+    top: list[dict[int, float]] | None = None  # per position: token id -> logprob (top_logprobs)
 
 
 class Sampler(Protocol):
@@ -96,7 +100,7 @@ def collect_samples(view: View, generations: list[Generation], fmt: TextFormat,
                     from_base: bool = False) -> list[Sample]:
     """Parse each generation and map it back to the original frame (None where it does not parse)."""
     out = []
-    for ids, logprob in generations:
+    for ids, logprob, _ in generations:
         grid = fmt.parse(ids)
         if grid is not None:
             grid = view.transform.invert_grid(grid)

@@ -58,8 +58,13 @@ class HFSampler:
                         output_scores=True, return_dict_in_generate=True, use_cache=True)
                     new = out.sequences[0, ids.shape[1]:]
                     steps = torch.stack([s[0] for s in out.scores]).float().log_softmax(-1)
-                    lp = steps.gather(1, new[:, None]).sum().item()
-                    gens.append((new.tolist(), float(lp)))
+                    chosen = steps.gather(1, new[:, None])[:, 0]
+                    top = None
+                    if r.top_logprobs:
+                        vals, idx = steps.topk(min(r.top_logprobs, steps.shape[1]), dim=-1)
+                        top = [dict(zip(i.tolist(), v.tolist())) | {int(t): float(c)}
+                               for i, v, t, c in zip(idx, vals, new, chosen)]
+                    gens.append(Generation(new.tolist(), float(chosen.sum()), top))
             self.calls += 1
             results.append(gens)
         self.compute_s += time.perf_counter() - start

@@ -15,6 +15,7 @@ from typing import Any
 from ..config import Config
 from ..sample import Adapter, GenRequest, Generation
 
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted max_lora_rank values
 
 
@@ -45,6 +46,8 @@ class VLLMSampler:
         self.enable_lora = enable_lora
         self.stop_ids = list(stop_ids)
         self.llm = LLM(**kwargs)
+        # top-k logprobs beyond the vocabulary (or vLLM's max_logprobs, 20) fail inside the engine
+        self.max_top = min(MAX_LOGPROBS, self.llm.llm_engine.model_config.get_vocab_size())
         self.calls = 0
         self.compute_s = 0.0  # seconds inside LLM.generate
 
@@ -68,15 +71,18 @@ class VLLMSampler:
             prompts = [TokensPrompt(prompt_token_ids=list(requests[i].prompt)) for i in group]
             params = [SamplingParams(n=requests[i].n, temperature=requests[i].temperature,
                                      max_tokens=requests[i].max_tokens, stop_token_ids=self.stop_ids,
-                                     logprobs=0, detokenize=False) for i in group]
+                                     logprobs=min(requests[i].top_logprobs, self.max_top),
+                                     detokenize=False)
+                      for i in group]
             loras = [self._lora(requests[i].adapter) for i in group] if group is with_adapter else None
             t0 = time.perf_counter()
             outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=True)
             self.compute_s += time.perf_counter() - t0
             self.calls += 1
             for i, out in zip(group, outs):
-                results[i] = [(list(c.token_ids), float(c.cumulative_logprob or 0.0))
-                              for c in out.outputs]
+                k = requests[i].top_logprobs
+                results[i] = [Generation(list(c.token_ids), float(c.cumulative_logprob or 0.0),
+                                         _top(c.logprobs, k) if k else None) for c in out.outputs]
         return results
 
     def score(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> float:
@@ -94,3 +100,8 @@ class VLLMSampler:
         for pos in range(len(prompt), len(full)):
             total += out.prompt_logprobs[pos][full[pos]].logprob
         return total
+
+
+def _top(logprobs: Any, k: int) -> list[dict[int, float]]:
+    """vLLM's per-position {token: Logprob} (top k plus the chosen token) as plain floats."""
+    return [{int(t): float(lp.logprob) for t, lp in pos.items()} for pos in (logprobs or [])]
