@@ -35,7 +35,8 @@ def main() -> int:
     from submission.dry_run import dry_run
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="overhead-"))
-    result = dry_run("arc-agi-2", "evaluation", args.tasks, None, workdir, Config(),
+    cfg = Config().with_overrides(["budget.workers=0"])  # in-process: the backends time themselves
+    result = dry_run("arc-agi-2", "evaluation", args.tasks, None, workdir, cfg,
                      all_policies=True, log=lambda m: print(m, file=sys.stderr))
     import json
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+ANSWER_SECTIONS = ("model", "ttt", "sampling", "selection")  # what a task's answers depend on
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -127,6 +128,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_json(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The dict as stored in JSON files (tuples become lists), optionally only `sections`."""
+        data = json.loads(json.dumps(self.to_dict()))
+        return data if sections is None else {k: data[k] for k in sections}
 
     def with_overrides(self, items: list[str] | tuple[str, ...]) -> "Config":
         """Apply `section.field=value` strings; values parse by the field's type."""

@@ -145,9 +145,7 @@ DONE = "ttt_done.json"  # written last: the adapter is complete and checked
 
 
 def _ttt_identity(cfg: Config) -> dict[str, Any]:
-    import json
-
-    return json.loads(json.dumps({"model": cfg.model.__dict__, "ttt": cfg.ttt.__dict__}))
+    return cfg.to_json(("model", "ttt"))
 
 
 def _finished_adapter(path: Path, cfg: Config) -> dict[str, Any] | None:

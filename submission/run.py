@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .budget import Planner
-from .config import Config
+from .config import ANSWER_SECTIONS, Config
 from .engine import Engine, build_engine, check_model_dir
 from .grids import Task
 from .pipeline import TTT_ERRORS as CHUNK_ERRORS
@@ -36,7 +36,7 @@ class Run:
         self.start = time.monotonic()
         self.challenges = Path(challenges)
         self.cfg, self.out, self.workdir = cfg, Path(out), Path(workdir)
-        self.cfg_json = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists
+        self.cfg_json = cfg.to_json(ANSWER_SECTIONS)  # a stored task is reused only if these match
         self.all_policies = all_policies
         (self.workdir / "tasks").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.workdir / "config.json", cfg.to_dict())

@@ -179,10 +179,10 @@ class WorkerSink:
     """What pipeline.process_chunk reports to, inside a worker: records go to disk and the pipe."""
 
     def __init__(self, cfg: Config, workdir: Path, all_policies: bool, outbox: Connection) -> None:
-        import json
+        from .config import ANSWER_SECTIONS
 
         self.cfg, self.workdir, self.all_policies, self.outbox = cfg, workdir, all_policies, outbox
-        self.cfg_json = json.loads(json.dumps(cfg.to_dict()))
+        self.cfg_json = cfg.to_json(ANSWER_SECTIONS)
         self.fallbacks: Counter = Counter()
         self.faults: list[dict[str, Any]] = []
 
