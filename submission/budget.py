@@ -28,6 +28,7 @@ class TaskPlan:
     max_samples: int
     n_views: int
     max_rescore: int
+    extra_views: int  # views added to test inputs whose answers disagree (0 when time is short)
     ttt_s: float  # training time allowed (training stops itself there)
     expected_s: float  # whole task at this plan
     sample_s: float  # expected sampling + re-scoring time at this plan
@@ -109,7 +110,9 @@ class Planner:
         cap = min(b.task_cap_s, max(CAP_FLOOR_S, 6.0 * total_s))
         ttt_allowed = min(max(1.5 * ttt_s, 0.5 * fair), 0.6 * cap,
                           0.5 * max(0.0, self.deadline - now))
-        return TaskPlan(max_samples=samples, n_views=views, max_rescore=rescore, ttt_s=ttt_allowed,
+        extra = self.cfg.sampling.unsure_extra_views if scale >= 1.0 else 0  # spare time only
+        return TaskPlan(max_samples=samples, n_views=views, max_rescore=rescore, extra_views=extra,
+                        ttt_s=ttt_allowed,
                         expected_s=total_s, sample_s=total_s - ttt_s, cap_s=cap)
 
     def observe(self, cost: TaskCost, *, ttt_s: float, train_tokens: float, sample_s: float,

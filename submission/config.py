@@ -77,6 +77,8 @@ class SamplingConfig:
     n_views: int = 16  # ARChitects/NVARC: 16 views (8 dihedral x 2 colour perms), demo order shuffled
     dfs_threshold: float = 0.17  # ARChitects' DFS: every answer with p >= 0.17 (NVARC: 0.2); 0: greedy only
     dfs_max_paths: int = 8  # answers searched per view at most (the greedy one included)
+    unsure_extra_views: int = 16  # more views for a test input whose answers disagree (if time allows)
+    unsure_agreement: float = 0.5  # "disagree": the top answer has under this share of the parsed ones
     n_samples: int = 0  # extra samples per view at `temperature` on top of the greedy answer
     temperature: float = 1.0  # only for the extra samples
     keep_background: bool = True  # same convention as TTT data
@@ -258,6 +260,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("config sampling.gpu_memory_utilization must be in (0, 1]")
     if cfg.budget.workers < 0:
         raise ConfigError("config budget.workers must be >= 0")
+    if cfg.sampling.unsure_extra_views < 0 or not 0.0 <= cfg.sampling.unsure_agreement <= 1.0:
+        raise ConfigError("config sampling.unsure_extra_views must be >= 0, unsure_agreement in [0, 1]")
     if not 0.0 <= cfg.sampling.dfs_threshold < 1.0 or cfg.sampling.dfs_max_paths < 1:
         raise ConfigError("config sampling.dfs_threshold must be in [0, 1), dfs_max_paths >= 1")
     if cfg.sampling.n_samples < 0 or cfg.ttt.max_steps < 0:

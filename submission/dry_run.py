@@ -19,6 +19,7 @@ from .tasks import export_kaggle, load_dataset
 
 # A CPU-sized pipeline check: small adapter, few samples and views (every stage still runs).
 TINY_OVERRIDES = ("ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling.n_views=8",
+                  "sampling.unsure_extra_views=4",
                   "selection.rescore_augmentations=4", "selection.max_rescore=4",
                   "model.max_seq_len=4096")
 

@@ -57,7 +57,8 @@ def task_rng(seed: int, task_id: str, stage: str) -> np.random.Generator:
 def planned_config(cfg: Config, plan: TaskPlan) -> Config:
     """The config of one task under its plan (TTT samples and views scaled by the budget)."""
     return replace(cfg, ttt=replace(cfg.ttt, max_samples=plan.max_samples),
-                   sampling=replace(cfg.sampling, n_views=plan.n_views),
+                   sampling=replace(cfg.sampling, n_views=plan.n_views,
+                                    unsure_extra_views=plan.extra_views),
                    selection=replace(cfg.selection, max_rescore=plan.max_rescore))
 
 
@@ -197,6 +198,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
     out: dict[tuple[str, int], list[Sample]] = {key: [] for key in base_views}
     for (v, from_base), g in zip(views, gens):
         out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=from_base))
+    views += resample_unsure(engine, state, chunk, cfgs, adapters, out)
     # Base-model answers where the adapter produced fewer than two distinct grids (own call: vLLM bug).
     need = [key for key, smp in out.items() if len(pool(smp)) < 2
             and cfg.sampling.base_model_fallback and key[0] in adapters]
@@ -208,13 +210,49 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
         for (v, _), g in zip(base_req, gens):
             out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=True))
         state.fallbacks["base_model_sampled_inputs"] += len(need)
-    elapsed, total = time.monotonic() - t0, max(1, len(requests) + len(base_req))
+    elapsed, total = time.monotonic() - t0, max(1, len(views) + len(base_req))
     for task in chunk:
         mine = sum(1 for v, _ in views if v.task_id == task.id) + sum(
             1 for v, _ in base_req if v.task_id == task.id)
         records[task.id]["timing"]["sample_s"] = elapsed * mine / total
         records[task.id]["views"] = mine
     return out
+
+
+def agreement(samples: list[Sample]) -> float:
+    """Share of the parsed answers that the most frequent one has (0 when none parsed)."""
+    cands = pool(samples)
+    parsed = sum(c.count for c in cands)
+    return cands[0].count / parsed if parsed else 0.0
+
+
+def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[str, Config],
+                    adapters: dict, out: dict[tuple[str, int], list[Sample]]) -> list:
+    """Spend spare time where it matters: test inputs whose answers disagree get
+    `unsure_extra_views` more (random) views, in one more batched call. Returns those views."""
+    cfg, fmt = state.cfg, engine.fmt
+    views, requests = [], []
+    for task in chunk:
+        s, adapter = cfgs[task.id].sampling, adapters.get(task.id)
+        if not s.unsure_extra_views or (adapter is None and cfg.ttt.enabled):
+            continue
+        for i in range(task.n_test):
+            if agreement(out[(task.id, i)]) >= s.unsure_agreement:
+                continue
+            vs, _ = build_views(task, i, fmt, task_rng(s.seed, task.id, f"extra{i}"),
+                                n_views=s.unsure_extra_views, max_len=cfg.model.max_seq_len,
+                                answer_tokens=answer_budget(task, i, fmt), extra=True,
+                                keep_background=s.keep_background, shuffle_order=s.shuffle_order,
+                                first_index=s.n_views)
+            state.fallbacks["unsure_inputs_resampled"] += 1
+            for v in vs:
+                views.append((v, adapter is None))
+                requests.append(GenRequest(v.prompt, adapter, max_tokens(v, fmt, cfg.model.max_seq_len)))
+    gens = search(engine.sampler, requests, threshold=cfg.sampling.dfs_threshold,
+                  max_paths=cfg.sampling.dfs_max_paths, stop_ids=fmt.stop_token_ids)
+    for (v, from_base), g in zip(views, gens):
+        out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=from_base))
+    return views
 
 
 def max_tokens(view, fmt, max_len: int) -> int:

@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from .augment import Transform, view_transforms
+from .augment import Transform, sample_transforms, view_transforms
 from .formats import TextFormat
 from .grids import Task
 from .select import Sample
@@ -65,13 +65,20 @@ class View:
 
 def build_views(task: Task, test_index: int, fmt: TextFormat, rng: np.random.Generator, *,
                 n_views: int, max_len: int, answer_tokens: int, keep_background: bool = True,
-                shuffle_order: bool = True) -> tuple[list[View], int]:
-    """Prompts of one test input under `n_views` transforms; demos are dropped from the front when a
-    prompt plus its longest possible answer would not fit. Returns (views, demos dropped in total)."""
+                shuffle_order: bool = True, extra: bool = False, first_index: int = 0
+                ) -> tuple[list[View], int]:
+    """Prompts of one test input under `n_views` transforms (the standard views, or with `extra`
+    random further ones, numbered from `first_index`); demos are dropped from the front when a
+    prompt plus its expected answer would not fit. Returns (views, demos dropped in total)."""
     views, dropped = [], 0
     n = len(task.train)
-    for i, t in enumerate(view_transforms(rng, n_views, n, keep_background=keep_background,
-                                          shuffle_order=shuffle_order)):
+    if extra:
+        transforms = sample_transforms(rng, n_views, n, keep_background=keep_background,
+                                       shuffle_order=shuffle_order and n > 1, include_identity=False)
+    else:
+        transforms = view_transforms(rng, n_views, n, keep_background=keep_background,
+                                     shuffle_order=shuffle_order)
+    for i, t in enumerate(transforms, start=first_index):
         order = t.order if t.order is not None else tuple(range(n))
         demos = [t.apply_pair(task.train[j]) for j in order]
         query = t.apply_grid(task.test_inputs[test_index])

@@ -23,6 +23,8 @@ def search(sampler: Sampler, requests: list[GenRequest], *, threshold: float, ma
     """Per greedy request: the greedy answer first, then every other complete answer with
     probability >= `threshold` (at most `max_paths` in all). Sampled requests (temperature > 0)
     and threshold <= 0 are plain generation."""
+    if not requests:
+        return []
     greedy = [i for i, r in enumerate(requests) if r.temperature == 0 and r.n == 1]
     if threshold <= 0 or not greedy:
         return sampler.generate(requests)

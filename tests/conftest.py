@@ -17,7 +17,7 @@ from submission.config import Config  # noqa: E402
 SMALL = Config().with_overrides([
     "ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling.n_views=4",
     "selection.rescore_augmentations=2", "selection.max_rescore=3", "model.max_seq_len=4096",
-    "sampling.max_loras=4"])
+    "sampling.max_loras=4", "sampling.unsure_extra_views=0"])
 
 
 @pytest.fixture(scope="session")

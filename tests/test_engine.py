@@ -124,3 +124,23 @@ def test_ttt_learns_what_the_base_model_cannot(engine, tmp_path):
         results[name] = {k: sub[k][0]["attempt_1"] == truth[k][0] for k in tasks}
     assert all(results["ttt"].values()), results
     assert not any(results["base"].values()), results
+
+
+def test_unsure_inputs_get_extra_views(engine, tmp_path):
+    """Spare time buys more views where answers disagree (an untrained adapter: nothing agrees),
+    and none where they agree (a trained one)."""
+    from submission.run import run
+
+    tasks = {"agree": zeros_task("agree", 2, 21), "unsure": zeros_task("unsure", 2, 22)}
+    challenges, _ = export_kaggle(tasks, tmp_path / "data", "evaluation")
+    extra = ["sampling.unsure_extra_views=3", "sampling.dfs_threshold=0"]
+    reports = {}
+    for name, learn in (("trained", LEARN), ("untrained", ["ttt.max_samples=1", "ttt.max_steps=1"])):
+        cfg = SMALL.with_overrides(learn + extra)
+        reports[name] = run(challenges, None, tmp_path / f"{name}.json", tmp_path / name, cfg,
+                            engine=engine)
+    n, base = SMALL.sampling.n_views, 2  # fewer than 2 distinct answers adds 2 base-model views
+    assert all(r["views"] == n + base for r in reports["trained"]["per_task"].values())
+    assert reports["trained"]["fallbacks"].get("unsure_inputs_resampled", 0) == 0
+    assert all(r["views"] == n + 3 + base for r in reports["untrained"]["per_task"].values())
+    assert reports["untrained"]["fallbacks"]["unsure_inputs_resampled"] == 2

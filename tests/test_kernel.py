@@ -20,7 +20,7 @@ GENERATED = ["notebook.ipynb", "kernel-metadata.json", "kaggle/wheelhouse/notebo
              "kaggle/wheelhouse/kernel-metadata.json"]
 SMOKE_ARGS = ("--smoke --smoke-tasks 2 --workers 1 --set ttt.r=8 --set ttt.lora_alpha=16 "
               "--set ttt.max_samples=4 --set sampling.n_views=2 --set selection.rescore_augmentations=2 "
-              "--set selection.max_rescore=2 --set model.max_seq_len=2048")
+              "--set selection.max_rescore=2 --set model.max_seq_len=2048 --set sampling.unsure_extra_views=2")
 
 
 def build(root: Path, *args: str) -> subprocess.CompletedProcess:
