@@ -4,6 +4,7 @@ Drives the real `Planner` and `Scheduler` with a simulated clock. Tasks are the 
 evaluation tasks twice (their real sizes). The "true" machine runs at a fraction of the planner's
 prior throughput with per-task noise; some tasks are injected as slow (x4) and some hang (killed at
 their cap, re-queued once, then given up). A worker whose chunk is killed restarts its engine.
+Half the test inputs are taken to be unsure (they get the extra views when time allows).
 Reports, per scenario, the finish time as a fraction of the budget, tasks answered by their own
 adapter, tasks that fell back, and the mean planned scale of TTT samples.
 
@@ -27,7 +28,8 @@ from submission.grids import Task  # noqa: E402
 from submission.schedule import Scheduler  # noqa: E402
 from submission.tasks import load_dataset  # noqa: E402
 
-ENGINE_START_S = 120.0  # model load + vLLM start per worker (also after a kill)
+ENGINE_START_S = 120.0
+UNSURE_SHARE = 0.5  # test inputs whose answers disagree and get the extra views (when time allows)  # model load + vLLM start per worker (also after a kill)
 
 
 def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang: float,
@@ -81,12 +83,13 @@ def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang:
                 plan, cost = a.plans[task_id], sched.costs[task_id]
                 factor = noise[task_id] * (4.0 if kind[task_id] == "slow" else 1.0)
                 per_input = cost.n_test * cost.view_tokens
-                sampling = plan.n_views * per_input / true_rates["sample"] * factor
+                views = plan.n_views + UNSURE_SHARE * plan.extra_views  # adaptive extra views
+                sampling = views * per_input / true_rates["sample"] * factor
                 n_scored = plan.max_rescore * cfg.selection.rescore_augmentations
                 scoring = n_scored * per_input / true_rates["score"] * factor
                 rest += sampling + scoring
                 planner.observe(cost, ttt_s=0.0, train_tokens=0, sample_s=sampling,
-                                views=plan.n_views * cost.n_test, rescore_s=scoring,
+                                views=round(views * cost.n_test), rescore_s=scoring,
                                 rescored=n_scored * cost.n_test)
             if t + rest > min(a.kill_at(), end):
                 killed = min(a.kill_at(), end)
