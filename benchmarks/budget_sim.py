@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from submission.budget import Planner, TaskCost  # noqa: E402
+from submission.budget import Planner  # noqa: E402
 from submission.config import Config  # noqa: E402
 from submission.grids import Task  # noqa: E402
 from submission.schedule import Scheduler  # noqa: E402

@@ -83,9 +83,9 @@ def test_grad_accumulation_equals_one_big_batch(trainer_fmt):
     grads = []
     for bs, acc in ((2, 1), (1, 2)):
         trainer.reset()
-        cfg = SMALL.with_overrides([f"ttt.batch_size={bs}", f"ttt.grad_accum={acc}"]).ttt
+        # batch bs x accumulation acc, by hand: both see the same two samples
         params = [p for p in trainer.model.parameters() if p.requires_grad]
-        micro = [samples[i:i + bs] for i in range(0, 2, bs)]
+        micro = [samples[i:i + bs] for i in range(0, bs * acc, bs)]
         n_items = sum(int((trainer._collate(m)["labels"][:, 1:] != -100).sum()) for m in micro)
         for m in micro:
             trainer.model(**trainer._collate(m), num_items_in_batch=torch.tensor(n_items)).loss.backward()

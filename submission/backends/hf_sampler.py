@@ -49,7 +49,7 @@ class HFSampler:
             ids = torch.tensor([list(r.prompt)], device=self.trainer.device)
             gens: list[Generation] = []
             with self._use(r.adapter), torch.no_grad():
-                for k in range(r.n):
+                for _ in range(r.n):
                     sample = r.temperature > 0
                     out = self.model.generate(
                         input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=r.max_tokens,
