@@ -131,7 +131,7 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
     with tqdm(desc=f"ttt {task.id}", unit="step", leave=False) as bar:
         result = engine.trainer.train(data.samples, rng, cfg.ttt, deadline=deadline, progress=bar)
     engine.forward.forget_loaded()
-    rec["ttt"] = {k: v for k, v in vars(result).items()}
+    rec["ttt"] = dict(vars(result))
     if result.stopped_by_deadline:
         state.fallbacks["ttt_cut_by_deadline"] += 1
     path = engine.trainer.save(out)
@@ -193,11 +193,8 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                     requests.append(GenRequest(v.prompt, adapter, budget, n=s.n_samples,
                                                temperature=s.temperature))
     t0 = time.monotonic()
-    gens = search(engine.sampler, requests, threshold=cfg.sampling.dfs_threshold,
-                  max_paths=cfg.sampling.dfs_max_paths, stop_ids=fmt.stop_token_ids)
     out: dict[tuple[str, int], list[Sample]] = {key: [] for key in base_views}
-    for (v, from_base), g in zip(views, gens):
-        out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=from_base))
+    generate_into(engine, cfg, views, requests, out)
     views += resample_unsure(engine, state, chunk, cfgs, adapters, out)
     # Base-model answers where the adapter produced fewer than two distinct grids (own call: vLLM bug).
     need = [key for key, smp in out.items() if len(pool(smp)) < 2
@@ -205,10 +202,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
     base_req = [(v, GenRequest(v.prompt, None, max_tokens(v, fmt, cfg.model.max_seq_len)))
                 for key in need for v in base_views[key]]
     if base_req:
-        gens = search(engine.sampler, [r for _, r in base_req], threshold=cfg.sampling.dfs_threshold,
-                      max_paths=cfg.sampling.dfs_max_paths, stop_ids=fmt.stop_token_ids)
-        for (v, _), g in zip(base_req, gens):
-            out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=True))
+        generate_into(engine, cfg, [(v, True) for v, _ in base_req], [r for _, r in base_req], out)
         state.fallbacks["base_model_sampled_inputs"] += len(need)
     elapsed, total = time.monotonic() - t0, max(1, len(views) + len(base_req))
     for task in chunk:
@@ -248,11 +242,17 @@ def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: di
             for v in vs:
                 views.append((v, adapter is None))
                 requests.append(GenRequest(v.prompt, adapter, max_tokens(v, fmt, cfg.model.max_seq_len)))
-    gens = search(engine.sampler, requests, threshold=cfg.sampling.dfs_threshold,
-                  max_paths=cfg.sampling.dfs_max_paths, stop_ids=fmt.stop_token_ids)
-    for (v, from_base), g in zip(views, gens):
-        out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=from_base))
+    generate_into(engine, cfg, views, requests, out)
     return views
+
+
+def generate_into(engine: Engine, cfg: Config, views: list, requests: list[GenRequest],
+                  out: dict[tuple[str, int], list[Sample]]) -> None:
+    """Answer search for `requests` (one per (view, from_base) of `views`); samples go to `out`."""
+    gens = search(engine.sampler, requests, threshold=cfg.sampling.dfs_threshold,
+                  max_paths=cfg.sampling.dfs_max_paths, stop_ids=engine.fmt.stop_token_ids)
+    for (v, from_base), g in zip(views, gens):
+        out[(v.task_id, v.test_index)].extend(collect_samples(v, g, engine.fmt, from_base=from_base))
 
 
 def max_tokens(view, fmt, max_len: int) -> int:

@@ -96,7 +96,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         a = sched.assign(h.wid, time.monotonic())
         _send(h.inbox, None if a is None else (a.tasks, {k: vars(p) for k, p in a.plans.items()}))
 
-    info["bar"] = tqdm(total=len(state.pending), desc=f"tasks ({n} workers)", unit="task")
+    bar = tqdm(total=len(state.pending), desc=f"tasks ({n} workers)", unit="task")
     for wid in range(n):
         start(wid)
     while not sched.complete() and time.monotonic() < end:
@@ -119,7 +119,9 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
                 kill(h, f"worker pipe closed (exit code {h.proc.exitcode})")
                 continue
             _handle(msg, h, state, sched, planner, info, give_work)
-    info.pop("bar").close()
+            bar.n = len(sched.finished)
+            bar.refresh()
+    bar.close()
     for h in list(handles.values()):
         _send(h.inbox, None)
         h.proc.join(timeout=2)
@@ -151,7 +153,6 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
         state.faults.extend(faults)
         sched.task_done(h.wid, task_id)
         observe(planner, sched, record, task_id)
-        info["bar"].update(1)
     elif kind == "progress":
         sched.progress(h.wid, msg[1], msg[2], time.monotonic())
     elif kind == "chunk_error":

@@ -24,6 +24,8 @@ class HFSampler:
         self.trainer, self.model = trainer, trainer.model
         self.stop_ids, self.pad_id = list(stop_ids), pad_id
         self._loaded: str | None = None
+        if trainer.backend == "unsloth":
+            os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # unsloth's forward returns no logits otherwise
         self.calls = 0
         self.compute_s = 0.0  # seconds inside generate and forward calls
 
@@ -76,7 +78,6 @@ class HFSampler:
         start = time.perf_counter()
         full = torch.tensor([list(prompt) + list(answer)], device=self.trainer.device)
         self.trainer.set_mode(training=False)
-        os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # unsloth returns empty logits otherwise
         with self._use(adapter), torch.no_grad():
             logits = self.model(input_ids=full).logits[0, len(prompt) - 1:-1].float()
         self.calls += 1
