@@ -3,9 +3,10 @@
 Cost units are tokens: TTT costs (samples x epochs x tokens per sample) at the training rate; sampling
 costs (views x test inputs x (prompt + answer) tokens) at the sampling rate; re-scoring costs
 (candidates x augmentations x prompt tokens) at the scoring rate. Rates start from priors (an L4 with
-a 4B model) and follow the measured ones. Each plan gives the task its share of the worker-seconds
-left, scaled down (fewer TTT samples and views, never below floors) when the time is short.
-This module only computes numbers; it neither runs nor kills anything.
+a 4B model), are replaced by the engine's start-up calibration on this machine, and then follow the
+measured ones. Each plan gives the task its share of the worker-seconds left, scaled down (fewer TTT
+samples and views, never below floors) when the time is short. Estimates plan work; they never kill
+it (the scheduler's watchdog looks at heartbeats). This module only computes numbers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .grids import Task
 MIN_SAMPLES = 8  # below this TTT barely moves the adapter; skip-by-deadline is the next step down
 MIN_VIEWS = 4
 MIN_RESCORE = 2
-CAP_FLOOR_S = 120.0  # no task is killed sooner (first-call warm-ups, tiny tasks)
+RATE_KEYS = ("train", "sample", "score")
+GRACE_S = 15.0  # runs stop this long before the budget's end to write their final files
 ANSWER_GUESS = 1.0  # expected answer tokens as a multiple of the test input's cells (+ row breaks)
 
 
@@ -32,7 +34,7 @@ class TaskPlan:
     ttt_s: float  # training time allowed (training stops itself there)
     expected_s: float  # whole task at this plan
     sample_s: float  # expected sampling + re-scoring time at this plan
-    cap_s: float  # hard cap: past it the worker is killed and the task re-queued or given fallbacks
+    cap_s: float  # hard cap (budget.task_cap_s): past it the worker is killed, the task re-queued
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Planner:
     def __init__(self, cfg: Config, *, start: float, workers: int) -> None:
         self.cfg, self.workers = cfg, max(1, workers)
         self.deadline = start + cfg.budget.time_budget_s
+        self.end = self.deadline - min(GRACE_S, 0.1 * cfg.budget.time_budget_s)  # work stops here
         b = cfg.budget
         self.rates = {"train": b.prior_train_tokens_per_s, "sample": b.prior_sample_tokens_per_s,
                       "score": b.prior_score_tokens_per_s}
@@ -103,17 +106,26 @@ class Planner:
         b = self.cfg.budget
         ttt_s, total_s = self.full_seconds(cost, scale)
         samples, views, rescore = self.amounts(scale)
-        # The cap catches hangs: 6x the estimate leaves room for priors that are off by that much
-        # before the rates are measured, and for slow tasks. Training may run past its estimate up to half the task's
-        # fair share of the time left (never past 60% of the cap, so sampling still fits).
+        # Training may run past its estimate up to half the task's fair share of the time left
+        # (never past 60% of the hard cap, so sampling still fits); it stops itself there.
         fair = max(0.0, self.deadline - now) * self.workers / max(1, len(remaining))
-        cap = min(b.task_cap_s, max(CAP_FLOOR_S, 6.0 * total_s))
+        cap = b.task_cap_s
         ttt_allowed = min(max(1.5 * ttt_s, 0.5 * fair), 0.6 * cap,
                           0.5 * max(0.0, self.deadline - now))
         extra = self.cfg.sampling.unsure_extra_views if scale >= 1.0 else 0  # spare time only
         return TaskPlan(max_samples=samples, n_views=views, max_rescore=rescore, extra_views=extra,
                         ttt_s=ttt_allowed,
                         expected_s=total_s, sample_s=total_s - ttt_s, cap_s=cap)
+
+    def calibrate(self, rates: dict[str, float]) -> None:
+        """Take rates measured on this machine (tokens/s by key `train`, `sample`, `score`): the
+        first calibration replaces the priors, later ones (other workers) are averaged in."""
+        for key in RATE_KEYS:
+            rate = rates.get(key)
+            if rate is None or not math.isfinite(rate) or rate <= 0:
+                continue
+            self.rates[key] = 0.5 * (self.rates[key] + rate) if key in self.measured else float(rate)
+            self.measured.add(key)
 
     def observe(self, cost: TaskCost, *, ttt_s: float, train_tokens: float, sample_s: float,
                 views: int, rescore_s: float, rescored: int) -> None:

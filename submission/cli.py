@@ -29,6 +29,18 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, help="seconds for the whole run (budget.time_budget_s)")
 
 
+def _add_calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="FILE",
+                   help="rates measured by gpu-check (calibration.json): the planner's start values "
+                        "instead of measuring them when the engine starts")
+
+
+def _calibration(args: argparse.Namespace):
+    from .calibrate import load_calibration
+
+    return load_calibration(args.calibration) if args.calibration else None
+
+
 def _config(args: argparse.Namespace):
     from .config import load_config
 
@@ -79,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first N tasks only (the rest get placeholder answers)")
     p.add_argument("--selection", choices=["config", "all"], default="config",
                    help="all: also record the attempts of every selection policy")
+    _add_calibration(p)
     _add_config(p)
 
     p = sub.add_parser("dry-run", help="run on a public split and score it")
@@ -89,7 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="dry-run")
     p.add_argument("--selection", choices=["config", "all"], default="all",
                    help="all: score every selection policy side by side from one candidate pool")
+    _add_calibration(p)
     _add_config(p)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a run's tasks, attempts and times")
+    p.add_argument("workdir", help="a run's --workdir (or a dry-run's workdir)")
+    p.add_argument("--solutions", help="solutions file (default: the one found beside the challenges)")
+    p.add_argument("--challenges", help="challenges file (default: the one the run names or found)")
+    p.add_argument("--out", help="HTML path (default: WORKDIR/report.html)")
+
+    p = sub.add_parser("show-prompt", help="print the exact prompt text and token ids a model gets "
+                                           "for one test input (reads only the tokenizer files)")
+    p.add_argument("--model", required=True, help="model directory (tokenizer files suffice)")
+    p.add_argument("--challenges", required=True)
+    p.add_argument("--task", required=True, help="task id")
+    p.add_argument("--test-index", type=int, default=0, help="which test input (default 0)")
+    p.add_argument("--solutions", help="solutions file: also print the answer's text and ids")
+    p.add_argument("--format", default="auto", choices=["auto", "qwen-chat", "architects"],
+                   help="auto: detected from the tokenizer, as model.format=auto does")
+    p.add_argument("--json", action="store_true",
+                   help='print {"format", "prompt_ids", "prompt_text", "bos_id"} (+ answer_ids, answer_text)')
 
     p = sub.add_parser("shrink-vocab", help="keep only the format's tokens in a model's vocabulary")
     p.add_argument("--model", required=True)
@@ -117,6 +149,31 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--smoke", dest="full", action="store_false", help="short smoke run")
     p.add_argument("--smoke-tasks", type=_positive_int, default=3)
     p.add_argument("--workers", type=_positive_int, help="worker processes (default: one per GPU)")
+    p.add_argument("--allow-unanswered", action="store_true",
+                   help="smoke run: a test input without any parseable answer is no failure "
+                        "(untrained test models)")
+    _add_calibration(p)
+    _add_config(p)
+
+    p = sub.add_parser("gpu-check", help="check this machine: versions, driver, GPUs, backends, memory "
+                                         "plan; train/save/sample/score once; measure the rates")
+    p.add_argument("--model", help="model directory (default: found under --input-root)")
+    p.add_argument("--input-root", default="/kaggle/input",
+                   help="where to look for the model when --model is not given")
+    p.add_argument("--out", default="gpu-check", help="directory for gpu_check.json and calibration.json")
+    p.add_argument("--steps", type=_positive_int, default=3, help="training steps per check adapter")
+    p.add_argument("--grid-side", type=_positive_int, default=12,
+                   help="side of the synthetic grids (12: ARC-sized; smaller for quick CPU checks)")
+    _add_config(p)
+
+    p = sub.add_parser("memory-plan", help="how vLLM and the trainer share a GPU (reads only "
+                                           "config.json; exit 2 when nothing fits)")
+    p.add_argument("--model", required=True, help="model directory (only config.json is read)")
+    p.add_argument("--gpu-memory-gib", type=float, required=True,
+                   help="total GPU memory in GiB (L4 ~22.5, T4 ~15, A100 40, H100 80)")
+    p.add_argument("--compute-capability", default="8.9", help="e.g. 8.9 (L4), 7.5 (T4), 9.0 (H100)")
+    p.add_argument("--no-trainer", action="store_true", help="the trainer runs on another GPU")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config(p)
     return ap
 
@@ -127,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except SubmissionError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RecursionError:  # a JSON input nested too deeply, read outside the checked loaders
+        print("error: an input file is nested too deeply", file=sys.stderr)
         return 2
     except OSError as exc:  # unreadable or unwritable paths given by the user
         print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
@@ -181,11 +241,14 @@ def cmd_tiny_model(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .paths import check_run_paths
     from .run import run
 
     cfg = _config(args)
+    calibration = _calibration(args)
+    check_run_paths(args.challenges, args.model, args.out, args.workdir)
     report = run(args.challenges, args.model, args.out, args.workdir, cfg, limit=args.limit,
-                 all_policies=args.selection == "all")
+                 all_policies=args.selection == "all", calibration=calibration)
     print(json.dumps({"submission": str(args.out), "tasks": report["tasks"],
                       "fallbacks": report["fallbacks"], "seconds": round(report["seconds"], 1)}))
     return 0
@@ -196,8 +259,22 @@ def cmd_dry_run(args) -> int:
 
     cfg = _config(args)
     result = dry_run(args.dataset, args.split, args.limit, args.model, Path(args.workdir), cfg,
-                     all_policies=args.selection == "all", log=lambda m: print(m, file=sys.stderr))
+                     all_policies=args.selection == "all", log=lambda m: print(m, file=sys.stderr),
+                     calibration=_calibration(args))
     print(json.dumps(result))
+    return 0
+
+
+def cmd_show_prompt(args) -> int:
+    from .show_prompt import format_text, show_prompt
+
+    result, warnings = show_prompt(args.model, args.challenges, args.task,
+                                   test_index=args.test_index, solutions=args.solutions,
+                                   format_name=args.format)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(json.dumps(result) if args.json else
+          format_text(result, model_dir=args.model, task_id=args.task, test_index=args.test_index))
     return 0
 
 
@@ -211,7 +288,9 @@ def cmd_shrink_vocab(args) -> int:
 
 def cmd_finetune(args) -> int:
     from .finetune import finetune
+    from .paths import check_finetune_paths
 
+    check_finetune_paths(args.model, args.out)
     if args.samples_per_task:
         args.set.append(f"finetune.samples_per_task={args.samples_per_task}")
     report = finetune(args.model, args.data, args.out, _config(args), allow_eval=args.allow_eval,
@@ -221,23 +300,83 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_kaggle(args) -> int:
-    from .kaggle import kaggle_config, resolve
+    from .kaggle import kaggle_config, resolve, smoke_verdict
+    from .paths import check_run_paths
     from .run import run
 
     setup = resolve(input_root=args.input_root, working=args.working, model=args.model,
                     full=args.full, smoke_tasks=args.smoke_tasks, workers=args.workers)
+    check_run_paths(setup.challenges, setup.model, setup.out, setup.workdir)
     cfg = kaggle_config(_config(args), setup, budget_s=args.time_budget, explicit=_explicit_keys(args))
+    calibration = _calibration(args)
     print(f"{'FULL' if setup.full else 'SMOKE'} run: {setup.challenges} with {setup.model}, "
           f"{cfg.budget.workers} worker(s), budget {cfg.budget.time_budget_s:.0f} s", file=sys.stderr)
-    report = run(setup.challenges, setup.model, setup.out, setup.workdir, cfg, limit=setup.limit)
+    report = run(setup.challenges, setup.model, setup.out, setup.workdir, cfg, limit=setup.limit,
+                 scratch=setup.scratch, calibration=calibration)
     print(json.dumps({"submission": str(setup.out), "full": setup.full, "tasks": report["tasks"],
                       "fallbacks": report["fallbacks"], "seconds": round(report["seconds"], 1)}))
+    if setup.full:
+        return 0  # the competition rerun never fails on a submission that validates
+    problems = smoke_verdict(report, require_answers=not args.allow_unanswered)
+    if problems:
+        print(f"SMOKE RUN FAILED: {len(problems)} problem(s) in {setup.workdir / 'run.json'}:",
+              file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print("smoke run: every stage worked", file=sys.stderr)
     return 0
+
+
+def cmd_gpu_check(args) -> int:
+    from .errors import InputError
+    from .gpu_check import gpu_check
+    from .kaggle import find_model
+
+    model = args.model or find_model(args.input_root)
+    if model is None:
+        raise InputError(f"no model directory (config.json + *.safetensors + tokenizer.json) under "
+                         f"{args.input_root}; pass --model")
+    report = gpu_check(model, _config(args), out_dir=args.out, steps=args.steps, side=args.grid_side,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps({"ok": report["ok"], "failed": report["failed"], "warnings": report["warnings"],
+                      "report": str(Path(args.out) / "gpu_check.json"),
+                      "calibration": str(Path(args.out) / "calibration.json")
+                      if (Path(args.out) / "calibration.json").exists() else None}))
+    return 0 if report["ok"] else 1
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.workdir, solutions=args.solutions, out=args.out,
+                        challenges=args.challenges)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_memory_plan(args) -> int:
+    from .errors import InputError
+    from .memory import format_plan, plan_memory
+
+    major, _, minor = args.compute_capability.partition(".")
+    if not (major.isdigit() and (minor.isdigit() or not minor)):
+        raise InputError(f"expected MAJOR.MINOR such as 8.9, got {args.compute_capability!r}",
+                         field="--compute-capability")
+    plan = plan_memory(args.model, _config(args), args.gpu_memory_gib,
+                       compute_capability=(int(major), int(minor or 0)),
+                       trainer_on_same_gpu=not args.no_trainer)
+    print(json.dumps(plan.to_json()) if args.json else format_plan(plan))
+    if not plan.fits:
+        print(f"error: {plan.reason}", file=sys.stderr)
+    return 0 if plan.fits else 2
 
 
 COMMANDS = {"export": cmd_export, "score": cmd_score, "validate": cmd_validate,
             "tiny-model": cmd_tiny_model, "run": cmd_run, "dry-run": cmd_dry_run,
-            "kaggle": cmd_kaggle, "shrink-vocab": cmd_shrink_vocab, "finetune": cmd_finetune}
+            "kaggle": cmd_kaggle, "shrink-vocab": cmd_shrink_vocab,
+            "show-prompt": cmd_show_prompt, "finetune": cmd_finetune,
+            "report": cmd_report, "memory-plan": cmd_memory_plan, "gpu-check": cmd_gpu_check}
 
 
 def entry() -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import reprlib
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    format: str = "qwen-chat"  # text format of the base model (NVARC's strongest public checkpoint)
+    format: str = "auto"  # auto: detected from the model's tokenizer (qwen-chat: NVARC, architects: ARChitects)
     dtype: str = "auto"  # auto: bf16 on GPUs with compute capability >= 8, fp16 on T4, fp32 on CPU
     max_seq_len: int = 8192  # ARC-AGI-2 prompt+answer: p90 ~4.7k, max ~9.4k tokens; longer demos get dropped
 
@@ -84,9 +87,10 @@ class SamplingConfig:
     keep_background: bool = True  # same convention as TTT data
     shuffle_order: bool = True  # demo order is part of the view
     base_model_fallback: bool = True  # sample the base model (no LoRA) for tasks whose adapter failed
-    gpu_memory_utilization: float = 0.45  # vLLM takes ~half the card; the trainer process uses the rest
-    max_loras: int = 8  # adapters resident in one engine batch
+    gpu_memory_utilization: float = 0.0  # 0: the memory plan (memory.py) gives vLLM what the trainer leaves
+    max_loras: int = 8  # adapters resident in one engine batch; the memory plan may lower it to fit
     max_num_seqs: int = 128  # concurrent sequences per engine step
+    max_num_batched_tokens: int = 0  # 0: the memory plan picks it; below max_seq_len prefill is chunked
     enforce_eager: bool = False  # CUDA graphs on GPU; the CPU backend ignores it
     seed: int = 0  # engine seed (per-request seeds crash vLLM on CPU with chunked prefill)
 
@@ -105,10 +109,13 @@ class BudgetConfig:
     time_budget_s: float = 12 * 3600 - 45 * 60  # Kaggle's 12 h minus margin for start-up and writing
     workers: int = 1  # worker processes, one per GPU (4 on 4 x L4); 0 runs in this process
     task_cap_s: float = 1800.0  # hard cap per task: its worker is killed, the task re-queued once
+    stall_s: float = 300.0  # no heartbeat (step, finished request, score call) this long = hung
+    calibrate: bool = True  # measure the three rates at engine start (a few seconds on GPU)
+    keep_adapters: bool = False  # False deletes each adapter once its task's answers are written
     max_scale: float = 1.0  # >1 lets spare time buy more TTT samples and views than configured
     prior_train_tokens_per_s: float = 2500.0  # L4, 4B 4-bit: 128 samples of ~2.5k tokens in ~2 min
     prior_sample_tokens_per_s: float = 3000.0  # L4: 16 views of ~2.9k tokens in ~15 s
-    prior_score_tokens_per_s: float = 9000.0  # prefill only, prefix-cached: 64 prompts in ~20 s
+    prior_score_tokens_per_s: float = 9000.0  # prefill of prompt + candidate: 64 prompts in ~20 s
 
 
 @dataclass(frozen=True)
@@ -164,8 +171,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text()
         data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON/TOML, an integer over the digit limit
         raise ConfigError(f"config file {p}: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"config file {p}: nested too deeply") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: top level must be an object")
     return data
@@ -205,13 +214,21 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config {key}: expected a list of strings, got {value!r}")
+            raise ConfigError(f"config {key}: expected a list of strings, got {_short(value)}")
         return tuple(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"config {key}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"config {key}: expected {tp.__name__}, got {_short(value)}")
     return value
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for error messages (values may be huge or deeply nested)."""
+    try:
+        return reprlib.repr(value)
+    except (RecursionError, ValueError):
+        return f"a {type(value).__name__}"
 
 
 def _parse_value(raw: str, tp: Any, key: str) -> Any:
@@ -228,11 +245,12 @@ def _parse_value(raw: str, tp: Any, key: str) -> Any:
             return [s.strip() for s in raw.split(",") if s.strip()]
         return raw
     except ValueError as exc:
-        raise ConfigError(f"--set {key}={raw}: not a valid {getattr(tp, '__name__', tp)}") from exc
+        raise ConfigError(f"--set {key}={reprlib.repr(raw)}: not a valid "
+                          f"{getattr(tp, '__name__', tp)}") from exc
 
 
 _CHOICES = {
-    ("model", "format"): ("qwen-chat", "architects"),
+    ("model", "format"): ("auto", "qwen-chat", "architects"),
     ("model", "dtype"): ("auto", "bfloat16", "float16", "float32"),
     ("ttt", "backend"): ("auto", "unsloth", "peft"),
     ("finetune", "backend"): ("auto", "unsloth", "peft"),
@@ -244,20 +262,60 @@ _POSITIVE = {("ttt", "r"), ("ttt", "lora_alpha"), ("ttt", "learning_rate"), ("tt
              ("ttt", "max_samples"), ("ttt", "batch_size"), ("ttt", "grad_accum"),
              ("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "max_num_seqs"),
              ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "max_scale"),
-             ("budget", "task_cap_s"), ("budget", "prior_train_tokens_per_s"),
+             ("budget", "task_cap_s"), ("budget", "stall_s"), ("budget", "prior_train_tokens_per_s"),
              ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"), ("selection", "rescore_augmentations")}
 
 
+SEED_MAX = 2**32 - 1  # vLLM seeds numpy's legacy generator, which takes 0 .. 2**32 - 1
+MAX_LORA_RANK = 512  # the largest max_lora_rank vLLM accepts
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # q_proj, model.layers.0.mlp.up_proj
+
+
+def _check_values(cfg: Config) -> None:
+    """Field-wise checks: finite floats, seeds in range, plausible LoRA target module names."""
+    for sec in dataclasses.fields(cfg):
+        sub = getattr(cfg, sec.name)
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config {sec.name}.{f.name}={value}: must be finite")
+    for section in ("ttt", "finetune", "sampling"):
+        seed = getattr(cfg, section).seed
+        if not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"config {section}.seed={_short(seed)}: must be in 0..{SEED_MAX}")
+    if cfg.ttt.r > MAX_LORA_RANK:
+        raise ConfigError(f"config ttt.r={_short(cfg.ttt.r)}: vLLM serves LoRA ranks up to "
+                          f"{MAX_LORA_RANK} (max_lora_rank)")
+    for section in ("ttt", "finetune"):
+        modules = getattr(cfg, section).target_modules
+        if not modules:
+            raise ConfigError(f"config {section}.target_modules: empty; name the linear layers "
+                              f"to adapt, e.g. {','.join(LINEAR_MODULES)}")
+        bad = [m for m in modules if not _MODULE_NAME.fullmatch(m)]
+        if bad:
+            raise ConfigError(f"config {section}.target_modules: {_short(bad)} are not module "
+                              "names (letters, digits, '_', dot-separated)")
+        twice = sorted({m for m in modules if modules.count(m) > 1})
+        if twice:
+            raise ConfigError(f"config {section}.target_modules: {_short(twice)} listed twice")
+
+
 def _check(cfg: Config) -> None:
+    _check_values(cfg)
     for (section, name), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
-            raise ConfigError(f"config {section}.{name}={value!r}: choose one of {', '.join(choices)}")
+            raise ConfigError(f"config {section}.{name}={_short(value)}: choose one of "
+                              f"{', '.join(choices)}")
     for section, name in _POSITIVE:
         if not getattr(getattr(cfg, section), name) > 0:  # also rejects NaN
             raise ConfigError(f"config {section}.{name} must be positive")
-    if not 0.0 < cfg.sampling.gpu_memory_utilization <= 1.0:
-        raise ConfigError("config sampling.gpu_memory_utilization must be in (0, 1]")
+    if not 0.0 <= cfg.sampling.gpu_memory_utilization <= 1.0:
+        raise ConfigError("config sampling.gpu_memory_utilization must be in [0, 1] (0: auto)")
+    if not (cfg.sampling.max_num_batched_tokens == 0
+            or cfg.sampling.max_num_batched_tokens >= cfg.sampling.max_num_seqs):
+        raise ConfigError("config sampling.max_num_batched_tokens must be 0 (auto) or >= "
+                          "sampling.max_num_seqs (vLLM rejects fewer)")
     if cfg.budget.workers < 0:
         raise ConfigError("config budget.workers must be >= 0")
     if cfg.sampling.unsure_extra_views < 0 or not 0.0 <= cfg.sampling.unsure_agreement <= 1.0:
@@ -266,6 +324,14 @@ def _check(cfg: Config) -> None:
         raise ConfigError("config sampling.dfs_threshold must be in [0, 1), dfs_max_paths >= 1")
     if cfg.sampling.n_samples < 0 or cfg.ttt.max_steps < 0:
         raise ConfigError("config sampling.n_samples and ttt.max_steps must be >= 0")
+    for section in ("ttt", "finetune"):
+        t = getattr(cfg, section)
+        if not (0.0 <= t.lora_dropout < 1.0 and t.weight_decay >= 0.0
+                and 0.0 <= t.warmup_fraction <= 1.0 and t.max_grad_norm > 0.0):
+            raise ConfigError(f"config {section}: lora_dropout must be in [0, 1), weight_decay "
+                              ">= 0, warmup_fraction in [0, 1], max_grad_norm > 0")
+    if cfg.sampling.temperature < 0.0:
+        raise ConfigError("config sampling.temperature must be >= 0")
     for section in ("ttt", "finetune"):
         bad = [m for m in getattr(cfg, section).target_modules if m in ("lm_head", "embed_tokens")]
         if bad:

@@ -4,6 +4,7 @@ or transformers) and the re-scorer, and records which backends were chosen. Runs
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,17 @@ class Engine:
     fallbacks: Counter = field(default_factory=Counter)
     _next_id: int = 0
     _rescore_checked: bool = False
+
+    def compute_seconds(self) -> float:
+        """Seconds spent in model compute so far (training steps, generate and scoring calls);
+        the rest of the task loop is host work (data, views, parsing, selection, writing)."""
+        samplers = {id(s): s for s in (self.sampler, self.forward)}.values()
+        return self.trainer.compute_s + sum(getattr(s, "compute_s", 0.0) for s in samplers)
+
+    def set_beat(self, beat: Callable[[], None]) -> None:
+        """Where the samplers send a heartbeat after every finished request or scoring call."""
+        for s in (self.sampler, self.forward):
+            s.beat = beat
 
     def new_adapter(self, name: str, path: str | Path) -> Adapter:
         """A fresh LoRARequest id per adapter: vLLM caches by id, so ids are never reused."""
@@ -53,8 +65,10 @@ class Engine:
 
 
 def check_model_dir(model_path: str | Path | None) -> Path:
-    """A local model directory with a config.json (InputError otherwise; nothing is downloaded)."""
+    """A local model directory with a config.json and intact weight files (InputError naming
+    the file otherwise; nothing is downloaded, no weight is loaded)."""
     from .errors import InputError
+    from .modelfiles import check_model_weights
 
     if model_path is None:
         raise InputError("no model directory given (--model)")
@@ -62,6 +76,7 @@ def check_model_dir(model_path: str | Path | None) -> Path:
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is not a model directory (no config.json); models are loaded "
                          "from local paths only", file=str(path))
+    check_model_weights(path)
     return path
 
 
@@ -83,19 +98,35 @@ def load_trainer(model_path: str | Path, cfg: Config, section: TTTConfig | None 
     return LoRATrainer(model, pad_id=pad_id, backend=backend, scaler=scaler), tokenizer, info
 
 
-def build_engine(model_path: str | Path, cfg: Config) -> Engine:
-    """Load the trainer and sampler for `model_path` under `cfg` (vLLM after the trainer)."""
+def build_engine(model_path: str | Path, cfg: Config,
+                 engine_kwargs: dict[str, Any] | None = None) -> Engine:
+    """Load the trainer and sampler for `model_path` under `cfg` (vLLM after the trainer, with
+    `engine_kwargs` from the memory plan). If vLLM fails to start, the transformers sampler takes
+    its place and `info["vllm_start_error"]` says why."""
     from .backends.hf_sampler import HFSampler
 
     trainer, tokenizer, info = load_trainer(model_path, cfg)
-    fmt = get_format(cfg.model.format, tokenizer)
+    fmt = get_format(cfg.model.format, tokenizer, model_dir=model_path)  # "auto": detected
     forward = HFSampler(trainer, stop_ids=fmt.stop_token_ids, pad_id=trainer.pad_id)
     sampler_backend = choose_sampler_backend(cfg.sampling.backend)
     sampler: Sampler = forward
     if sampler_backend == "vllm":
-        from .backends.vllm_sampler import VLLMSampler
-
-        dtype = str(resolve_dtype(cfg.model.dtype)).replace("torch.", "")
-        sampler = VLLMSampler(model_path, cfg, stop_ids=fmt.stop_token_ids, dtype=dtype)
+        try:
+            sampler = start_vllm(model_path, cfg, fmt, engine_kwargs)
+        except Exception as exc:  # noqa: BLE001 - vLLM fails to start in many ways; all fall back
+            # The run goes on with the transformers sampler (slower, same answers); counted by
+            # the caller from info["vllm_start_error"] and shown in run.json.
+            info["vllm_start_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            sampler_backend = "transformers"
     info.update(sampler_backend=sampler_backend, format=fmt.name)
     return Engine(cfg=cfg, fmt=fmt, trainer=trainer, sampler=sampler, forward=forward, info=info)
+
+
+def start_vllm(model_path: str | Path, cfg: Config, fmt: TextFormat,
+               engine_kwargs: dict[str, Any] | None = None) -> Sampler:
+    """The vLLM sampler for the model (any exception vLLM raises propagates)."""
+    from .backends.vllm_sampler import VLLMSampler
+
+    dtype = str(resolve_dtype(cfg.model.dtype)).replace("torch.", "")
+    return VLLMSampler(model_path, cfg, stop_ids=fmt.stop_token_ids, dtype=dtype,
+                       engine_kwargs=engine_kwargs)

@@ -1,22 +1,35 @@
-"""Fault injection for the crash-safety tests: `ARC_INJECT_FAULTS="task:kind,..."` makes a worker
+"""Fault injection for the crash-safety tests: `ARC_INJECT_FAULTS="task:kind,..."` makes the run
 fail at a named point of one task, once per run (a marker file in the workdir records it, so the
-re-queued attempt succeeds). Kinds: raise, kill (SIGKILL itself), hang, corrupt_adapter. Without the
-variable every call is a no-op."""
+re-queued attempt succeeds). Without the variable every call is a no-op.
+
+Kinds and where they strike:
+- raise, kill (SIGKILL itself), hang: at the start of the task's TTT
+- raise_mid_ttt: after the task's second optimizer step (state left mid-training)
+- enospc: when the adapter is saved (OSError "No space left on device")
+- corrupt_adapter: after the adapter is saved (its weights overwritten with garbage)
+- enospc_record: when the task's record is written
+- hang_sample: inside the sampling stage, after its first finished request
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
 from pathlib import Path
 
 from .errors import SubmissionError
+from .paths import task_file_name
 
 ENV = "ARC_INJECT_FAULTS"
+POINTS = {"raise": "ttt", "kill": "ttt", "hang": "ttt", "raise_mid_ttt": "ttt_step",
+          "enospc": "save", "corrupt_adapter": "saved", "enospc_record": "record",
+          "hang_sample": "sample"}
 
 
 class InjectedFault(SubmissionError):
-    """Raised by the `raise` fault kind."""
+    """Raised by the `raise` and `raise_mid_ttt` fault kinds."""
 
 
 def _wanted(task_id: str) -> list[str]:
@@ -26,20 +39,34 @@ def _wanted(task_id: str) -> list[str]:
 
 
 def inject(task_id: str, point: str, workdir: str | Path, adapter_dir: str | Path | None = None) -> None:
-    """Trigger the faults configured for `task_id` at `point` ('ttt' or 'saved')."""
+    """Trigger the faults configured for `task_id` at `point` (see the module docstring)."""
     for kind in _wanted(task_id):
-        if (kind == "corrupt_adapter") != (point == "saved"):
+        if POINTS.get(kind) != point:
             continue
-        marker = Path(workdir) / ".faults" / f"{task_id}.{kind}"
+        marker = Path(workdir) / ".faults" / f"{task_file_name(task_id)}.{kind}"
         if marker.exists():
             continue
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
-        if kind == "raise":
-            raise InjectedFault(f"injected failure in task {task_id}")
+        if kind in ("raise", "raise_mid_ttt"):
+            raise InjectedFault(f"injected failure in task {task_id} ({kind})")
         if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        if kind == "hang":
+        if kind in ("hang", "hang_sample"):
             time.sleep(10**6)
+        if kind in ("enospc", "enospc_record"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(adapter_dir or workdir))
         if kind == "corrupt_adapter" and adapter_dir is not None:
             (Path(adapter_dir) / "adapter_model.safetensors").write_bytes(b"\x00corrupt")
+
+
+def wanted_anywhere(point: str) -> dict[str, str]:
+    """{task id: kind} of the configured faults that strike at `point` (for stage-wide points)."""
+    spec = os.environ.get(ENV, "")
+    out = {}
+    for item in spec.split(","):
+        if item.count(":") == 1:
+            tid, kind = item.split(":")
+            if POINTS.get(kind) == point:
+                out[tid] = kind
+    return out

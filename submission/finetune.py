@@ -153,7 +153,7 @@ def finetune(model: str | Path, data: str, out: str | Path, cfg: Config, *,
         log(f"dropped {len(bad)} overlapping task(s); {len(tasks)} left")
     write_json_atomic(out / "leakage.json", leaks)
     trainer, tokenizer, info = load_trainer(model, cfg, f)
-    fmt = get_format(cfg.model.format, tokenizer)
+    fmt = get_format(cfg.model.format, tokenizer, model_dir=model)  # "auto": detected
     samples, too_long = build_samples(tasks, fmt, np.random.default_rng([f.seed, 1]),
                                       per_task=f.samples_per_task, max_len=cfg.model.max_seq_len,
                                       keep_background=f.keep_background)
@@ -203,9 +203,10 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, cfg: C
     Loading the base unquantized keeps the merge exact even when training ran on a 4-bit base."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .backends import resolve_dtype
+    from .tokenizer import copy_tokenizer_files
 
     dtype = resolve_dtype(cfg.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, local_files_only=True)
@@ -215,7 +216,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, cfg: C
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp))
-    AutoTokenizer.from_pretrained(str(base), local_files_only=True).save_pretrained(str(tmp))
+    copy_tokenizer_files(base, tmp)  # verbatim: the merged model keeps the base's tokenizer
     for extra in ("generation_config.json", "arc_format.json"):
         if (Path(base) / extra).exists() and not (tmp / extra).exists():
             shutil.copy(Path(base) / extra, tmp / extra)

@@ -1,15 +1,20 @@
-"""Text formats: grids <-> token ids, one token per cell, with loss masks and parsing.
+"""Text formats: grids <-> token ids, one token per cell, with loss masks, parsing and detection.
 
-A format is bound to a tokenizer: every piece it writes (a digit, the row break, its markers) must
-be exactly one token of that tokenizer, checked at construction (FormatError otherwise). Encoding is
-a table lookup, so prompts never depend on a tokenizer's merges. Parsing never raises: anything that
-is not a clean rectangular grid of 1..30 digits per side gives None. This module does not sample,
-train or augment.
+A format is bound to a tokenizer: every piece it writes (a digit, the row break, its markers, and
+for `architects` the tokenizer's begin token) must be exactly one token of that tokenizer, checked at
+construction (FormatError otherwise). Encoding is a table lookup, so prompts never depend on a
+tokenizer's merges or post-processor. Parsing never raises: a clean rectangular grid of 1..30
+digits per side parses strictly; a few unambiguous deviations that published models emit (leading,
+trailing or doubled row breaks, more than 30 rows) parse leniently and are counted; anything else
+gives None. `detect_format` picks a format from a tokenizer (`model.format=auto`). This module does
+not sample, train or augment.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,7 @@ from .grids import MAX_SIDE, Grid, Pair
 
 DIGITS = tuple(str(d) for d in range(10))
 NL = "\n"
+AUTO = "auto"
 
 
 class TextFormat(ABC):
@@ -30,6 +36,7 @@ class TextFormat(ABC):
     markers: tuple[str, ...]  # non-cell pieces the format writes, besides digits and the row break
     specials: tuple[str, ...]  # pieces that are special tokens of the reduced tokenizer
     eos: str  # piece that ends an answer
+    uses_bos = False  # every sequence starts with the tokenizer's begin token, where it has one
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -39,12 +46,19 @@ class TextFormat(ABC):
         if len(set(ids)) != len(ids):
             raise FormatError(f"format {self.name}: two pieces share one token id: {self.id_of}")
         self.piece_of = {i: p for p, i in self.id_of.items()}
+        self.bos: str | None = getattr(tokenizer, "bos_token", None) if self.uses_bos else None
+        self.bos_id: int | None = None
+        if self.bos:
+            self.bos_id = _single_token_id(tokenizer, self.bos, self.name)
+            self.piece_of.setdefault(self.bos_id, self.bos)
         self._digit_ids = np.array([self.id_of[d] for d in DIGITS], dtype=np.int64)
         self._nl = self.id_of[NL]
         self.eos_id = self.id_of[self.eos]
         lut = np.full(max(ids) + 1, -1, dtype=np.int64)
         lut[self._digit_ids] = np.arange(10)
         self._cell_of_id = lut
+        self.lenient_parses = 0  # answers `parse` accepted only leniently (reported in run.json)
+        self.lenient_fixes: Counter = Counter()  # which deviations those answers had
 
     # --- encoding -------------------------------------------------------------------------
     def grid_ids(self, grid: Grid) -> np.ndarray:
@@ -60,9 +74,14 @@ class TextFormat(ABC):
     def _segments(self, pairs: Sequence[Pair], query: Grid | None) -> list[tuple[np.ndarray, int]]:
         """Token segments in order, each tagged 0 (context), 1 (a demo output), 2 (answer start)."""
 
+    def _sequence(self, pairs: Sequence[Pair], query: Grid | None) -> list[tuple[np.ndarray, int]]:
+        """A whole sequence's segments: the begin token (if the format uses one) then `_segments`."""
+        head = [(np.array([self.bos_id], dtype=np.int64), 0)] if self.bos_id is not None else []
+        return head + self._segments(pairs, query)
+
     def encode_prompt(self, demos: Sequence[Pair], query: Grid) -> list[int]:
-        """Demos then the query input, ending where the answer starts."""
-        return np.concatenate([s for s, _ in self._segments(demos, query)]).tolist()
+        """Demos then the query input, ending where the answer starts (begin token first)."""
+        return np.concatenate([s for s, _ in self._sequence(demos, query)]).tolist()
 
     def encode_answer(self, grid: Grid) -> list[int]:
         """The answer tokens the model should generate, terminator included."""
@@ -72,7 +91,7 @@ class TextFormat(ABC):
     def encode_training(self, pairs: Sequence[Pair], *, skip_first: bool = False
                         ) -> tuple[list[int], list[bool]]:
         """All pairs as a training text; the mask is True on every output (optionally not the first)."""
-        segs = self._segments(pairs, None)
+        segs = self._sequence(pairs, None)
         ids = np.concatenate([s for s, _ in segs])
         mask, seen = [], 0
         for seg, kind in segs:
@@ -94,7 +113,71 @@ class TextFormat(ABC):
         return "".join(self.piece_of.get(int(i), "\ufffd") for i in ids)
 
     def parse(self, ids: Sequence[int]) -> Grid | None:
-        """Generated answer ids -> grid, or None if they are not a clean grid."""
+        """Generated answer ids -> grid (strict, else lenient: counted), or None."""
+        grid, fixes = self.parse_lenient(ids)
+        if fixes:
+            self.lenient_parses += 1
+            self.lenient_fixes.update(fixes)
+        return grid
+
+    def parse_strict(self, ids: Sequence[int]) -> Grid | None:
+        """Only the exact layout the format writes (up to the end token) -> grid, else None."""
+        arr = self._answer_array(ids)
+        return None if arr is None else self._strict_grid(arr)
+
+    def parse_lenient(self, ids: Sequence[int]) -> tuple[Grid | None, tuple[str, ...]]:
+        """(grid or None, deviations accepted). Deviations: "leading_row_break",
+        "trailing_row_break", "blank_line" (row breaks in a row), "over_30_rows" (rows past the
+        30th are cut, as NVARC's parser does). An empty tuple means a strict parse (or no grid).
+        Rows of unequal width, foreign tokens or more than 30 columns stay None: no unique grid."""
+        arr = self._answer_array(ids)
+        if arr is None:
+            return None, ()
+        grid = self._strict_grid(arr)
+        if grid is not None or arr.size == 0:
+            return grid, ()
+        if arr.max() >= len(self._cell_of_id) or arr.min() < 0:
+            return None, ()
+        is_nl = arr == self._nl
+        cells = self._cell_of_id[np.where(is_nl, self._digit_ids[0], arr)]
+        if (cells < 0).any():
+            return None, ()
+        rows, start = [], 0
+        for end in np.flatnonzero(is_nl).tolist() + [arr.size]:
+            rows.append(cells[start:end])
+            start = end + 1
+        fixes = []
+        if rows[0].size == 0:
+            fixes.append("leading_row_break")
+        if rows[-1].size == 0:
+            fixes.append("trailing_row_break")
+        filled = [i for i, r in enumerate(rows) if r.size]
+        if not filled:
+            return None, ()
+        if len(filled) != filled[-1] - filled[0] + 1:
+            fixes.append("blank_line")
+        rows = [rows[i] for i in filled]
+        if len(rows) > MAX_SIDE:
+            rows, fixes = rows[:MAX_SIDE], fixes + ["over_30_rows"]
+        widths = {r.size for r in rows}
+        if len(widths) != 1 or widths.pop() > MAX_SIDE or not fixes:
+            return None, ()
+        return np.stack(rows).astype(np.uint8), tuple(fixes)
+
+    def parse_text(self, text: str) -> Grid | None:
+        """Parse an answer given as text (pieces are single characters or markers)."""
+        ids, i = [], 0
+        by_len = sorted(self.pieces, key=len, reverse=True)
+        while i < len(text):
+            piece = next((p for p in by_len if text.startswith(p, i)), None)
+            if piece is None:
+                return None
+            ids.append(self.id_of[piece])
+            i += len(piece)
+        return self.parse(ids)
+
+    def _answer_array(self, ids: Sequence[int]) -> np.ndarray | None:
+        """Answer ids up to the first end token, the format's own tail stripped (None: not ints)."""
         try:
             arr = np.asarray(list(ids), dtype=np.int64)
         except (OverflowError, ValueError, TypeError):
@@ -102,7 +185,9 @@ class TextFormat(ABC):
         stop = np.flatnonzero(arr == self.eos_id)
         if stop.size:
             arr = arr[: stop[0]]
-        arr = self._strip_answer_tail(arr)
+        return self._strip_answer_tail(arr)
+
+    def _strict_grid(self, arr: np.ndarray) -> Grid | None:
         if arr.size == 0 or arr.max(initial=0) >= len(self._cell_of_id) or arr.min() < 0:
             return None
         breaks = np.flatnonzero(arr == self._nl)
@@ -118,24 +203,13 @@ class TextFormat(ABC):
             return None
         return values.astype(np.uint8).reshape(h, w)
 
-    def parse_text(self, text: str) -> Grid | None:
-        """Parse an answer given as text (pieces are single characters or markers)."""
-        ids, i = [], 0
-        by_len = sorted(self.pieces, key=len, reverse=True)
-        while i < len(text):
-            piece = next((p for p in by_len if text.startswith(p, i)), None)
-            if piece is None:
-                return None
-            ids.append(self.id_of[piece])
-            i += len(piece)
-        return self.parse(ids)
-
     def _strip_answer_tail(self, arr: np.ndarray) -> np.ndarray:
         return arr
 
 
 class QwenChatFormat(TextFormat):
-    """NVARC's chat layout: `<|im_start|>user\\n{in}<|im_end|><|im_start|>assistant\\n{out}<|im_end|>`."""
+    """NVARC's chat layout: `<|im_start|>user\\n{in}<|im_end|><|im_start|>assistant\\n{out}<|im_end|>`
+    (no begin token: Qwen tokenizers define none)."""
 
     name = "qwen-chat"
     markers = ("user", "assistant", "<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -156,11 +230,13 @@ class QwenChatFormat(TextFormat):
 
 
 class ArchitectsFormat(TextFormat):
-    """ARChitects 2024 layout: preprompt, then `I{in}\\n+/-=O{out}\\n<eos>` per pair."""
+    """ARChitects 2024 layout: the tokenizer's begin token once (where it defines one: their
+    tokenizer adds `<s>`), the preprompt, then `I{in}\\n+/-=O{out}\\n<eos>` per pair."""
 
     name = "architects"
     preprompt = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz"
-    specials = ("</s>",)
+    specials = ("</s>", "<pad>", "<s>")
+    uses_bos = True
 
     def __init__(self, tokenizer: Any) -> None:
         self.eos = getattr(tokenizer, "eos_token", None) or "</s>"
@@ -184,13 +260,51 @@ class ArchitectsFormat(TextFormat):
 
 
 FORMATS: dict[str, type[TextFormat]] = {"qwen-chat": QwenChatFormat, "architects": ArchitectsFormat}
+FORMAT_CHOICES = (AUTO,) + tuple(FORMATS)
 
 
-def get_format(name: str, tokenizer: Any) -> TextFormat:
-    """The named format bound to `tokenizer` (FormatError for unknown names or unusable tokenizers)."""
+def get_format(name: str, tokenizer: Any, *, model_dir: str | Path | None = None) -> TextFormat:
+    """The named format bound to `tokenizer`; "auto" detects it (`detect_format`). FormatError for
+    unknown names or unusable tokenizers."""
+    if name == AUTO:
+        name = detect_format(tokenizer, model_dir=model_dir)
     if name not in FORMATS:
-        raise FormatError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
+        raise FormatError(f"unknown format {name!r}; choose one of {', '.join(FORMAT_CHOICES)}")
     return FORMATS[name](tokenizer)
+
+
+def detect_format(tokenizer: Any, *, model_dir: str | Path | None = None) -> str:
+    """The format a model's tokenizer was made for. Order: the format named by the model
+    directory's `arc_format.json` (written by tiny-model, shrink-vocab) if it fits; else the one
+    format whose pieces are all single tokens; if both fit (a full chat vocabulary also has every
+    single letter), `qwen-chat`, since its chat markers are in the vocabulary. FormatError naming
+    the directory and what each format lacks when neither fits."""
+    fits, why = [], {}
+    for name, cls in FORMATS.items():
+        try:
+            cls(tokenizer)
+            fits.append(name)
+        except FormatError as err:
+            why[name] = str(err)
+    hint = _format_hint(model_dir)
+    if hint in fits:
+        return hint
+    if fits:
+        return fits[0]
+    where = f" of {model_dir}" if model_dir is not None else ""
+    raise FormatError(f"model.format=auto: the tokenizer{where} fits no format: "
+                      + "; ".join(why.values())
+                      + ". Set model.format explicitly or shrink the vocabulary (shrink-vocab)")
+
+
+def _format_hint(model_dir: str | Path | None) -> str | None:
+    if model_dir is None:
+        return None
+    try:
+        name = json.loads((Path(model_dir) / "arc_format.json").read_text(encoding="utf-8"))["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if name in FORMATS else None
 
 
 def _single_token_id(tokenizer: Any, piece: str, fmt: str) -> int:
@@ -205,32 +319,40 @@ def _single_token_id(tokenizer: Any, piece: str, fmt: str) -> int:
     return int(ids[0])
 
 
-def reduced_vocab(name: str) -> tuple[list[str], list[str]]:
-    """(all pieces in id order, special pieces) of the format's own reduced vocabulary."""
+def reduced_vocab(name: str, *, bos: bool = True) -> tuple[list[str], list[str]]:
+    """(all pieces in id order, special pieces) of the format's own reduced vocabulary.
+
+    qwen-chat: 16 pieces (10 digits, row break, `user`, `assistant`, 3 specials). architects: 65
+    single characters (10 digits, row break, the 48 preprompt letters, `I O + / - =`), then `</s>`
+    and `<pad>`, and with `bos` the begin token `<s>` last: 68 pieces (67 without)."""
     if name == "qwen-chat":
         return list(DIGITS) + [NL, "user", "assistant", "<|endoftext|>", "<|im_start|>",
                                "<|im_end|>"], list(QwenChatFormat.specials)
     if name == "architects":
         plain = list(DIGITS) + [NL] + list(ArchitectsFormat.preprompt) + ["I", "O", "+", "/", "-", "="]
-        return plain + ["</s>", "<pad>"], ["</s>", "<pad>"]
+        specials = ["</s>", "<pad>"] + (["<s>"] if bos else [])
+        return plain + specials, specials
     raise FormatError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
 
 
-def build_tokenizer(name: str, out_dir: str | Path | None = None):
-    """The format's reduced-vocabulary tokenizer (WordLevel), optionally saved as a transformers one."""
+def build_tokenizer(name: str, out_dir: str | Path | None = None, *, bos: bool = True):
+    """The format's reduced-vocabulary tokenizer (WordLevel), optionally saved as a transformers one.
+    The architects one has the begin token `<s>` (added by the tokenizer too) unless `bos` is False."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab, specials = reduced_vocab(name)
+    vocab, specials = reduced_vocab(name, bos=bos)
     plain = sorted((p for p in vocab if p not in specials), key=len, reverse=True)
     pad = "<|endoftext|>" if name == "qwen-chat" else "<pad>"
     eos = "<|im_end|>" if name == "qwen-chat" else "</s>"
+    begin = "<s>" if name == "architects" and bos else None
     tk = Tokenizer(models.WordLevel({p: i for i, p in enumerate(vocab)}, unk_token=pad))
     pattern = "|".join(_regex_escape(p) for p in plain)
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tk.decoder = decoders.Fuse()
     tk.add_special_tokens(specials)
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos, pad_token=pad, unk_token=pad,
+                                   bos_token=begin, add_bos_token=begin is not None,
                                    clean_up_tokenization_spaces=False)
     if out_dir is not None:
         fast.save_pretrained(str(out_dir))

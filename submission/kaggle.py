@@ -1,7 +1,11 @@
 """Kaggle behaviour: find the competition files and the attached model under the input root, decide
 between the full run (only when Kaggle re-runs the notebook on the hidden tasks) and a short smoke
-run, and write `/kaggle/working/submission.json`. No network: HF_HUB_OFFLINE is forced. The pipeline
-itself is run.py / workers.py; this module only resolves paths and settings.
+run, and write `/kaggle/working/submission.json`. No network: HF_HUB_OFFLINE is forced. Small files
+(submission.json, run.json, task records, gpu-check output) go to `/kaggle/working`, which Kaggle
+keeps and caps; adapters go to a scratch directory with room (`ARC_SCRATCH`, default
+/tmp/arc-scratch). A smoke run must show that every stage worked: `smoke_verdict` lists what did
+not. The pipeline itself is run.py / workers.py; this module only resolves paths and settings and
+judges a smoke run's report.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import Config
 from .errors import InputError
@@ -18,6 +23,24 @@ INPUT_ROOT = "/kaggle/input"
 WORKING = "/kaggle/working"
 SMOKE_TASKS = 3  # interactive/commit runs see a placeholder file: exercise every stage quickly
 SAFETY_MARGIN_S = 45 * 60  # start-up, wheel install and final writes inside Kaggle's 12 h
+SCRATCH = "/tmp/arc-scratch"  # adapters: local disk with room, outside the kept /kaggle/working
+
+# run.json fallback counters that mean a stage did not work. A smoke run must have none of them.
+# Not listed, on purpose (they are designed behaviour, model quality or a working fallback):
+# ttt_adapter_reused (resume), ttt_samples_too_long / view_demos_dropped (long tasks are cut to fit),
+# ttt_cut_by_deadline (the per-task training allowance), unsure_inputs_resampled (spare time spent),
+# base_model_sampled_inputs / attempt_from_base_model / attempt_placeholder (the adapter found fewer
+# than two distinct answers), rescore_vllm_disagrees_use_forward (the checked fallback scorer).
+# A test input with no parseable answer at all is judged separately (`require_answers`).
+STAGE_FAILURES = {
+    "bad_task": "a task failed to load and got placeholder answers",
+    "ttt_failed": "test-time training failed; the task fell back to base-model answers or placeholders",
+    "tasks_given_up": "a worker died or overran and its tasks were given up (placeholders)",
+    "deadline_skipped_tasks": "tasks never ran before the deadline (placeholders)",
+    "vllm_start_failed": "vLLM did not start; sampling fell back to transformers",
+    "rescore_failed": "re-scoring failed; the test input was ranked by counts alone",
+    "record_write_failed": "a task record could not be written (no resume point)",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +52,7 @@ class KaggleSetup:
     full: bool  # True only in the competition rerun
     limit: int | None
     workers: int
+    scratch: Path = Path(SCRATCH)  # adapters and other large temporary files
 
 
 def is_competition_rerun() -> bool:
@@ -56,8 +80,10 @@ def gpu_count() -> int:
 
 def resolve(*, input_root: str | Path = INPUT_ROOT, working: str | Path = WORKING,
             model: str | Path | None = None, full: bool | None = None,
-            smoke_tasks: int = SMOKE_TASKS, workers: int | None = None) -> KaggleSetup:
-    """Paths and mode for a Kaggle run (InputError naming what is missing)."""
+            smoke_tasks: int = SMOKE_TASKS, workers: int | None = None,
+            scratch: str | Path | None = None) -> KaggleSetup:
+    """Paths and mode for a Kaggle run (InputError naming what is missing). `scratch` defaults to
+    $ARC_SCRATCH, else /tmp/arc-scratch."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     challenges = find_kaggle_challenges(input_root)
@@ -71,7 +97,8 @@ def resolve(*, input_root: str | Path = INPUT_ROOT, working: str | Path = WORKIN
     work = Path(working)
     return KaggleSetup(challenges=challenges, model=model_dir, out=work / "submission.json",
                        workdir=work / "arc-run", full=full, limit=None if full else smoke_tasks,
-                       workers=workers if workers is not None else max(1, gpu_count()))
+                       workers=workers if workers is not None else max(1, gpu_count()),
+                       scratch=Path(scratch or os.environ.get("ARC_SCRATCH") or SCRATCH))
 
 
 def kaggle_config(cfg: Config, setup: KaggleSetup, *, budget_s: float | None = None,
@@ -86,3 +113,29 @@ def kaggle_config(cfg: Config, setup: KaggleSetup, *, budget_s: float | None = N
     if "budget.workers" not in explicit:
         budget = replace(budget, workers=setup.workers)
     return replace(cfg, budget=budget)
+
+
+def smoke_verdict(report: dict[str, Any], *, require_answers: bool = True) -> list[str]:
+    """What did not work in a smoke run, one line each (empty: every stage worked): the
+    STAGE_FAILURES counters with the tasks they hit, every recorded fault, and (with
+    `require_answers`) every test input that got no parseable answer at all."""
+    problems = []
+    fallbacks = report.get("fallbacks") or {}
+    per_task = report.get("per_task") or {}
+    for key, meaning in STAGE_FAILURES.items():
+        n = fallbacks.get(key) or 0
+        if not n:
+            continue
+        tasks = sorted(t for t, rec in per_task.items() if (rec.get("fallbacks") or {}).get(key))
+        problems.append(f"{key} x{n}: {meaning}" + (f" (tasks {', '.join(tasks)})" if tasks else ""))
+    for f in report.get("faults") or []:
+        tasks = f.get("task") or ", ".join(map(str, f.get("tasks") or [])) or "-"
+        problems.append(f"fault in stage {f.get('stage', '?')} (task {tasks}): {f.get('error', '?')}")
+    if require_answers:
+        for task_id, rec in sorted(per_task.items()):
+            for test in rec.get("tests") or []:
+                if not test.get("candidates"):
+                    problems.append(f"unanswered: task {task_id} test input "
+                                    f"{test.get('test_index', '?')}: no parseable answer in "
+                                    f"{test.get('samples', 0)} samples")
+    return problems

@@ -2,13 +2,18 @@
 multi-LoRA generate call for all their views -> parse + invert -> pool -> re-score -> two attempts.
 
 Each task gets a `TaskPlan` (samples, views, TTT time) from budget.py. A stage that fails for one
-task is counted and falls back (base-model answers, then placeholders); the other tasks go on.
+task (training, saving on a full disk, re-scoring, writing its record) is recorded under `faults`
+with its cause and falls back (base-model answers, vote, then placeholders); the other tasks of the
+chunk go on. Every stage sends heartbeats from inside its work (`Sink.progress`): an optimizer step,
+a finished generate request, a scoring call. Adapters live under `Sink.scratch`, in the model's
+dtype, and are deleted once their task's answers are written (unless `budget.keep_adapters`).
 Results go to a `Sink` (the run in this process, or a worker's pipe to the supervisor). This module
 neither schedules nor writes submission.json.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 import zlib
 from collections import Counter
@@ -26,27 +31,31 @@ from .engine import Engine
 from .errors import AdapterError, SubmissionError
 from .faults import inject
 from .grids import Task, grid_to_list
+from .paths import task_file_name
 from .rescore import rescore
 from .sample import GenRequest, answer_budget, build_views, collect_samples
 from .search import search
 from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
 from .submit import write_json_atomic
 from .ttt_data import build_ttt_data
+from .watchdog import Beat
 
 TTT_ERRORS = (RuntimeError, OSError, ValueError, SubmissionError)  # torch OOM is a RuntimeError
 
 
 class Sink(Protocol):
     cfg: Config
-    workdir: Path
+    workdir: Path  # small files: per-task records, fault markers
+    scratch: Path  # large files: adapters (deleted once their task is answered)
     all_policies: bool
     fallbacks: Counter
     faults: list[dict[str, Any]]
 
     def progress(self, stage: str, task_id: str | None) -> None:
-        """Heartbeat: `stage` ('ttt' of a task, 'sample' of the chunk) starts now."""
+        """Heartbeat: work of `stage` ('ttt' of a task, 'sample', 'rescore' of a task) progressed."""
 
-    def finish_task(self, task: Task, record: dict[str, Any]) -> None: ...
+    def finish_task(self, task: Task, record: dict[str, Any]) -> None:
+        """Deliver the task's answers; a failure to store its record is recorded, not raised."""
 
 
 def task_rng(seed: int, task_id: str, stage: str) -> np.random.Generator:
@@ -85,33 +94,47 @@ def process_chunk(engine: Engine, state: Sink, chunk: Sequence[Task],
     cfgs = {t.id: planned_config(state.cfg, plans[t.id]) for t in chunk}
     records = {t.id: {"timing": {}, "fallbacks": {}, "plan": vars(plans[t.id]).copy()} for t in chunk}
     adapters = {}
+    beat = Beat(state.progress)
+    engine.set_beat(beat)
     for task in chunk:
         rec, t0 = records[task.id], time.monotonic()
         if not state.cfg.ttt.enabled:
             continue
-        state.progress("ttt", task.id)
+        beat.at("ttt", task.id)
         try:
             adapters[task.id] = train_task(engine, state, cfgs[task.id], task, rec,
-                                           t0 + plans[task.id].ttt_s)
+                                           t0 + plans[task.id].ttt_s, beat)
         except TTT_ERRORS as exc:
             _count(state, rec, "ttt_failed")
             state.faults.append({"task": task.id, "stage": "ttt", "error": repr(exc)})
         rec["timing"]["ttt_s"] = time.monotonic() - t0
-    state.progress("sample", None)
+    beat.at("sample")
+    for task in chunk:
+        inject(task.id, "sample", state.workdir)
     samples = sample_chunk(engine, state, chunk, cfgs, adapters, records)
     for task in chunk:
         t0, rec = time.monotonic(), records[task.id]
+        beat.at("rescore", task.id)
         rec["attempts"] = [choose(engine, state, cfgs[task.id], task, i, samples[(task.id, i)],
                                   adapters.get(task.id), rec) for i in range(task.n_test)]
         rec["timing"]["select_s"] = time.monotonic() - t0
         state.finish_task(task, rec)
+        if not state.cfg.budget.keep_adapters:
+            shutil.rmtree(adapter_dir(state, task.id), ignore_errors=True)
+
+
+def adapter_dir(state: Sink, task_id: str) -> Path:
+    """Where a task's adapter is saved: under the scratch directory, by its safe file name."""
+    return state.scratch / "adapters" / task_file_name(task_id)
 
 
 def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[str, Any],
-               deadline: float):
+               deadline: float, beat: Beat | None = None):
     """TTT data, reset, train, save and check the adapter; returns its vLLM handle. An adapter this
     run already finished for the task (its chunk was killed later) is reused, not retrained."""
-    out = state.workdir / "adapters" / task.id
+    from .backends import resolve_dtype
+
+    out = adapter_dir(state, task.id)
     reused = _finished_adapter(out, state.cfg)
     if reused is not None:
         rec.update(reused, ttt_reused=True)
@@ -127,14 +150,24 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
         state.fallbacks["ttt_samples_too_long"] += data.too_long
     if not data.samples:
         raise ValueError("no TTT sample fits the token limit")
+    def on_step(done: int) -> None:
+        if beat is not None:
+            beat()
+        if done == 2:
+            inject(task.id, "ttt_step", state.workdir)
+
     engine.trainer.reset()
-    with tqdm(desc=f"ttt {task.id}", unit="step", leave=False) as bar:
-        result = engine.trainer.train(data.samples, rng, cfg.ttt, deadline=deadline, progress=bar)
-    engine.forward.forget_loaded()
+    try:
+        with tqdm(desc=f"ttt {task.id}", unit="step", leave=False) as bar:
+            result = engine.trainer.train(data.samples, rng, cfg.ttt, deadline=deadline,
+                                          progress=bar, on_step=on_step)
+    finally:
+        engine.forward.forget_loaded()  # the live adapter weights changed, finished or not
     rec["ttt"] = dict(vars(result))
     if result.stopped_by_deadline:
         state.fallbacks["ttt_cut_by_deadline"] += 1
-    path = engine.trainer.save(out)
+    inject(task.id, "save", state.workdir, out)
+    path = engine.trainer.save(out, dtype=resolve_dtype(state.cfg.model.dtype))
     inject(task.id, "saved", state.workdir, path)
     check_adapter(path)
     write_json_atomic(path / DONE, {"config": _ttt_identity(state.cfg), "ttt": rec["ttt"],
@@ -270,12 +303,19 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
     if top and any(p != "vote" for p in policies):
         t = top[0]
         probe = engine.fmt.encode_prompt(list(task.train), task.test_inputs[test_index])
-        scorer = engine.scorer(cfg.selection.rescore_backend, probe,
-                                engine.fmt.encode_answer(t.grid), adapter)
-        rescore(task, test_index, top, engine.fmt, scorer, adapter,
-                task_rng(cfg.sampling.seed, task.id, f"rescore{test_index}"),
-                n=cfg.selection.rescore_augmentations, max_len=cfg.model.max_seq_len,
-                keep_background=cfg.sampling.keep_background)
+        try:
+            scorer = engine.scorer(cfg.selection.rescore_backend, probe,
+                                   engine.fmt.encode_answer(t.grid), adapter)
+            rescore(task, test_index, top, engine.fmt, scorer, adapter,
+                    task_rng(cfg.sampling.seed, task.id, f"rescore{test_index}"),
+                    n=cfg.selection.rescore_augmentations, max_len=cfg.model.max_seq_len,
+                    keep_background=cfg.sampling.keep_background)
+        except TTT_ERRORS as exc:  # this input is ranked by counts alone; the chunk goes on
+            for c in top:
+                c.rescore_logprobs = None
+            _count(state, rec, "rescore_failed")
+            state.faults.append({"task": task.id, "stage": "rescore", "test_index": test_index,
+                                 "error": repr(exc)})
     rec["timing"]["rescore_s"] = rec["timing"].get("rescore_s", 0.0) + time.monotonic() - t0
     by_policy = {p: select_two(cands, p, poe_offset=cfg.selection.poe_offset) for p in policies}
     chosen = by_policy[cfg.selection.policy]

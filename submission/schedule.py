@@ -1,9 +1,17 @@
 """Which worker does which tasks, and what happens when a worker dies or overruns.
 
 A pure state machine over (worker id, task ids, time): the supervisor in workers.py drives it with
-real processes and the clock, the budget simulation in benchmarks/ with a simulated clock. Tasks go
-longest first, in chunks (one adapter each, sampled together); a chunk past its cap, or whose worker
-died, is failed: each unfinished task is re-queued once, then given up (fallback answers).
+real processes and the clock, the in-process loop in run.py with a watchdog thread, the budget
+simulation in benchmarks/ with a simulated clock. Tasks go longest first, in chunks (one adapter
+each, sampled together).
+
+A chunk counts as hung only when it stops making progress: no heartbeat (an optimizer step, a
+finished generate request or search round, a scoring call) for its stall allowance. Estimates never
+kill: a machine slower than every prior is slow, not hung. The allowance is the larger of
+`budget.stall_s` and STALL_FACTOR times the longest healthy gap seen on this machine, doubled for
+every earlier attempt of a task in the chunk, so a retry always gets more room. The per-task hard
+cap (`budget.task_cap_s`) still bounds a chunk. A failed chunk's unfinished tasks are re-queued
+once, then given up (fallback answers).
 """
 
 from __future__ import annotations
@@ -15,8 +23,7 @@ from .budget import Planner, TaskCost, TaskPlan
 from .grids import Task
 
 MAX_ATTEMPTS = 2  # first try plus one re-queue
-STAGE_SLACK_S = 90.0  # data building, adapter saving, first-call warm-up on top of a stage's time
-SAMPLE_SLACK = 6.0  # sampling may take this many times its estimate before it counts as hung
+STALL_FACTOR = 4.0  # a stall is this many times longer than the longest healthy gap seen so far
 
 
 @dataclass
@@ -26,12 +33,21 @@ class Assignment:
     plans: dict[str, TaskPlan]
     started: float
     cap_at: float  # absolute time after which the worker is killed, whatever the stage
-    stage_until: float = float("inf")  # deadline of the stage in progress (heartbeats move it)
+    stall_s: float  # longest silence allowed between two heartbeats
+    last_beat: float = 0.0
+    longest_gap: float = 0.0  # longest silence seen in this chunk so far
     stage: str = ""
     done: set[str] = field(default_factory=set)
 
     def kill_at(self) -> float:
-        return min(self.cap_at, self.stage_until)
+        return min(self.cap_at, self.last_beat + self.stall_s)
+
+    def why(self, now: float) -> str:
+        """The kill reason at `now` (a stall or the hard cap)."""
+        if now > self.cap_at:
+            return f"chunk past its hard cap ({now - self.started:.0f} s, stage '{self.stage}')"
+        return (f"stage '{self.stage}' made no progress for {now - self.last_beat:.0f} s "
+                f"(stall allowance {self.stall_s:.0f} s)")
 
 
 class Scheduler:
@@ -44,6 +60,16 @@ class Scheduler:
         self.attempts: Counter = Counter()
         self.finished: set[str] = set()
         self.given_up: dict[str, str] = {}
+        self.healthy_gap = 0.0  # longest heartbeat gap of chunks that ended normally
+
+    def note_gap(self, seconds: float) -> None:
+        """A silence known to be healthy on this machine (calibration's slowest call, a chunk's gap)."""
+        self.healthy_gap = max(self.healthy_gap, float(seconds))
+
+    def stall_allowance(self, ids: list[str]) -> float:
+        """Silence allowed for a chunk of `ids`: doubled per earlier attempt of any of its tasks."""
+        base = max(self.planner.cfg.budget.stall_s, STALL_FACTOR * self.healthy_gap)
+        return base * 2 ** max(0, max(self.attempts[i] for i in ids) - 1)
 
     def _remaining_costs(self) -> list[TaskCost]:
         ids = list(self.queue) + [t for a in self.active.values() for t in a.tasks if t not in a.done]
@@ -67,23 +93,20 @@ class Scheduler:
             expected += plan.expected_s
         for i in ids:
             self.attempts[i] += 1
-        cap = min(sum(p.cap_s for p in plans.values()), self.planner.cfg.budget.task_cap_s * len(ids))
-        a = Assignment(worker, ids, plans, now, now + cap)
+        cap = self.planner.cfg.budget.task_cap_s * len(ids)
+        a = Assignment(worker, ids, plans, now, now + cap, self.stall_allowance(ids), last_beat=now)
         self.active[worker] = a
         self.progress(worker, "ttt", ids[0], now)
         return a
 
     def progress(self, worker: int, stage: str, task_id: str | None, now: float) -> None:
-        """A worker's heartbeat: it starts `stage` ('ttt' of one task, or 'sample' of its chunk);
-        the stage gets its planned time plus slack before the worker counts as hung."""
+        """A worker's heartbeat from inside `stage` ('ttt' of one task, 'sample' or 'rescore' of
+        its chunk): it made progress at `now`."""
         a = self.active.get(worker)
         if a is None:
             return
-        if stage == "ttt" and task_id in a.plans:
-            allowed = a.plans[task_id].ttt_s * 1.25 + STAGE_SLACK_S
-        else:
-            allowed = SAMPLE_SLACK * sum(a.plans[t].sample_s for t in a.tasks) + STAGE_SLACK_S
-        a.stage, a.stage_until = f"{stage} {task_id or ''}".strip(), now + allowed
+        a.longest_gap = max(a.longest_gap, now - a.last_beat)
+        a.stage, a.last_beat = f"{stage} {task_id or ''}".strip(), now
 
     def task_done(self, worker: int, task_id: str) -> None:
         a = self.active.get(worker)
@@ -91,8 +114,13 @@ class Scheduler:
             a.done.add(task_id)
         self.finished.add(task_id)
 
-    def chunk_done(self, worker: int) -> list[str]:
-        """The worker finished its chunk; tasks it did not report are failed like a crash."""
+    def chunk_done(self, worker: int, now: float | None = None) -> list[str]:
+        """The worker finished its chunk; tasks it did not report are failed like a crash. The
+        chunk's heartbeat gaps (up to `now`) were healthy: later allowances cover them."""
+        a = self.active.get(worker)
+        if a is not None:
+            end_gap = 0.0 if now is None else now - a.last_beat
+            self.note_gap(max(a.longest_gap, end_gap))
         return self.fail(worker, "chunk ended without a result")
 
     def fail(self, worker: int, reason: str) -> list[str]:
@@ -108,6 +136,17 @@ class Scheduler:
                 self.given_up[t] = reason
                 gave_up.append(t)
         return gave_up
+
+    def observe(self, task_id: str, rec: dict) -> None:
+        """Feed a finished task's measured stage times back into the planner's rates."""
+        t = rec.get("timing") or {}
+        ttt = rec.get("ttt") or {}
+        rescored = sum(len(c.get("rescore_logprobs") or []) for x in rec.get("tests") or []
+                       for c in x.get("candidates") or [])
+        self.planner.observe(self.costs[task_id], ttt_s=ttt.get("seconds", 0.0),
+                             train_tokens=ttt.get("tokens", 0), sample_s=t.get("sample_s", 0.0),
+                             views=rec.get("views", 0), rescore_s=t.get("rescore_s", 0.0),
+                             rescored=rescored)
 
     def overdue(self, now: float) -> list[int]:
         return [w for w, a in self.active.items() if now > a.kill_at()]

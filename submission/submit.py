@@ -128,3 +128,67 @@ def validate_submission(submission: object, challenges: Mapping[str, int]) -> li
 def challenge_counts(tasks: Mapping[str, Task]) -> dict[str, int]:
     """Task id -> number of test inputs, in the given order."""
     return {tid: task.n_test for tid, task in tasks.items()}
+
+
+def valid_record(rec: object, n_test: int) -> bool:
+    """Whether a per-task record read back from disk can be reused for a task with `n_test` test
+    inputs: an object whose "attempts" holds one list of at most two valid grids per test input,
+    whose optional sections have the types the run writes, and which writes back as strict JSON.
+    Anything else (`[]`, `{"attempts": 5}`, a wrong count, a bad grid) is False: redo the task."""
+    if not isinstance(rec, dict) or type(n_test) is not int or n_test < 1:
+        return False
+    attempts = rec.get("attempts")
+    if not isinstance(attempts, list) or len(attempts) != n_test:
+        return False
+    if not all(isinstance(a, list) and len(a) <= len(ATTEMPT_KEYS) and all(map(_is_grid, a))
+               for a in attempts):
+        return False
+    for key in ("timing", "fallbacks", "plan", "ttt", "ttt_data"):
+        if rec.get(key) is not None and not isinstance(rec[key], dict):
+            return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for key in ("timing", "fallbacks") for v in (rec.get(key) or {}).values()):
+        return False
+    if "views" in rec and not (type(rec["views"]) is int and rec["views"] >= 0):
+        return False
+    tests = rec.get("tests", [])
+    if not isinstance(tests, list) or not all(_valid_test_entry(t, n_test) for t in tests):
+        return False
+    try:
+        json.dumps(rec, allow_nan=False)  # run.json must be able to hold it
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return True
+
+
+def _is_grid(value: object) -> bool:
+    try:
+        _tasks.validate_grid(value)
+    except InputError:
+        return False
+    return True
+
+
+def _valid_test_entry(entry: object, n_test: int) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    index = entry.get("test_index")
+    if type(index) is not int or not 0 <= index < n_test:
+        return False
+    cands = entry.get("candidates", [])
+    if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
+        return False
+    by_policy = entry.get("attempts_by_policy", {})
+    return isinstance(by_policy, dict) and all(
+        isinstance(a, list) and len(a) <= len(ATTEMPT_KEYS) and all(map(_is_grid, a))
+        for a in by_policy.values())
+
+
+def read_record(path: str | Path, n_test: int) -> dict | None:
+    """A stored per-task record if it can be read, parsed and passes `valid_record`; else None
+    (missing, unreadable, not JSON, nested too deeply, wrong types: the task is redone)."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # ValueError covers bad UTF-8 and bad JSON
+        return None
+    return rec if valid_record(rec, n_test) else None

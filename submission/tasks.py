@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import reprlib
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +33,14 @@ def json_kind(value: object) -> str:
         return "boolean"
     names = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
     return names.get(type(value), type(value).__name__)
+
+
+def short_repr(value: object) -> str:
+    """A bounded repr for error messages: input values may be huge or deeply nested."""
+    try:
+        return reprlib.repr(value)
+    except (RecursionError, ValueError):
+        return f"a {json_kind(value)}"
 
 
 def validate_grid(value: object, *, file: str | None = None, task: str | None = None,
@@ -62,9 +71,10 @@ def validate_grid(value: object, *, file: str | None = None, task: str | None = 
             continue  # fast path; the loop below only runs to name the bad cell
         for c, v in enumerate(row):
             if type(v) is not int:
-                fail(f"row {r} col {c}: value {v!r} is not an integer (got {json_kind(v)})")
+                fail(f"row {r} col {c}: value {short_repr(v)} is not an integer "
+                     f"(got {json_kind(v)})")
             if not 0 <= v <= 9:
-                fail(f"row {r} col {c}: value {v} not in 0..9")
+                fail(f"row {r} col {c}: value {short_repr(v)} not in 0..9")
     return np.array(value, dtype=np.uint8)
 
 
@@ -157,7 +167,12 @@ def read_json_object(path: str | Path) -> dict:
         raise InputError(f"invalid JSON at line {err.lineno} col {err.colno}: {err.msg}",
                          file=file) from err
     except _DuplicateKey as err:
-        raise InputError(f"invalid JSON: duplicate key {err.args[0]!r}", file=file) from err
+        raise InputError(f"invalid JSON: duplicate key {short_repr(err.args[0])}",
+                         file=file) from err
+    except ValueError as err:  # e.g. an integer longer than Python's digit limit
+        raise InputError(f"invalid JSON: {str(err).split(';')[0]}", file=file) from err
+    except RecursionError as err:
+        raise InputError("invalid JSON: nested too deeply", file=file) from err
     if not isinstance(data, dict):
         raise InputError(f"top level is {json_kind(data)}, expected an object keyed by task id",
                          file=file)

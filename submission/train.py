@@ -70,12 +70,34 @@ class LoRATrainer:
               deadline: float | None = None, progress: Any = None,
               resume: dict[str, Any] | None = None,
               checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
-              checkpoint_every: int = 0) -> TrainResult:
-        """Train on `samples` for the planned steps, stopping early at `deadline` (time.monotonic).
-        The LoRA shape (r, targets) is fixed by the model; `cfg` sets the optimisation. With
-        `checkpoint`, every `checkpoint_every` steps it is called with (steps done, optimizer and
-        scheduler state); `resume` is such a state (plus "step") to continue from. The sample order
-        comes from `rng` alone, so a resumed run sees the same order as an uninterrupted one."""
+              checkpoint_every: int = 0,
+              on_step: Callable[[int], None] | None = None) -> TrainResult:
+        """Train on `samples` for the planned steps, stopping early at `deadline` (time.monotonic;
+        the first step always runs). The LoRA shape (r, targets) is fixed by the model; `cfg` sets
+        the optimisation. With `checkpoint`, every `checkpoint_every` steps it is called with (steps
+        done, optimizer and scheduler state); `resume` is such a state (plus "step") to continue
+        from. `on_step(steps done)` runs after every optimizer step (heartbeats). The sample order
+        comes from `rng` alone, so a resumed run sees the same order as an uninterrupted one.
+        Whatever happens inside (an OOM, an interrupt), no gradient or cached memory is left."""
+        try:
+            return self._train(samples, rng, cfg, deadline, progress, resume, checkpoint,
+                               checkpoint_every, on_step)
+        finally:
+            self.clear()
+
+    def clear(self) -> None:
+        """Drop gradients and the CUDA cache, back to inference mode: nothing of a training run
+        (finished or failed) may reach the next task."""
+        import torch
+
+        for p in self.model.parameters():
+            p.grad = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.set_mode(training=False)
+
+    def _train(self, samples, rng, cfg, deadline, progress, resume, checkpoint, checkpoint_every,
+               on_step) -> TrainResult:
         import torch
 
         start = time.monotonic()
@@ -96,7 +118,7 @@ class LoRATrainer:
         first = last = None
         step, stopped, tokens = begin, False, 0
         for step in range(begin, steps_total):
-            if deadline is not None and time.monotonic() > deadline:
+            if step > begin and deadline is not None and time.monotonic() > deadline:
                 stopped = True
                 break
             chunk = [samples[i] for i in order[step * per_step:(step + 1) * per_step]]
@@ -111,9 +133,10 @@ class LoRATrainer:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last:.3f}", refresh=False)
+            if on_step is not None:
+                on_step(step + 1 - begin)
         else:
             step = steps_total
-        self.set_mode(training=False)
         return TrainResult(step, steps_total, len(samples), last, first,
                            time.monotonic() - start, stopped, tokens)
 
@@ -165,14 +188,21 @@ class LoRATrainer:
         return {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device),
                 "labels": labels.to(self.device)}
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write the current adapter as a PEFT directory, atomically (temp dir, then rename)."""
+    def save(self, out_dir: str | Path, dtype: Any = None) -> Path:
+        """Write the current adapter as a PEFT directory, atomically (temp dir, then rename), its
+        floating tensors cast to `dtype` (the served model's: unsloth keeps LoRA weights in fp32,
+        twice the bytes vLLM needs). A failed write (a full disk) leaves no partial directory."""
         out = Path(out_dir)
         tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(str(tmp))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        try:
+            self.model.save_pretrained(str(tmp))
+            if dtype is not None:
+                _cast_safetensors(tmp / "adapter_model.safetensors", dtype)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     def load_adapter_weights(self, adapter_dir: str | Path) -> None:
@@ -182,6 +212,17 @@ class LoRATrainer:
 
         state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.model, state)
+
+
+def _cast_safetensors(path: Path, dtype: Any) -> None:
+    """Rewrite a safetensors file with its floating tensors in `dtype` (others unchanged)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    if all(t.dtype == dtype or not t.is_floating_point() for t in state.values()):
+        return
+    save_file({k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()},
+              str(path), metadata={"format": "pt"})
 
 
 def _epoch_order(n: int, need: int, rng: np.random.Generator) -> list[int]:

@@ -5,7 +5,8 @@ in that order), the row of the ORIGINAL model's input embedding and output head 
 piece, and writes a model whose vocabulary is exactly the format's reduced tokenizer
 (`formats.build_tokenizer`): new id i is piece i. On texts of the format the shrunk model computes
 the same logits as the original one restricted to the kept ids, so it samples the same answers while
-the embedding and head matrices (and the softmax) shrink from ~150k rows to 16 or 64.
+the embedding and head matrices (and the softmax) shrink from ~150k rows to 16 (qwen-chat) or 68
+(architects: 65 characters, eos, pad and the begin token; 67 when the original has no begin token).
 
 It does not fine-tune, does not change hidden layers, attention or positions, and does not copy the
 original tokenizer or chat template: the output directory gets the reduced tokenizer only.
@@ -19,20 +20,29 @@ from typing import Any
 
 from .errors import FormatError, InputError
 from .formats import _single_token_id, build_tokenizer, reduced_vocab
+from .tokenizer import load_tokenizer
 
 _EOS = {"qwen-chat": "<|im_end|>", "architects": "</s>"}
 _PAD = {"qwen-chat": "<|endoftext|>", "architects": "<pad>"}
 
 
+def keeps_bos(tokenizer: Any, format_name: str) -> bool:
+    """Whether the reduced vocabulary keeps a begin token: architects, where the original has one."""
+    return format_name == "architects" and _special_id(tokenizer, tokenizer.bos_token) is not None
+
+
 def original_ids(tokenizer: Any, format_name: str) -> list[int]:
-    """Original token id of every reduced-vocabulary piece, in reduced id order (FormatError if any
-    piece is not exactly one token of `tokenizer`, naming all such pieces)."""
-    vocab, specials = reduced_vocab(format_name)
+    """Original token id of every reduced-vocabulary piece (`reduced_vocab(format_name,
+    bos=keeps_bos(...))`), in reduced id order (FormatError if any piece is not exactly one token of
+    `tokenizer`, naming all such pieces)."""
+    vocab, specials = reduced_vocab(format_name, bos=keeps_bos(tokenizer, format_name))
     ids: list[int | None] = []
     missing: list[str] = []
     for piece in vocab:
         tid = None
-        if format_name == "architects" and piece == "</s>":
+        if format_name == "architects" and piece == "<s>":
+            tid = _special_id(tokenizer, tokenizer.bos_token)
+        elif format_name == "architects" and piece == "</s>":
             tid = _special_id(tokenizer, tokenizer.eos_token)
         elif format_name == "architects" and piece == "<pad>":
             tid = _special_id(tokenizer, tokenizer.pad_token) if tokenizer.pad_token else None
@@ -73,15 +83,17 @@ def shrink_vocab(model_dir: str | Path, format_name: str, out_dir: str | Path) -
     token of the original tokenizer; InputError if `model_dir` is missing or equals `out_dir`.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     src, out = Path(model_dir), Path(out_dir)
     if not src.is_dir():
         raise InputError("model directory not found", file=str(src))
     if out.exists() and out.resolve() == src.resolve():
         raise InputError("output directory must differ from the model directory", file=str(out))
-    vocab, _ = reduced_vocab(format_name)  # FormatError for unknown names, before loading anything
-    tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    reduced_vocab(format_name)  # FormatError for unknown names, before loading anything
+    tokenizer = load_tokenizer(src)
+    bos = keeps_bos(tokenizer, format_name)
+    vocab, _ = reduced_vocab(format_name, bos=bos)
     kept = original_ids(tokenizer, format_name)
     model = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype="auto")
     params_before = sum(p.numel() for p in model.parameters())
@@ -114,7 +126,8 @@ def shrink_vocab(model_dir: str | Path, format_name: str, out_dir: str | Path) -
                 head.bias = torch.nn.Parameter(b, requires_grad=head.bias.requires_grad)
             head.out_features = len(kept)
 
-    ids = {"bos_token_id": None, "eos_token_id": new_eos, "pad_token_id": new_pad}
+    ids = {"bos_token_id": vocab.index("<s>") if bos else None, "eos_token_id": new_eos,
+           "pad_token_id": new_pad}
     for cfg in {id(c): c for c in (model.config, text_cfg)}.values():
         cfg.vocab_size = len(kept)
         for key, value in ids.items():
@@ -126,7 +139,7 @@ def shrink_vocab(model_dir: str | Path, format_name: str, out_dir: str | Path) -
             setattr(model.generation_config, key, value)
 
     out.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(format_name, out)
+    build_tokenizer(format_name, out, bos=bos)
     model.save_pretrained(str(out))  # safetensors
     (out / "arc_format.json").write_text(json.dumps(
         {"format": format_name, "shrunk_from": str(src), "kept_ids": kept}))

@@ -2,9 +2,11 @@
 
 The supervisor (this process) never imports torch: it holds the scheduler and the planner, sends
 each idle worker a chunk with its plans over a pipe, merges every finished task into
-submission.json, and kills a worker that dies or overruns its chunk's cap (its unfinished tasks are
-re-queued once, then given fallback answers; a replacement worker is started while time allows).
-At the budget's end every worker is killed and the run closes with what it has. Workers get
+submission.json, and kills a worker that dies, stops sending heartbeats for its stall allowance, or
+passes its chunk's hard cap (its unfinished tasks are re-queued once with a larger allowance, then
+given fallback answers; a replacement worker is started while time allows). A worker measures its
+machine's rates right after building its engine and sends them with its "ready" message. At the
+budget's end every worker is killed and the run closes with what it has. Workers get
 `CUDA_VISIBLE_DEVICES` and their own unsloth compile cache before anything imports torch.
 """
 
@@ -26,9 +28,9 @@ from .config import Config
 from .errors import SubmissionError
 from .schedule import Scheduler
 
-GRACE_S = 15.0  # stop this long before the budget's end: kill workers, write the final files
 POLL_S = 0.5
 MAX_RESPAWNS_PER_WORKER = 3
+STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
 
 
 class WorkerStartError(SubmissionError):
@@ -41,6 +43,7 @@ class Handle:
     proc: Any
     inbox: Connection  # supervisor -> worker
     outbox: Connection  # worker -> supervisor
+    started: float = 0.0
     ready: bool = False
     respawns: int = 0
 
@@ -62,29 +65,32 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     n = cfg.budget.workers
     gpus = gpu_count()
     planner = Planner(cfg, start=state.start, workers=n)
-    sched = Scheduler(state.pending, planner, chunk_size=cfg.sampling.max_loras)
-    end = planner.deadline - GRACE_S
+    sched = Scheduler(state.pending, planner, chunk_size=state.chunk_size)
+    end = planner.end
     ctx = mp.get_context("spawn")
     handles: dict[int, Handle] = {}
-    info: dict[str, Any] = {"workers": n, "worker_info": {}, "killed": []}
+    info: dict[str, Any] = {"workers": n, "worker_info": {}, "killed": [], "calibrations": {}}
+    job = {"model": str(model), "cfg": cfg.to_dict(), "challenges": str(state.challenges),
+           "workdir": str(state.workdir), "scratch": str(state.scratch), "identity": state.identity,
+           "all_policies": state.all_policies, "calibration": state.calibration,
+           "engine_kwargs": state.info.get("engine_kwargs")}
 
     def start(wid: int, respawns: int = 0) -> None:
         inbox_r, inbox_w = ctx.Pipe(duplex=False)
         out_r, out_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, name=f"arc-worker-{wid}", daemon=False,
-                           args=(wid, worker_env(wid, gpus, state.workdir), str(model),
-                                 cfg.to_dict(), str(state.challenges), str(state.workdir),
-                                 state.all_policies, inbox_r, out_w))
+                           args=(wid, worker_env(wid, gpus, state.workdir), job, inbox_r, out_w))
         proc.start()
         inbox_r.close()
         out_w.close()
-        handles[wid] = Handle(wid, proc, inbox_w, out_r, respawns=respawns)
+        handles[wid] = Handle(wid, proc, inbox_w, out_r, started=time.monotonic(), respawns=respawns)
 
     def kill(h: Handle, reason: str) -> None:
         if h.proc.is_alive():
             h.proc.kill()
         h.proc.join(timeout=10)
-        info["killed"].append({"worker": h.wid, "reason": reason})
+        a = sched.active.get(h.wid)
+        info["killed"].append({"worker": h.wid, "reason": reason, "tasks": a.tasks if a else []})
         for task_id in sched.fail(h.wid, reason):
             state.faults.append({"task": task_id, "stage": "worker", "error": reason})
             state.fallbacks["tasks_given_up"] += 1
@@ -103,12 +109,12 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         now = time.monotonic()
         for wid in sched.overdue(now):
             if wid in handles:
-                a = sched.active[wid]
-                kill(handles[wid], f"stage '{a.stage}' past its deadline ({now - a.started:.0f} s "
-                                   f"into its chunk)")
+                kill(handles[wid], sched.active[wid].why(now))
         for h in list(handles.values()):
             if not h.proc.is_alive() and not h.outbox.poll():
                 kill(h, f"worker died (exit code {h.proc.exitcode})")
+            elif not h.ready and now - h.started > STARTUP_S:
+                kill(h, f"worker not ready {now - h.started:.0f} s after its start")
         if not handles:
             break
         for conn in wait([h.outbox for h in handles.values()], timeout=POLL_S):
@@ -138,13 +144,22 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
 
 def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planner,
             info: dict[str, Any], give_work) -> None:
-    from .run import observe
+    from .startup import apply_rates
 
     kind = msg[0]
     if kind == "ready":
+        _, wid, engine_info, cal, fallbacks, faults = msg
         h.ready = True
-        info["worker_info"][str(h.wid)] = msg[2]
+        info["worker_info"][str(h.wid)] = engine_info
         info["worker_info"]["ready"] = True
+        state.fallbacks.update(fallbacks)
+        state.faults.extend(faults)
+        if cal is not None:
+            info["calibrations"][str(h.wid)] = cal
+            if state.calibration is None:
+                state.calibration = cal
+            if cal.get("source") == "measured" or not planner.measured:
+                apply_rates(planner, sched, cal)
         give_work(h)
     elif kind == "done":
         _, task_id, record, fallbacks, faults = msg
@@ -152,13 +167,13 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
         state.fallbacks.update(fallbacks)
         state.faults.extend(faults)
         sched.task_done(h.wid, task_id)
-        observe(planner, sched, record, task_id)
+        sched.observe(task_id, record)
     elif kind == "progress":
         sched.progress(h.wid, msg[1], msg[2], time.monotonic())
     elif kind == "chunk_error":
         state.faults.append({"tasks": msg[1], "stage": "chunk", "error": msg[2], "worker": h.wid})
     elif kind == "chunk_done":
-        for task_id in sched.chunk_done(h.wid):
+        for task_id in sched.chunk_done(h.wid, time.monotonic()):
             state.faults.append({"task": task_id, "stage": "chunk", "error": "gave up after retry"})
             state.fallbacks["tasks_given_up"] += 1
         info["worker_info"].setdefault(str(h.wid), {})["compute"] = msg[1]
@@ -179,55 +194,67 @@ def _send(conn: Connection, obj: Any) -> None:
 class WorkerSink:
     """What pipeline.process_chunk reports to, inside a worker: records go to disk and the pipe."""
 
-    def __init__(self, cfg: Config, workdir: Path, all_policies: bool, outbox: Connection) -> None:
-        from .config import ANSWER_SECTIONS
-
-        self.cfg, self.workdir, self.all_policies, self.outbox = cfg, workdir, all_policies, outbox
-        self.cfg_json = cfg.to_json(ANSWER_SECTIONS)
+    def __init__(self, cfg: Config, job: dict[str, Any], outbox: Connection) -> None:
+        self.cfg, self.outbox = cfg, outbox
+        self.workdir, self.scratch = Path(job["workdir"]), Path(job["scratch"])
+        self.identity, self.all_policies = job["identity"], job["all_policies"]
+        self.calibration = job["calibration"]
         self.fallbacks: Counter = Counter()
         self.faults: list[dict[str, Any]] = []
 
     def progress(self, stage: str, task_id: str | None) -> None:
         self.outbox.send(("progress", stage, task_id))
 
-    def finish_task(self, task, record: dict[str, Any]) -> None:
-        from .run import write_task_record
-
-        write_task_record(self.workdir, task.id, record, self.cfg_json)
-        self.outbox.send(("done", task.id, record, dict(self.fallbacks), list(self.faults)))
+    def take_counts(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """The fallbacks and faults since the last message (sent along with it)."""
+        out = dict(self.fallbacks), list(self.faults)
         self.fallbacks.clear()
         self.faults.clear()
+        return out
+
+    def finish_task(self, task, record: dict[str, Any]) -> None:
+        from .records import store_record
+
+        store_record(self, task.id, record)
+        self.outbox.send(("done", task.id, record, *self.take_counts()))
 
 
-def worker_main(wid: int, env: dict[str, str], model: str, cfg_dict: dict, challenges: str,
-                workdir: str, all_policies: bool, inbox: Connection, outbox: Connection) -> None:
-    """Entry of a worker process: build the engine once, then process chunks until told to stop."""
+def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Connection,
+                outbox: Connection) -> None:
+    """Entry of a worker process: build the engine once, measure the machine's rates, then
+    process chunks until told to stop."""
     os.environ.update(env)  # before torch: CUDA_VISIBLE_DEVICES, the compile cache
     from .budget import TaskPlan
     from .engine import build_engine
     from .pipeline import TTT_ERRORS, process_chunk
-    from .run import compute_seconds
+    from .startup import engine_started, start_rates
     from .tasks import load_tasks_lenient
 
-    cfg = Config.from_dict(cfg_dict)
-    tasks, _ = load_tasks_lenient(challenges)
-    sink = WorkerSink(cfg, Path(workdir), all_policies, outbox)
+    cfg = Config.from_dict(job["cfg"])
+    tasks, _ = load_tasks_lenient(job["challenges"])
+    sink = WorkerSink(cfg, job, outbox)
     try:
         t0 = time.monotonic()
-        engine = build_engine(model, cfg)
+        engine = build_engine(job["model"], cfg, job["engine_kwargs"])
         engine.info["load_s"] = time.monotonic() - t0
     except (SubmissionError, OSError, RuntimeError, ValueError) as exc:
         outbox.send(("fatal", repr(exc)))
         return
     engine.fallbacks = sink.fallbacks
-    outbox.send(("ready", wid, engine.info))
+    engine_started(sink, engine, sink.fallbacks)
+    try:
+        cal = start_rates(sink, engine)
+    except TTT_ERRORS as exc:  # no measurement: the planner keeps its priors
+        cal = None
+        sink.faults.append({"stage": "calibrate", "worker": wid, "error": repr(exc)})
+    outbox.send(("ready", wid, engine.info, cal, *sink.take_counts()))
     while (msg := inbox.recv()) is not None:
         ids, plans = msg
-        start, compute0 = time.monotonic(), compute_seconds(engine)
+        start, compute0 = time.monotonic(), engine.compute_seconds()
         try:
             process_chunk(engine, sink, [tasks[i] for i in ids],
                           {k: TaskPlan(**p) for k, p in plans.items()})
         except TTT_ERRORS as exc:
             outbox.send(("chunk_error", ids, repr(exc)))
         outbox.send(("chunk_done", {"loop_s": time.monotonic() - start,
-                                    "compute_s": compute_seconds(engine) - compute0}))
+                                    "compute_s": engine.compute_seconds() - compute0}))

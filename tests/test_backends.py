@@ -8,7 +8,7 @@ import pytest
 
 from submission import backends
 from submission.backends import choose_sampler_backend, choose_trainer_backend
-from submission.backends.vllm_sampler import max_lora_rank
+from submission.memory import vllm_max_lora_rank as max_lora_rank
 from submission.errors import BackendUnavailable
 from tests.conftest import SMALL
 

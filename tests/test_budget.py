@@ -1,6 +1,7 @@
 """Tests of submission.budget (TaskCost, Planner, TaskPlan) and submission.schedule (Scheduler):
 the cost model, scaling against the time left, per-task plans, rate calibration, chunk assignment,
-stage deadlines, re-queue-once-then-give-up, and a small simulated run on a fake clock."""
+liveness (stall allowances that grow on retry, never estimate-based kills), the hard cap,
+re-queue-once-then-give-up, and a small simulated run on a fake clock."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission.budget import (ANSWER_GUESS, CAP_FLOOR_S, MIN_RESCORE, MIN_SAMPLES, MIN_VIEWS,
-                               Planner, TaskCost, TaskPlan)
+from submission.budget import (ANSWER_GUESS, MIN_RESCORE, MIN_SAMPLES, MIN_VIEWS, Planner,
+                               TaskCost, TaskPlan)
 from submission.config import Config
 from submission.grids import Pair, Task
-from submission.schedule import MAX_ATTEMPTS, SAMPLE_SLACK, STAGE_SLACK_S, Scheduler
+from submission.schedule import MAX_ATTEMPTS, STALL_FACTOR, Scheduler
 
 
 def grid(h: int, w: int) -> np.ndarray:
@@ -272,7 +273,7 @@ def test_plan_invariants(budget, frac):
     now = frac * budget
     for c in (costs[0], costs[7], costs[-1]):
         plan = planner.plan(c, now, costs)
-        assert CAP_FLOOR_S <= plan.cap_s <= b.task_cap_s
+        assert plan.cap_s == b.task_cap_s
         assert plan.ttt_s <= 0.6 * plan.cap_s + 1e-9
         assert plan.ttt_s <= 0.5 * max(0.0, planner.deadline - now) + 1e-9
         assert plan.ttt_s >= 0.0
@@ -283,18 +284,13 @@ def test_plan_invariants(budget, frac):
         assert (plan.max_samples, plan.n_views, plan.max_rescore) == planner.amounts(scale)
 
 
-def test_plan_cap_is_six_times_the_estimate_within_bounds():
+def test_plan_cap_is_the_hard_cap_whatever_the_estimate():
+    """Estimates never shorten the cap: a machine 100x slower than the priors is not killed."""
     planner = Planner(cfg_with("budget.time_budget_s=43200"), start=0.0, workers=1)
-    tiny = TaskCost.of(make_task("a", 1, n_train=1))
-    plan = planner.plan(tiny, 0.0, [tiny])
-    assert plan.cap_s == CAP_FLOOR_S  # 6x a tiny estimate is below the floor
-    huge = TaskCost.of(make_task("b", 30, n_train=10, test_sides=(30, 30, 30)))
-    assert 6 * planner.full_seconds(huge)[1] > planner.cfg.budget.task_cap_s
-    assert planner.plan(huge, 0.0, [huge]).cap_s == planner.cfg.budget.task_cap_s
-    mid = TaskCost.of(make_task("c", 12, n_train=3))
-    total = planner.full_seconds(mid)[1]
-    assert CAP_FLOOR_S < 6 * total < planner.cfg.budget.task_cap_s
-    assert planner.plan(mid, 0.0, [mid]).cap_s == pytest.approx(6 * total)
+    for task in (make_task("a", 1, n_train=1), make_task("b", 30, n_train=10, test_sides=(30, 30)),
+                 make_task("c", 12, n_train=3)):
+        c = TaskCost.of(task)
+        assert planner.plan(c, 0.0, [c]).cap_s == planner.cfg.budget.task_cap_s
 
 
 def test_plan_ttt_allowance_exceeds_estimate_when_time_allows():
@@ -310,7 +306,23 @@ def test_plan_past_deadline_allows_no_training():
     plan = planner.plan(costs[0], planner.deadline + 5.0, costs)
     assert plan.ttt_s == 0.0
     assert (plan.max_samples, plan.n_views, plan.max_rescore) == (MIN_SAMPLES, MIN_VIEWS, MIN_RESCORE)
-    assert plan.cap_s >= CAP_FLOOR_S
+    assert plan.cap_s == planner.cfg.budget.task_cap_s
+
+
+def test_calibrate_replaces_priors_then_averages_and_ignores_junk():
+    planner = Planner(cfg_with("budget.prior_train_tokens_per_s=1e6"), start=0.0, workers=1)
+    planner.calibrate({"train": 100.0, "sample": float("inf"), "score": -1.0})
+    assert planner.rates["train"] == 100.0 and planner.measured == {"train"}
+    assert planner.rates["sample"] == planner.cfg.budget.prior_sample_tokens_per_s
+    planner.calibrate({"train": 300.0, "sample": None})
+    assert planner.rates["train"] == pytest.approx(200.0)
+
+
+def test_planner_end_leaves_grace_before_the_deadline():
+    planner = Planner(cfg_with("budget.time_budget_s=900"), start=100.0, workers=1)
+    assert planner.deadline == 1000.0 and 900.0 < planner.end < 1000.0
+    short = Planner(cfg_with("budget.time_budget_s=20"), start=0.0, workers=1)
+    assert 0.0 < short.end < short.deadline == 20.0
 
 
 # ---------------------------------------------------------------- Planner.observe
@@ -429,11 +441,10 @@ def test_assignment_fields():
     a = sched.assign(1, 10.0)
     assert a.worker == 1 and a.started == 10.0
     assert sched.active[1] is a
-    cap = min(sum(p.cap_s for p in a.plans.values()), planner.cfg.budget.task_cap_s * len(a.tasks))
-    assert a.cap_at == pytest.approx(10.0 + cap)
+    assert a.cap_at == pytest.approx(10.0 + planner.cfg.budget.task_cap_s * len(a.tasks))
     assert a.stage == f"ttt {a.tasks[0]}"  # assign starts the first task's TTT stage
-    assert a.stage_until == pytest.approx(10.0 + a.plans[a.tasks[0]].ttt_s * 1.25 + STAGE_SLACK_S)
-    assert a.kill_at() == min(a.cap_at, a.stage_until)
+    assert a.stall_s == planner.cfg.budget.stall_s and a.last_beat == 10.0
+    assert a.kill_at() == min(a.cap_at, 10.0 + a.stall_s)
 
 
 def test_assign_none_when_queue_empty_or_past_deadline():
@@ -553,30 +564,26 @@ def test_task_done_reported_before_a_kill_is_not_requeued():
     assert sched.unfinished() == [] and sched.given_up == {}
 
 
-def test_overdue_ttt_heartbeat():
-    sched, _, _ = sched_setup(4, chunk=2)
+def test_silence_longer_than_the_stall_allowance_is_overdue():
+    sched, planner, _ = sched_setup(4, chunk=2, extra=("budget.stall_s=60",))
     a = sched.assign(0, 0.0)
-    t1 = a.tasks[1]
-    sched.progress(0, "ttt", t1, 100.0)
-    until = 100.0 + a.plans[t1].ttt_s * 1.25 + STAGE_SLACK_S
-    assert a.stage == f"ttt {t1}"
-    assert a.stage_until == pytest.approx(until)
-    assert until < a.cap_at  # so the stage deadline is what triggers
-    assert sched.overdue(until - 1.0) == []
-    assert sched.overdue(until) == []
-    assert sched.overdue(until + 0.01) == [0]
+    sched.progress(0, "ttt", a.tasks[1], 100.0)
+    assert a.stage == f"ttt {a.tasks[1]}"
+    assert sched.overdue(160.0) == []
+    assert sched.overdue(160.01) == [0]
+    assert "no progress for 60 s" in a.why(160.5)
 
 
-def test_overdue_sample_heartbeat():
-    sched, _, _ = sched_setup(4, chunk=2)
+def test_progress_keeps_a_slow_stage_alive_far_past_any_estimate():
+    """Sampling 100x slower than its estimate is not killed while requests keep finishing."""
+    sched, _, _ = sched_setup(4, chunk=2, extra=("budget.stall_s=60",))
     a = sched.assign(0, 0.0)
-    sched.progress(0, "sample", None, 50.0)
-    until = 50.0 + SAMPLE_SLACK * sum(a.plans[t].sample_s for t in a.tasks) + STAGE_SLACK_S
-    assert a.stage == "sample"
-    assert a.stage_until == pytest.approx(until)
-    assert until < a.cap_at
-    assert sched.overdue(until - 0.5) == []
-    assert sched.overdue(until + 0.5) == [0]
+    estimate = sum(a.plans[t].sample_s for t in a.tasks)
+    t = 0.0
+    while t < min(100 * estimate, a.cap_at - 60):
+        t += 50.0
+        sched.progress(0, "sample", None, t)
+        assert sched.overdue(t + 59.0) == []
 
 
 def test_heartbeats_keep_a_worker_alive_until_the_cap():
@@ -588,34 +595,67 @@ def test_heartbeats_keep_a_worker_alive_until_the_cap():
         sched.progress(0, "ttt", a.tasks[0], t)
         assert sched.overdue(min(t + 1.0, a.cap_at)) == []
     assert sched.overdue(a.cap_at + 0.01) == [0]  # the overall cap still kills it
+    assert "hard cap" in a.why(a.cap_at + 0.01)
 
 
-def test_cap_triggers_overdue_before_stage_deadline():
+def test_retry_gets_a_larger_stall_allowance():
+    sched, planner, _ = sched_setup(2, chunk=1, extra=("budget.stall_s=60",))
+    a = sched.assign(0, 0.0)
+    assert a.stall_s == 60.0
+    sched.fail(0, a.why(61.0))  # killed for silence: re-queued
+    b = sched.assign(0, 62.0)
+    assert b.tasks == a.tasks and sched.attempts[a.tasks[0]] == 2
+    assert b.stall_s == 120.0
+    c = sched.assign(1, 62.0)  # a first attempt keeps the base allowance
+    assert c.stall_s == 60.0
+
+
+def test_healthy_gaps_widen_later_allowances():
+    sched, _, _ = sched_setup(6, chunk=1, extra=("budget.stall_s=10",))
+    a = sched.assign(0, 0.0)
+    sched.progress(0, "sample", None, 40.0)  # a slow but healthy machine: 40 s between beats
+    sched.task_done(0, a.tasks[0])
+    sched.chunk_done(0, 45.0)
+    assert sched.healthy_gap == 40.0
+    assert sched.assign(0, 50.0).stall_s == STALL_FACTOR * 40.0
+    sched.note_gap(5.0)  # smaller gaps never shrink it
+    assert sched.healthy_gap == 40.0
+
+
+def test_cap_triggers_overdue_while_beats_continue():
     sched, _, _ = sched_setup(4, chunk=1, extra=("budget.task_cap_s=100",))
     a = sched.assign(0, 0.0)
     assert a.cap_at == pytest.approx(100.0)
-    assert a.stage_until > a.cap_at
+    sched.progress(0, "sample", None, 99.0)
     assert a.kill_at() == a.cap_at
     assert sched.overdue(100.0) == []
     assert sched.overdue(100.5) == [0]
 
 
 def test_overdue_lists_only_late_workers():
-    sched, _, _ = sched_setup(6, chunk=2)
+    sched, _, _ = sched_setup(6, chunk=2, extra=("budget.stall_s=60",))
     a0 = sched.assign(0, 0.0)
     a1 = sched.assign(1, 0.0)
-    first, second = sorted((a0, a1), key=lambda a: a.kill_at())
-    assert first.kill_at() < second.kill_at()
-    between = (first.kill_at() + second.kill_at()) / 2
-    assert sched.overdue(first.kill_at() - 1.0) == []
-    assert sched.overdue(between) == [first.worker]
-    assert sorted(sched.overdue(second.kill_at() + 1.0)) == [0, 1]
-    sched.fail(first.worker, "killed")
-    assert sched.overdue(between) == []
-    # a heartbeat moves the other worker's stage deadline
-    sched.progress(second.worker, "ttt", second.tasks[-1], between)
-    assert second.stage_until > between
-    assert sched.overdue(between + 1.0) == []
+    sched.progress(1, "ttt", a1.tasks[0], 30.0)
+    assert sched.overdue(59.0) == []
+    assert sched.overdue(61.0) == [0]
+    assert sorted(sched.overdue(91.0)) == [0, 1]
+    sched.fail(0, "killed")
+    sched.progress(1, "ttt", a1.tasks[-1], 91.0)  # a heartbeat moves the worker's limit
+    assert sched.overdue(120.0) == []
+    assert a0.worker == 0
+
+
+def test_observe_feeds_the_planner_from_a_record():
+    sched, planner, tasks = sched_setup(3, chunk=1)
+    task_id = sched.queue[0]
+    rec = {"timing": {"sample_s": 2.0, "rescore_s": 1.0}, "ttt": {"seconds": 4.0, "tokens": 8000},
+           "views": 8, "tests": [{"candidates": [{"rescore_logprobs": [-1.0, -2.0]}]}]}
+    sched.observe(task_id, rec)
+    assert planner.rates["train"] == pytest.approx(2000.0)
+    assert planner.measured == {"train", "sample", "score"}
+    sched.observe(task_id, {"attempts": []})  # an old or partial record: no error, no change
+    assert planner.rates["train"] == pytest.approx(2000.0)
 
 
 def test_unfinished_lists_queued_and_active_tasks():

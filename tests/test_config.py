@@ -262,3 +262,103 @@ def test_explicit_keys_from_file_and_overrides(tmp_path):
     path.write_text('[budget]\nworkers = 2\n[ttt]\nr = 8\n')
     assert explicit_keys(path, ["sampling.n_views=4"]) == {"budget.workers", "ttt.r", "sampling.n_views"}
     assert explicit_keys(None) == frozenset()
+
+
+# --- hostile values --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("item", [
+    "budget.time_budget_s=inf", "budget.time_budget_s=1e309", "budget.task_cap_s=Infinity",
+    "budget.max_scale=inf", "budget.prior_sample_tokens_per_s=1e400", "ttt.lora_dropout=nan",
+    "ttt.weight_decay=inf", "ttt.max_grad_norm=inf", "finetune.learning_rate=inf",
+    "sampling.temperature=nan", "selection.poe_offset=-inf", "sampling.dfs_threshold=-inf"])
+def test_non_finite_floats_rejected(item):
+    with pytest.raises(ConfigError, match="must be finite"):
+        Config().with_overrides([item])
+
+
+def test_non_finite_floats_rejected_in_files(tmp_path):
+    js = tmp_path / "c.json"
+    js.write_text('{"budget": {"time_budget_s": 1e309}}')
+    with pytest.raises(ConfigError, match="budget.time_budget_s=inf: must be finite"):
+        load_config(js)
+    js.write_text('{"selection": {"poe_offset": NaN}}')
+    with pytest.raises(ConfigError, match="selection.poe_offset=nan: must be finite"):
+        load_config(js)
+    toml = tmp_path / "c.toml"
+    toml.write_text("[budget]\nprior_train_tokens_per_s = inf\n")
+    with pytest.raises(ConfigError, match="must be finite"):
+        load_config(toml)
+
+
+@pytest.mark.parametrize("item", ["ttt.seed=-1", "finetune.seed=-1", "sampling.seed=-7",
+                                  "sampling.seed=4294967296", "ttt.seed=" + "9" * 30])
+def test_seeds_out_of_range_rejected(item):
+    with pytest.raises(ConfigError, match=item.split("=")[0].replace(".", r"\.") + ".*0..4294967295"):
+        Config().with_overrides([item])
+
+
+def test_seed_bounds_accepted():
+    cfg = Config().with_overrides(["ttt.seed=0", "sampling.seed=4294967295", "finetune.seed=12"])
+    assert cfg.sampling.seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("modules, needle", [
+    ("", "empty"), (",", "empty"), ("q_proj,q_proj", "twice"), ("q proj", "not module names"),
+    ("../x", "not module names"), ("q_proj,", None), ("a..b", "not module names"),
+    (".q_proj", "not module names"), ("q_proj;rm", "not module names")])
+def test_target_modules_validated(modules, needle):
+    if needle is None:  # a trailing comma is only an empty item, dropped by the parser
+        assert Config().with_overrides([f"ttt.target_modules={modules}"]).ttt.target_modules == (
+            "q_proj",)
+        return
+    with pytest.raises(ConfigError, match=f"ttt.target_modules.*{needle}"):
+        Config().with_overrides([f"ttt.target_modules={modules}"])
+    with pytest.raises(ConfigError, match="finetune.target_modules"):
+        Config.from_dict({"finetune": {"target_modules": modules.split(",") if modules else []}})
+
+
+def test_dotted_module_names_accepted():
+    cfg = Config().with_overrides(["ttt.target_modules=model.layers.0.mlp.up_proj,q_proj"])
+    assert cfg.ttt.target_modules == ("model.layers.0.mlp.up_proj", "q_proj")
+
+
+def test_lora_rank_limited_to_what_vllm_serves():
+    assert Config().with_overrides(["ttt.r=512"]).ttt.r == 512
+    with pytest.raises(ConfigError, match="ttt.r=513.*512"):
+        Config().with_overrides(["ttt.r=513"])
+    assert Config().with_overrides(["finetune.r=1024"]).finetune.r == 1024  # merged, not served
+
+
+@pytest.mark.parametrize("item", ["ttt.lora_dropout=1.0", "ttt.lora_dropout=-0.1",
+                                  "ttt.weight_decay=-1", "ttt.warmup_fraction=1.5",
+                                  "finetune.max_grad_norm=0", "sampling.temperature=-1"])
+def test_training_and_sampling_ranges(item):
+    with pytest.raises(ConfigError, match=item.split(".")[0]):
+        Config().with_overrides([item])
+
+
+def test_huge_and_deep_values_give_short_errors(tmp_path):
+    with pytest.raises(ConfigError, match="ttt.r") as info:
+        Config().with_overrides(["ttt.r=" + "1" * 5000])
+    assert len(str(info.value)) < 200
+    with pytest.raises(ConfigError) as info:
+        Config().with_overrides(["model.format=" + "x" * 100_000])
+    assert len(str(info.value)) < 300
+    path = tmp_path / "c.json"
+    path.write_text('{"ttt": {"target_modules": ' + "[" * 500 + "]" * 500 + "}}")
+    with pytest.raises(ConfigError, match="ttt.target_modules") as info:
+        load_config(path)
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("deep.json", '{"ttt": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ("deep.toml", "[ttt]\nr = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+    ("big.json", '{"ttt": {"r": ' + "1" * 5000 + "}}", "digits"),
+])
+def test_hostile_config_files(tmp_path, name, text, needle):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_config(path)
+    assert name in str(info.value)

@@ -1,6 +1,10 @@
-"""Tests of submission.formats: exact prompt layouts, loss masks, the reduced tokenizers, parsing."""
+"""Tests of submission.formats: exact prompt layouts, loss masks, the reduced tokenizers, parsing,
+lenient parsing and format detection."""
 
 from __future__ import annotations
+
+import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -8,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from submission.errors import FormatError
-from submission.formats import build_tokenizer, get_format, reduced_vocab
+from submission.formats import build_tokenizer, detect_format, get_format, reduced_vocab
 from submission.grids import Pair, as_grid
 
 FORMAT_NAMES = ("qwen-chat", "architects")
@@ -25,7 +29,7 @@ EXPECTED_PROMPT = {
     "qwen-chat": ("<|im_start|>user\n12\n34<|im_end|><|im_start|>assistant\n5<|im_end|>"
                   "<|im_start|>user\n007<|im_end|><|im_start|>assistant\n8\n9<|im_end|>"
                   "<|im_start|>user\n61<|im_end|><|im_start|>assistant\n"),
-    "architects": ("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz"
+    "architects": ("<s>ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz"
                    "I12\n34\n+/-=O5\n</s>"
                    "I007\n+/-=O8\n9\n</s>"
                    "I61\n+/-=O"),
@@ -37,7 +41,7 @@ EXPECTED_TRAINING = {
                   ("5<|im_end|>", True),
                   ("<|im_start|>user\n007<|im_end|><|im_start|>assistant\n", False),
                   ("8\n9<|im_end|>", True)],
-    "architects": [(PREPROMPT + "I12\n34\n+/-=O", False),
+    "architects": [("<s>" + PREPROMPT + "I12\n34\n+/-=O", False),
                    ("5\n</s>", True),
                    ("I007\n+/-=O", False),
                    ("8\n9\n</s>", True)],
@@ -146,6 +150,11 @@ def test_reduced_vocab_sizes(bound):
     assert tok.convert_ids_to_tokens(fmt.eos_id) == tok.eos_token
     if name == "qwen-chat":
         assert len(tok) == 16 and len(tok.get_vocab()) == 16
+        assert tok.bos_token is None and fmt.bos_id is None
+    else:  # 65 single characters, </s>, <pad>, and the begin token <s>
+        assert len(tok) == 68 and len(reduced_vocab(name, bos=False)[0]) == 67
+        assert sum(len(p) == 1 for p in vocab) == 65
+        assert tok.bos_token == "<s>" and fmt.bos_id == tok.bos_token_id == vocab.index("<s>")
 
 
 # Any sequence of the format's pieces, with no two row breaks in a row.
@@ -194,6 +203,7 @@ def test_round_trip_all_arc_agi_2_evaluation_grids(bound, eval_grids):
 # --- parsing ---------------------------------------------------------------------------------
 
 def bad_answers(fmt, name) -> dict[str, list[int]]:
+    """Outputs with no unique grid: parse (strict or lenient) must give None."""
     d = {str(i): fmt.id_of[str(i)] for i in range(10)}
     nl, eos = fmt._nl, fmt.eos_id
     other = fmt.id_of["user"] if name == "qwen-chat" else fmt.id_of["A"]
@@ -207,29 +217,91 @@ def bad_answers(fmt, name) -> dict[str, list[int]]:
         "only eos": [eos],
         "eos first": [eos, d["1"], d["2"]],
         "only row break": [nl, eos],
-        "leading row break": [nl, d["1"], eos],
+        "only row breaks": [nl, nl, nl, eos],
         "ragged rows": grid(["12", "3"]),
         "ragged rows 2": grid(["1", "23"]),
-        "empty row": fmt.ids(list("12\n\n34")) + tail,
-        "trailing row break": fmt.ids(list("12\n34\n")) + [nl, eos],
+        "ragged around a blank line": fmt.ids(list("12\n\n345")) + tail,
+        "ragged after a leading row break": [nl] + grid(["12", "3"]),
+        "ragged within the first 30 rows": grid(["1"] * 29 + ["12", "1", "1"]),
         "non-digit inside": fmt.ids(["1"]) + [other] + fmt.ids(["2"]) + tail,
-        "31 rows": grid(["1"] * 31),
+        "non-digit with a blank line": fmt.ids(list("12\n\n")) + [other] + tail,
         "31 columns": grid(["1" * 31]),
         "31 x 31": grid(["1" * 31] * 31),
+        "31 columns after a leading row break": [nl] + grid(["1" * 31]),
         "trailing garbage before eos": grid(["12", "34"])[:-len(tail)] + [other] + tail,
         "unknown id": [999],
         "unknown id inside": [d["1"], 999, d["2"], eos],
         "unknown id after cells": [d["1"], d["2"], 999],
+        "unknown id with a row break": [nl, d["1"], 999],
         "negative id": [-1],
         "negative id inside": [d["1"], -5, d["2"], eos],
+        "negative id with a row break": [d["1"], nl, nl, -5],
     }
 
 
 def test_parse_returns_none_on_bad_answers(bound):
     name, _, fmt = bound
+    before = fmt.lenient_parses
     for label, ids in bad_answers(fmt, name).items():
         assert fmt.parse(ids) is None, label
         assert fmt.parse(np.asarray(ids, dtype=np.int64)) is None, label
+        assert fmt.parse_lenient(ids) == (None, ()), label
+        assert fmt.parse_strict(ids) is None, label
+    assert fmt.lenient_parses == before
+
+
+def lenient_answers(fmt, name) -> dict[str, tuple[list[int], list[list[int]], tuple[str, ...]]]:
+    """label -> (output ids, the one grid they can mean, deviations reported)."""
+    nl, eos = fmt._nl, fmt.eos_id
+    tail = [nl, eos] if name == "architects" else [eos]
+
+    def ids(text):
+        return fmt.ids(list(text))
+
+    return {
+        "leading row break": ([nl] + ids("12\n34") + tail, [[1, 2], [3, 4]], ("leading_row_break",)),
+        "leading row breaks": ([nl, nl] + ids("5") + tail, [[5]], ("leading_row_break",)),
+        "trailing row break before eos": (ids("12\n34\n") + tail, [[1, 2], [3, 4]],
+                                          ("trailing_row_break",)),
+        "trailing row breaks, no eos": (ids("7\n\n\n"), [[7]], ("trailing_row_break",)),
+        "blank line": (ids("12\n\n34") + tail, [[1, 2], [3, 4]], ("blank_line",)),
+        "blank lines": (ids("1\n\n\n2\n\n3") + tail, [[1], [2], [3]], ("blank_line",)),
+        "all three": ([nl] + ids("12\n\n34\n") + tail, [[1, 2], [3, 4]],
+                      ("leading_row_break", "trailing_row_break", "blank_line")),
+        "31 rows": (ids(grid_text(["10"] * 31)) + tail, [[1, 0]] * 30, ("over_30_rows",)),
+        "40 rows, ragged after the 30th, no eos": (ids(grid_text(["3"] * 30 + ["33", "3"] * 5)),
+                                                   [[3]] * 30, ("over_30_rows",)),
+        "31 rows after a blank line": (ids("4\n\n" + grid_text(["4"] * 30)) + tail, [[4]] * 30,
+                                       ("blank_line", "over_30_rows")),
+    }
+
+
+def test_parse_lenient_variants(bound):
+    """Deviations NVARC's parser accepts give the one grid they can mean, and are counted."""
+    name, _, fmt = bound
+    before, fixes_before = fmt.lenient_parses, fmt.lenient_fixes.copy()
+    cases = lenient_answers(fmt, name)
+    for label, (ids, want, fixes) in cases.items():
+        assert fmt.parse_strict(ids) is None, label
+        grid, got_fixes = fmt.parse_lenient(ids)
+        assert grid is not None and grid.dtype == np.uint8, label
+        assert np.array_equal(grid, as_grid(want)), label
+        assert got_fixes == fixes, label
+        assert np.array_equal(fmt.parse(ids), as_grid(want)), label
+    assert fmt.lenient_parses - before == len(cases)
+    counted = fmt.lenient_fixes - fixes_before
+    assert counted == Counter(f for _, _, fixes in cases.values() for f in fixes)
+
+
+def test_strict_answers_are_not_counted_as_lenient(bound):
+    name, _, fmt = bound
+    before = fmt.lenient_parses
+    for g in [as_grid([[1, 2], [3, 4]]), as_grid(np.full((30, 30), 9))]:
+        assert fmt.parse_lenient(fmt.encode_answer(g))[1] == ()
+        assert np.array_equal(fmt.parse(fmt.encode_answer(g)), g)
+    if name == "architects":  # the row break before </s> may be left out
+        assert fmt.parse_lenient(fmt.ids(list("12")) + [fmt.eos_id])[1] == ()
+    assert fmt.lenient_parses == before
 
 
 def test_parse_limits_are_30(bound):
@@ -254,7 +326,8 @@ def test_parse_text(bound):
     assert np.array_equal(fmt.parse_text("12\n34" + eos), as_grid([[1, 2], [3, 4]]))
     assert np.array_equal(fmt.parse_text("0"), as_grid([[0]]))
     assert np.array_equal(fmt.parse_text("5" + eos + "12\n3"), as_grid([[5]]))
-    for bad in ["", "12\n3", "1 2", "12x", "abc", eos, "\n"]:
+    assert np.array_equal(fmt.parse_text("\n12\n\n34\n" + eos), as_grid([[1, 2], [3, 4]]))
+    for bad in ["", "12\n3", "1 2", "12x", "abc", eos, "\n", "\n\n"]:
         assert fmt.parse_text(bad) is None, repr(bad)
 
 
@@ -342,3 +415,65 @@ def test_unknown_format_name():
         reduced_vocab("nope")
     with pytest.raises(FormatError, match="nope"):
         build_tokenizer("nope")
+
+
+# --- the begin token -------------------------------------------------------------------------
+
+def test_architects_begin_token_starts_every_sequence_once():
+    tok = build_tokenizer("architects")
+    fmt = get_format("architects", tok)
+    bos = tok.convert_tokens_to_ids("<s>")
+    assert fmt.bos_id == bos
+    prompt = fmt.encode_prompt(DEMOS, QUERY)
+    train, mask = fmt.encode_training(DEMOS + [Pair(QUERY, DEMOS[0].output)])
+    for ids in (prompt, train, fmt.encode_prompt([], QUERY)):
+        assert ids[0] == bos and ids.count(bos) == 1
+        assert fmt.decode(ids[1:]).startswith(PREPROMPT + "I")
+    assert mask[0] is False
+    answer = fmt.encode_answer(DEMOS[1].output)
+    assert bos not in answer  # re-scoring scores prompt + answer: one begin token in all
+    assert (prompt + answer).count(bos) == 1
+    # the tokenizer itself adds the same begin token to text (as the published one does)
+    assert tok(fmt.decode(prompt[1:])).input_ids == prompt
+
+
+def test_architects_without_begin_token_and_qwen_never_gets_one():
+    fmt = get_format("architects", build_tokenizer("architects", bos=False))
+    assert fmt.bos_id is None
+    assert fmt.decode(fmt.encode_prompt(DEMOS, QUERY)) == EXPECTED_PROMPT["architects"][3:]
+
+    class QwenWithBos(FakeTokenizer):
+        bos_token = "<|im_start|>"
+
+    qwen = get_format("qwen-chat", QwenWithBos())
+    assert qwen.bos_id is None
+    assert qwen.decode(qwen.encode_prompt(DEMOS, QUERY)) == EXPECTED_PROMPT["qwen-chat"]
+
+
+# --- format detection -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_detect_format_from_reduced_tokenizers(name, tmp_path):
+    tok = build_tokenizer(name)
+    assert detect_format(tok) == name
+    assert get_format("auto", tok).name == name
+    assert get_format("auto", tok, model_dir=tmp_path).name == name  # no arc_format.json: ignored
+
+
+def test_detect_format_prefers_chat_markers_then_the_directory_hint(tmp_path):
+    both = FakeTokenizer()  # every piece of both formats is one token: a full chat vocabulary
+    assert detect_format(both) == "qwen-chat"
+    (tmp_path / "arc_format.json").write_text(json.dumps({"format": "architects"}))
+    assert detect_format(both, model_dir=tmp_path) == "architects"
+    # a hint that does not fit the tokenizer is ignored
+    assert detect_format(build_tokenizer("qwen-chat"), model_dir=tmp_path) == "qwen-chat"
+    (tmp_path / "arc_format.json").write_text("{not json")
+    assert detect_format(both, model_dir=tmp_path) == "qwen-chat"
+
+
+def test_detect_format_fails_clearly(tmp_path):
+    with pytest.raises(FormatError) as err:
+        get_format("auto", FakeTokenizer(split={"user", "A"}), model_dir=tmp_path / "m")
+    msg = str(err.value)
+    assert "model.format=auto" in msg and str(tmp_path / "m") in msg
+    assert "qwen-chat" in msg and "'user'" in msg and "architects" in msg and "'A'" in msg

@@ -132,3 +132,14 @@ def test_load_submission(tmp_path):
         S.load_submission(path)
     with pytest.raises(InputError, match="file not found"):
         S.load_submission(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize("text", ['{"A": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                                  '{"A": [[[' + "1" * 5000 + "]]]}"])
+def test_hostile_json_names_the_file(tmp_path, text):
+    path = tmp_path / "hostile.json"
+    path.write_text(text)
+    for load in (S.load_solutions, S.load_submission):
+        with pytest.raises(InputError) as info:
+            load(path)
+        assert info.value.file == str(path) and "invalid JSON" in info.value.detail

@@ -314,3 +314,26 @@ def test_find_kaggle_challenges(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "other.json").write_text("{}")
     assert T.find_kaggle_challenges(tmp_path, "other.json") == tmp_path / "c" / "other.json"
+
+
+# --- hostile JSON ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, detail", [
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON: nested too deeply"),
+    ('{"a": ' + '{"b": ' * 100_000 + "1" + "}" * 100_000 + "}", "invalid JSON: nested too deeply"),
+    ('{"a": ' + "7" * 5000 + "}", "invalid JSON: Exceeds the limit (4300 digits) for integer "
+                                  "string conversion: value has 5000 digits"),
+])
+def test_read_json_object_hostile(tmp_path, text, detail):
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    for load in (T.read_json_object, T.load_challenges, T.load_tasks_lenient):
+        err = raises(load, path)
+        assert err.file == str(path) and err.detail == detail
+
+
+def test_huge_and_nested_cells_give_short_messages():
+    for cell in (10**4000, "x" * 100_000, [[[[[[[[[[1]]]]]]]]]], list(range(100_000))):
+        with pytest.raises(InputError) as info:
+            T.validate_grid([[1, cell]], file="f.json", task="t", field="test[0].input")
+        assert "row 0 col 1" in str(info.value) and len(str(info.value)) < 200

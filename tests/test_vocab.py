@@ -38,26 +38,28 @@ def _full_vocab(extra: tuple[str, ...] = (), seed: int = 1) -> list[str]:
 
 
 def _make_full_model(out, *, tied: bool = False, eos: str = "<|im_end|>",
-                     pad: str | None = "<|endoftext|>", extra: tuple[str, ...] = (), seed: int = 0):
+                     pad: str | None = "<|endoftext|>", extra: tuple[str, ...] = (), seed: int = 0,
+                     bos: str | None = None):
     """A WordLevel tokenizer + random Qwen3 with a 200-token vocabulary, saved to `out`."""
     import torch
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-    vocab = _full_vocab(extra)
+    vocab = _full_vocab(extra + ((bos,) if bos else ()))
     tk = Tokenizer(models.WordLevel({p: i for i, p in enumerate(vocab)}, unk_token="[UNK]"))
     # Each digit and each row break is its own pre-token; letter runs are words.
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[0-9]|\n|[A-Za-z]+|[^A-Za-z0-9\s]"),
                                             behavior="isolated")
     tk.decoder = decoders.Fuse()
-    tk.add_special_tokens(SPECIALS)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos, pad_token=pad,
+    tk.add_special_tokens(SPECIALS + ([bos] if bos else []))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos, pad_token=pad, bos_token=bos,
                                    unk_token="[UNK]", clean_up_tokenization_spaces=False)
     fast.save_pretrained(str(out))
     cfg = Qwen3Config(vocab_size=FULL_VOCAB, hidden_size=64, intermediate_size=128,
                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                       head_dim=32, max_position_embeddings=2048, tie_word_embeddings=tied,
                       eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+                      bos_token_id=fast.bos_token_id,
                       torch_dtype="float32", rope_theta=10000.0)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
@@ -158,7 +160,7 @@ def test_architects_needs_preprompt_letters(tmp_path):
 def test_architects_shrink_maps_eos_and_missing_pad(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    arch = reduced_vocab("architects")[0]
+    arch = reduced_vocab("architects", bos=False)[0]
     letters = tuple(p for p in arch if p not in QWEN_PLAIN and p not in ("</s>", "<pad>"))
     src = _make_full_model(tmp_path / "full", eos="<|im_end|>", pad=None, extra=letters)
     report = shrink_vocab(src, "architects", tmp_path / "small")
@@ -172,8 +174,36 @@ def test_architects_shrink_maps_eos_and_missing_pad(tmp_path):
     new = AutoModelForCausalLM.from_pretrained(str(tmp_path / "small"))
     assert new.config.eos_token_id == fmt.eos_id == arch.index("</s>")
     assert new.config.pad_token_id == arch.index("<pad>")
+    assert new.config.bos_token_id is None and fmt.bos_id is None and new_tok.bos_token is None
     kept = np.array(report["kept_ids"])
     for ids in _texts(fmt):
+        np.testing.assert_allclose(_logits(new, ids), _logits(old, kept[ids].tolist())[:, kept],
+                                   atol=1e-5, rtol=0)
+
+
+def test_architects_shrink_keeps_the_begin_token(tmp_path):
+    """A source with a begin token keeps it as reduced id 67 and the format starts with it."""
+    from transformers import AutoModelForCausalLM
+
+    from submission.tokenizer import load_tokenizer
+
+    arch = reduced_vocab("architects")[0]
+    assert len(arch) == 68 and arch[-1] == "<s>"
+    letters = tuple(p for p in arch if p not in QWEN_PLAIN and p not in ("</s>", "<pad>", "<s>"))
+    src = _make_full_model(tmp_path / "full", eos="<|im_end|>", extra=letters, bos="<s>")
+    orig = load_tokenizer(src)
+    report = shrink_vocab(src, "architects", tmp_path / "small")
+    assert report["vocab_after"] == 68
+    assert report["kept_ids"][67] == orig.convert_tokens_to_ids("<s>") == orig.bos_token_id
+    new_tok = load_tokenizer(tmp_path / "small")
+    fmt = get_format("architects", new_tok)
+    assert fmt.bos_id == new_tok.bos_token_id == 67
+    new = AutoModelForCausalLM.from_pretrained(str(tmp_path / "small"))
+    assert new.config.bos_token_id == 67
+    old = AutoModelForCausalLM.from_pretrained(str(src))
+    kept = np.array(report["kept_ids"])
+    for ids in _texts(fmt):
+        assert ids[0] == 67
         np.testing.assert_allclose(_logits(new, ids), _logits(old, kept[ids].tolist())[:, kept],
                                    atol=1e-5, rtol=0)
 

@@ -11,10 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..sample import Adapter, GenRequest, Generation
 from ..train import LoRATrainer
+
+
+LOGITS_ENV = "UNSLOTH_RETURN_LOGITS"
+
+
+def _no_beat() -> None:
+    pass
 
 
 class HFSampler:
@@ -24,10 +32,26 @@ class HFSampler:
         self.trainer, self.model = trainer, trainer.model
         self.stop_ids, self.pad_id = list(stop_ids), pad_id
         self._loaded: str | None = None
-        if trainer.backend == "unsloth":
-            os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # unsloth's forward returns no logits otherwise
         self.calls = 0
         self.compute_s = 0.0  # seconds inside generate and forward calls
+        self.beat: Callable[[], None] = _no_beat  # heartbeat after every request and score call
+
+    @contextlib.contextmanager
+    def _logits(self) -> Iterator[None]:
+        """unsloth's forward returns no logits unless UNSLOTH_RETURN_LOGITS=1; set it only around
+        generation and scoring, never during training (where logits would cost memory)."""
+        if self.trainer.backend != "unsloth":
+            yield
+            return
+        before = os.environ.get(LOGITS_ENV)
+        os.environ[LOGITS_ENV] = "1"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(LOGITS_ENV, None)
+            else:
+                os.environ[LOGITS_ENV] = before
 
     def _use(self, adapter: Adapter | None) -> Any:
         if adapter is None:
@@ -50,7 +74,7 @@ class HFSampler:
         for r in requests:
             ids = torch.tensor([list(r.prompt)], device=self.trainer.device)
             gens: list[Generation] = []
-            with self._use(r.adapter), torch.no_grad():
+            with self._use(r.adapter), torch.no_grad(), self._logits():
                 for _ in range(r.n):
                     sample = r.temperature > 0
                     out = self.model.generate(
@@ -69,6 +93,7 @@ class HFSampler:
                     gens.append(Generation(new.tolist(), float(chosen.sum()), top))
             self.calls += 1
             results.append(gens)
+            self.beat()
         self.compute_s += time.perf_counter() - start
         return results
 
@@ -78,9 +103,10 @@ class HFSampler:
         start = time.perf_counter()
         full = torch.tensor([list(prompt) + list(answer)], device=self.trainer.device)
         self.trainer.set_mode(training=False)
-        with self._use(adapter), torch.no_grad():
-            logits = self.model(input_ids=full).logits[0, len(prompt) - 1:-1].float()
+        with self._use(adapter), torch.no_grad(), self._logits():
+            logits = self.model(input_ids=full, use_cache=False).logits[0, len(prompt) - 1:-1].float()
         self.calls += 1
         lp = float(logits.log_softmax(-1).gather(1, full[0, len(prompt):, None]).sum())
         self.compute_s += time.perf_counter() - start
+        self.beat()
         return lp

@@ -24,7 +24,9 @@ def load_peft(model_path: str | Path, cfg: Config, section: TTTConfig | None = N
     4-bit only on a GPU with bitsandbytes; CPU runs full precision."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from ..tokenizer import load_tokenizer
 
     t = section or cfg.ttt
     dtype = resolve_dtype(cfg.model.dtype)
@@ -46,7 +48,7 @@ def load_peft(model_path: str | Path, cfg: Config, section: TTTConfig | None = N
     with torch.random.fork_rng(devices=[]):  # seeds LoRA A init without touching the global stream
         torch.manual_seed(t.seed)
         peft_model = get_peft_model(model, lora_config(t))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    tokenizer = load_tokenizer(model_path)  # as its files describe it (see tokenizer.py)
     info = {"trainer_backend": "peft", "dtype": str(dtype).replace("torch.", ""),
             "load_in_4bit": four_bit, "device": "cuda" if has_cuda() else "cpu"}
     return peft_model, tokenizer, info

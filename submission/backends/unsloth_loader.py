@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import Config, TTTConfig
 from ..errors import BackendUnavailable
+from ..tokenizer import load_tokenizer
 from . import has_cuda, installed, resolve_dtype
 
 OFFLINE_ENV = {
@@ -52,8 +53,11 @@ def load_unsloth(model_path: str | Path, cfg: Config, section: TTTConfig | None 
 
     dtype = resolve_dtype(cfg.model.dtype)
     t = section or cfg.ttt
+    # unsloth returns an AutoTokenizer, which transformers 5 rebuilds wrongly for reduced BPE
+    # vocabularies (tokenizer.py); the files' own tokenizer is used instead.
+    tokenizer = load_tokenizer(model_path)
     # An absolute path never triggers unsloth's name-mapper refresh; local_files_only forces offline.
-    model, tokenizer = fast.from_pretrained(
+    model, _ = fast.from_pretrained(
         model_name=str(Path(model_path).resolve()), max_seq_length=cfg.model.max_seq_len,
         dtype=dtype, load_in_4bit=t.load_in_4bit, local_files_only=True, device_map={"": 0},
         use_gradient_checkpointing="unsloth" if t.gradient_checkpointing else False)

@@ -3,12 +3,23 @@
 Works around two LoRA bugs measured on vLLM 0.32.0 (CPU): prompts without an adapter batched with
 adapter prompts silently get an adapter, so they go in their own `generate` call; batched
 `prompt_logprobs` under LoRA crash the engine, so re-scoring sends one prompt per call.
+
+Requests go in with `LLM.enqueue` (which returns their request ids) and come back from
+`LLM.wait_for_completion`, matched by id and checked against the prompt sent. In vLLM 0.32.0 an
+exception inside a call leaves its unfinished requests in the engine, and the next call returns
+them too (`_run_engine` collects every finished request, sorted by id): so a failed call aborts its
+requests, and if even that fails the engine is rebuilt before the next call. Outputs are never
+paired with prompts by position alone. A heartbeat is sent for every finished request (through the
+progress-bar hook `wait_for_completion` accepts).
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,40 +27,117 @@ from ..config import Config
 from ..sample import Adapter, GenRequest, Generation
 
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
-MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted max_lora_rank values
 
 
-def max_lora_rank(r: int) -> int:
-    return next(v for v in MAX_LORA_RANKS if v >= r)
+class StaleOutputError(RuntimeError):
+    """vLLM returned an output that does not belong to the prompts of this call."""
+
+
+def _no_beat() -> None:
+    pass
 
 
 class VLLMSampler:
     name = "vllm"
 
     def __init__(self, model_path: str | Path, cfg: Config, *, stop_ids: list[int],
-                 enable_lora: bool = True, dtype: str | None = None) -> None:
+                 enable_lora: bool = True, dtype: str | None = None,
+                 engine_kwargs: dict[str, Any] | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+        from ..memory import unplanned_vllm_kwargs
 
         s = cfg.sampling
         kwargs: dict[str, Any] = dict(
             model=str(model_path), tokenizer=str(model_path), seed=s.seed,
-            max_model_len=cfg.model.max_seq_len, max_num_seqs=s.max_num_seqs,
-            enable_prefix_caching=True, enforce_eager=s.enforce_eager,
-            gpu_memory_utilization=s.gpu_memory_utilization, disable_log_stats=True)
+            max_num_seqs=s.max_num_seqs, enable_prefix_caching=True,
+            enforce_eager=s.enforce_eager, disable_log_stats=True)
         if dtype is not None:
             kwargs["dtype"] = dtype
-        if enable_lora:
-            kwargs.update(enable_lora=True, max_loras=s.max_loras,
-                          max_lora_rank=max_lora_rank(cfg.ttt.r), max_cpu_loras=max(s.max_loras, 16))
+        # Memory and LoRA sizes: the memory plan's choices on a GPU, the config's elsewhere. Both
+        # keep max_cpu_loras = max_loras (every extra CPU slot pins a whole adapter in host memory)
+        # and restrict LoRA to the linear layers (lora_target_modules), which is also what keeps
+        # batched prompt_logprobs under LoRA from failing in vLLM 0.32.0.
+        memory = dict(engine_kwargs) if engine_kwargs is not None else unplanned_vllm_kwargs(cfg)
+        if not enable_lora:
+            memory = {k: v for k, v in memory.items() if "lora" not in k}
+        else:
+            kwargs["enable_lora"] = True
+        kwargs.update(memory)
+        self.kwargs = kwargs
         self.enable_lora = enable_lora
         self.stop_ids = list(stop_ids)
-        self.llm = LLM(**kwargs)
+        self.llm = self._start()
         # top-k logprobs beyond the vocabulary (or vLLM's max_logprobs, 20) fail inside the engine
         self.max_top = min(MAX_LOGPROBS, self.llm.llm_engine.model_config.get_vocab_size())
         self.calls = 0
+        self.restarts = 0  # engines rebuilt after a failed call could not be cleaned up
         self.compute_s = 0.0  # seconds inside LLM.generate
+        self.beat: Callable[[], None] = _no_beat  # heartbeat per finished request
+        self._broken = False
+
+    def _start(self) -> Any:
+        from vllm import LLM
+
+        return LLM(**self.kwargs)
+
+    def _restart(self) -> None:
+        """Drop the engine (its unfinished requests with it) and build a new one."""
+        import gc
+
+        self.llm = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+        self.llm = self._start()
+        self.restarts += 1
+        self._broken = False
+
+    def _run(self, prompts: list, params: list, loras: Any, show: bool) -> list:
+        """Outputs of `prompts`, in their order, matched by request id; a failure (any exception,
+        an interrupt) aborts this call's requests so none can reach a later call."""
+        if self._broken:
+            self._restart()
+        ids: list[str] = []
+        try:
+            ids = self.llm.enqueue(prompts, params, lora_request=loras, use_tqdm=False)
+            outs = self.llm.wait_for_completion(use_tqdm=self._bar(show))
+        except BaseException:
+            try:
+                if ids:
+                    self.llm.llm_engine.abort_request(ids)
+                if self.llm.llm_engine.has_unfinished_requests():
+                    self._broken = True
+            except Exception:  # noqa: BLE001 - an engine that cannot abort is rebuilt, whatever it raised
+                self._broken = True
+            raise
+        by_id = {o.request_id: o for o in outs}
+        result = []
+        for rid, prompt in zip(ids, prompts):
+            out = by_id.get(rid)
+            if out is None or list(out.prompt_token_ids or []) != list(prompt["prompt_token_ids"]):
+                self._broken = True
+                raise StaleOutputError(f"vLLM returned no output for request {rid} of this call")
+            result.append(out)
+        return result
+
+    def _bar(self, show: bool) -> Callable[..., Any]:
+        """A progress-bar factory for vLLM whose every update is a heartbeat."""
+        from tqdm.auto import tqdm
+
+        beat = self.beat
+
+        class BeatBar(tqdm):
+            def update(self, n: float | None = 1) -> bool | None:
+                beat()
+                return super().update(n)
+
+        return functools.partial(BeatBar, leave=False, disable=False, file=None if show else _NullIO())
 
     def _lora(self, adapter: Adapter | None) -> Any:
         if adapter is None:
@@ -76,8 +164,10 @@ class VLLMSampler:
                       for i in group]
             loras = [self._lora(requests[i].adapter) for i in group] if group is with_adapter else None
             t0 = time.perf_counter()
-            outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=True)
-            self.compute_s += time.perf_counter() - t0
+            try:
+                outs = self._run(prompts, params, loras, show=True)
+            finally:
+                self.compute_s += time.perf_counter() - t0
             self.calls += 1
             for i, out in zip(group, outs):
                 k = requests[i].top_logprobs
@@ -92,9 +182,12 @@ class VLLMSampler:
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         full = list(prompt) + list(answer)
         t0 = time.perf_counter()
-        out = self.llm.generate([TokensPrompt(prompt_token_ids=full)], params,
-                                lora_request=self._lora(adapter), use_tqdm=False)[0]
-        self.compute_s += time.perf_counter() - t0
+        lora = self._lora(adapter)
+        try:
+            out = self._run([TokensPrompt(prompt_token_ids=full)], [params],
+                            None if lora is None else [lora], show=False)[0]
+        finally:
+            self.compute_s += time.perf_counter() - t0
         self.calls += 1
         total = 0.0
         for pos in range(len(prompt), len(full)):
@@ -105,3 +198,10 @@ class VLLMSampler:
 def _top(logprobs: Any, k: int) -> list[dict[int, float]]:
     """vLLM's per-position {token: Logprob} (top k plus the chosen token) as plain floats."""
     return [{int(t): float(lp.logprob) for t, lp in pos.items()} for pos in (logprobs or [])]
+
+
+class _NullIO(io.StringIO):
+    """Where a hidden progress bar writes (vLLM reads the bar's elapsed time, so it must exist)."""
+
+    def write(self, text: str) -> int:
+        return len(text)

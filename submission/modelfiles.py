@@ -1,0 +1,166 @@
+"""Checks and fingerprints of a local model directory, without loading it (no torch needed).
+
+`check_model_weights` reads every `*.safetensors` header and makes sure the file holds exactly the
+tensor data the header promises, so a truncated or corrupt file is a clean InputError naming it
+instead of a loader's traceback (possibly inside a worker process). `model_identity` says which
+model answers came from, so a rerun with another model does not reuse them. Neither loads weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+CONTENT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json") + INDEX_FILES  # fingerprinted by content
+SAMPLE_BYTES = 1 << 16  # bytes hashed at each end of a weight file: cheap, catches retrained weights
+# bytes per element of the byte-sized safetensors dtypes (sub-byte dtypes are not size-checked)
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+               "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+               "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """The weight files directly in `model_dir`, sorted by name."""
+    d = Path(model_dir)
+    return sorted({p for pattern in WEIGHT_PATTERNS for p in d.glob(pattern) if p.is_file()})
+
+
+def model_identity(model_dir: str | Path) -> dict[str, str]:
+    """{"path": resolved directory, "fingerprint": sha256 hex} of a model directory.
+
+    The fingerprint covers the content of config.json, the tokenizer and index files, and every
+    weight file's name, size and first and last 64 KiB. Two directories with equal fingerprints
+    hold the same model for every purpose this package has; the path is kept as well, so that a
+    record says where its answers came from."""
+    d = Path(model_dir).resolve()
+    if not d.is_dir():
+        raise InputError("not a model directory", file=str(model_dir))
+    h = hashlib.sha256()
+    for name in CONTENT_FILES:
+        p = d / name
+        if p.is_file():
+            content = _read(p, None)
+            h.update(f"{name}\0{len(content)}\0".encode() + content)
+    for p in weight_files(d):
+        size = _size(p)
+        head = _read(p, min(size, SAMPLE_BYTES))
+        tail = _read(p, min(size, SAMPLE_BYTES), offset=max(0, size - SAMPLE_BYTES))
+        h.update(f"{p.name}\0{size}\0{hashlib.sha256(head + tail).hexdigest()}\0".encode())
+    return {"path": str(d), "fingerprint": h.hexdigest()}
+
+
+def _read(path: Path, n: int | None, offset: int = 0) -> bytes:
+    """Up to n bytes (None: all) from `offset`; InputError naming the file if unreadable."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read(-1 if n is None else n)
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror or err}", file=str(path)) from err
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror or err}", file=str(path)) from err
+
+
+def check_model_weights(model_dir: str | Path) -> None:
+    """InputError naming the file if the directory has no weight files, an index names a missing
+    shard, or a `*.safetensors` file is truncated, padded or has a corrupt header."""
+    d = Path(model_dir)
+    files = weight_files(d)
+    if not files:
+        raise InputError(f"no weight files ({', '.join(WEIGHT_PATTERNS)}) in the model directory",
+                         file=str(d))
+    for name in INDEX_FILES:
+        if (d / name).is_file():
+            _check_index(d / name)
+    for p in files:
+        if p.suffix == ".safetensors":
+            check_safetensors(p)
+
+
+def _check_index(path: Path) -> None:
+    from .tasks import read_json_object
+
+    weight_map = read_json_object(path).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError("no weight_map object of tensor name -> file name", file=str(path),
+                         field="weight_map")
+    for shard in sorted(set(weight_map.values())):
+        shard_path = path.parent / shard
+        if "/" in shard or "\\" in shard or not shard_path.is_file():
+            raise InputError(f"names shard {shard!r}, which is not a file beside it",
+                             file=str(path), field="weight_map")
+
+
+def check_safetensors(path: str | Path) -> None:
+    """InputError naming `path` unless it is a complete safetensors file: an 8-byte header length,
+    a JSON header of tensors whose data_offsets tile the data section exactly, and a file size of
+    8 + header + data bytes."""
+    path = Path(path)
+    file = str(path)
+
+    def fail(message: str) -> None:
+        raise InputError(f"corrupt safetensors file: {message}", file=file)
+
+    size = _size(path)
+    first = _read(path, 8)
+    if len(first) < 8:
+        fail(f"{size} bytes, shorter than the 8-byte header length (truncated?)")
+    n = struct.unpack("<Q", first)[0]
+    if n > MAX_HEADER_BYTES:
+        fail(f"header length {n} is over {MAX_HEADER_BYTES} bytes")
+    if 8 + n > size:
+        fail(f"header of {n} bytes does not fit in the file's {size} bytes (truncated?)")
+    try:
+        header = json.loads(_read(path, n, offset=8).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        fail(f"header is not JSON: {err}")
+    if not isinstance(header, dict):
+        fail("header is not a JSON object")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        spans.append(_tensor_span(name, info, fail))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            fail(f"tensor {name!r} starts at data byte {begin}, expected {end} (gap or overlap)")
+        end = stop
+    if size != 8 + n + end:
+        what = "truncated" if size < 8 + n + end else "has trailing bytes"
+        fail(f"{size} bytes, the header needs exactly {8 + n + end} ({what})")
+
+
+def _tensor_span(name: str, info: Any, fail) -> tuple[int, int, str]:
+    if not isinstance(info, dict):
+        fail(f"tensor {name!r}: entry is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        fail(f"tensor {name!r}: dtype missing")
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+        fail(f"tensor {name!r}: shape is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        fail(f"tensor {name!r}: data_offsets is not [begin, end] with 0 <= begin <= end")
+    if dtype in DTYPE_BYTES:
+        count = 1
+        for s in shape:
+            count *= s
+        if count * DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+            fail(f"tensor {name!r}: {dtype} {shape} needs {count * DTYPE_BYTES[dtype]} bytes, "
+                 f"data_offsets span {offsets[1] - offsets[0]}")
+    return offsets[0], offsets[1], name

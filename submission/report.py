@@ -1,0 +1,437 @@
+"""Report: one self-contained HTML page of a run: summary, every task, attempt, candidate and second.
+
+Does: read a run's workdir (run.json, config.json, tasks/*.json and, when found, the challenges and
+solutions files), build plain JSON-like data from it (`build_report`), render that with the jinja2
+template in templates/ (`render_report`) and write the page (`write_report`). Works on a partial run
+(no run.json yet, some tasks missing) and on an older run's workdir: a missing or malformed field is
+shown as absent, never an error. The page loads nothing from anywhere (no URLs, no external files).
+Does not: run, re-score or re-select anything; scores come from scoring.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from jinja2 import ChainableUndefined, Environment, FileSystemLoader, Undefined, select_autoescape
+from markupsafe import Markup
+
+from .errors import InputError, SubmissionError
+from .scoring import load_solutions, score_submission
+
+PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
+           "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
+STAGES = {"ttt_s": "TTT", "sample_s": "sampling", "rescore_s": "re-scoring", "select_s": "selection"}
+SHOWN_RUN_KEYS = {"config", "backends", "seconds", "tasks", "resumed", "fallbacks", "faults",
+                  "per_task", "calibration", "memory_plan", "challenges", "solutions"}
+SHOWN_TASK_KEYS = {"timing", "fallbacks", "plan", "ttt", "ttt_data", "attempts", "tests", "views",
+                   "config", "faults", "task_id", "id", "ttt_reused"}
+TEMPLATE = "report.html.j2"
+
+
+class NotARunError(SubmissionError):
+    """The report's directory holds none of the files a run writes."""
+
+
+class ReportTemplateMissing(SubmissionError):
+    """The page template is not installed beside this module."""
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+def _read(path: Path) -> tuple[Any, str | None]:
+    """(parsed JSON, None) or (None, why it could not be read)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _d(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _l(x: Any) -> list:
+    return x if isinstance(x, list) else []
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def is_grid(g: Any) -> bool:
+    """A non-empty rectangular list of lists of ints 0-9."""
+    return (isinstance(g, list) and bool(g) and all(isinstance(r, list) and r for r in g)
+            and len({len(r) for r in g}) == 1
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9
+                    for r in g for v in r))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return is_grid(a) and is_grid(b) and a == b
+
+
+def run_dir(workdir: str | Path) -> Path:
+    """The directory holding run.json / config.json / tasks/: `workdir` itself, or its `run/`
+    (a dry-run's layout). NotARunError naming what is missing when neither has any of them."""
+    workdir = Path(workdir)
+    for d in (workdir, workdir / "run"):
+        if any((d / n).exists() for n in ("run.json", "config.json", "tasks")):
+            return d
+    raise NotARunError(f"{workdir}: not a run directory: none of run.json, config.json, tasks/ "
+                       f"found there or under {workdir / 'run'}")
+
+
+def _find_challenges(workdir: Path, rdir: Path, run: dict) -> Path | None:
+    named = run.get("challenges")
+    if isinstance(named, str) and Path(named).is_file():
+        return Path(named)
+    for d in (workdir, workdir / "data", rdir, rdir.parent / "data"):
+        found = sorted(d.glob("*challenges*.json")) if d.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+def _find_solutions(challenges: Path | None, run: dict) -> Path | None:
+    named = run.get("solutions")
+    if isinstance(named, str) and Path(named).is_file():
+        return Path(named)
+    if challenges is not None:
+        sib = challenges.with_name(challenges.name.replace("challenges", "solutions"))
+        if sib != challenges and sib.is_file():
+            return sib
+    return None
+
+
+def load_records(rdir: Path, run: dict) -> tuple[dict[str, dict], list[dict[str, str]]]:
+    """Per-task records by task id: run.json's `per_task`, updated by any tasks/*.json written after
+    run.json (a run still going, or killed). Returns (records, unreadable files with reasons)."""
+    records = {k: v for k, v in _d(run.get("per_task")).items() if isinstance(v, dict)}
+    run_path = rdir / "run.json"
+    run_mtime = run_path.stat().st_mtime if run_path.exists() else -math.inf
+    bad: list[dict[str, str]] = []
+    tdir = rdir / "tasks"
+    for path in sorted(tdir.glob("*.json")) if tdir.is_dir() else []:
+        rec, err = _read(path)
+        if err is None and not isinstance(rec, dict):
+            err = f"top level is {type(rec).__name__}, expected an object"
+        if err is not None:
+            bad.append({"file": str(path), "error": err})
+            continue
+        tid = rec.get("task_id") or rec.get("id")
+        tid = tid if isinstance(tid, str) else path.stem
+        if tid not in records or path.stat().st_mtime > run_mtime:
+            records[tid] = rec
+    return records, bad
+
+
+def _load_challenges(path: Path | None, notes: list[str]) -> dict[str, dict]:
+    if path is None:
+        return {}
+    data, err = _read(path)
+    if err is not None or not isinstance(data, dict):
+        notes.append(f"challenges file {path} unreadable: {err or 'not a JSON object'}")
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
+# ---- building --------------------------------------------------------------------------------
+
+def _stage_times(timing: dict) -> list[tuple[str, float]]:
+    """(label, seconds) per stage; selection excludes the re-scoring it contains."""
+    t = {k: v for k, v in ((k, _num(v)) for k, v in timing.items()) if v is not None}
+    if "select_s" in t and "rescore_s" in t:
+        t["select_s"] = max(0.0, t["select_s"] - t["rescore_s"])
+    known = [(STAGES[k], t[k]) for k in STAGES if k in t]
+    other = [(k[:-2] if k.endswith("_s") else k, v) for k, v in t.items() if k not in STAGES]
+    return known + other
+
+
+def _candidate_scores(c: dict, poe_offset: float) -> dict[str, float | None]:
+    """Scores of a recorded candidate under each policy (the formulas of select.py)."""
+    count = _num(c.get("count"))
+    lps = [_num(x) for x in _l(c.get("rescore_logprobs"))]
+    lps = [-math.inf if x is None else x for x in lps]
+    poe = sum(x + poe_offset for x in lps) if lps else None
+    nll = count - sum(-x for x in lps) / len(lps) if lps and count is not None else None
+    return {"vote": count, "poe": poe if poe is None or math.isfinite(poe) else None,
+            "count-nll": nll if nll is None or math.isfinite(nll) else None}
+
+
+def _fault_tasks(f: dict) -> list[str]:
+    ids = [f["task"]] if isinstance(f.get("task"), str) else []
+    return ids + [t for t in _l(f.get("tasks")) if isinstance(t, str)]
+
+
+def _fault_kind(f: dict) -> str:
+    return str(f.get("kind") or f.get("stage") or "unknown")
+
+
+def build_task(tid: str, rec: dict, challenge: dict, truths: list | None, faults: list[dict],
+               poe_offset: float, policy: str | None) -> dict[str, Any]:
+    """Everything one task card shows."""
+    attempts = _l(rec.get("attempts"))
+    tests_by_index = {t.get("test_index", i): t for i, t in enumerate(_l(rec.get("tests")))
+                      if isinstance(t, dict)}
+    inputs = [t.get("input") for t in _l(challenge.get("test")) if isinstance(t, dict)]
+    n = max(len(attempts), len(inputs), len(tests_by_index), len(truths or []))
+    tests, right = [], 0
+    for i in range(n):
+        entry = _d(tests_by_index.get(i))
+        truth = truths[i] if truths is not None and i < len(truths) else None
+        mine = [g for g in _l(attempts[i])][:2] if i < len(attempts) else []
+        marks = [{"grid": g, "right": _same(g, truth) if truth is not None else None} for g in mine]
+        ok = any(m["right"] for m in marks)
+        right += ok
+        by_policy = {p: _l(a)[:2] for p, a in _d(entry.get("attempts_by_policy")).items()}
+        cands = []
+        for c in (x for x in _l(entry.get("candidates")) if isinstance(x, dict)):
+            g = c.get("grid")
+            picked = {p: k + 1 for p, a in by_policy.items() for k, x in enumerate(a) if _same(x, g)}
+            lps = [_num(x) for x in _l(c.get("rescore_logprobs"))]
+            cands.append({"grid": g, "count": c.get("count"), "views": len(_l(c.get("views"))),
+                          "best_logprob": _num(c.get("best_logprob")),
+                          "mean_rescore": (sum(x for x in lps if x is not None) / len(lps)
+                                           if lps and None not in lps else None),
+                          "from_base": bool(c.get("from_base")),
+                          "scores": _candidate_scores(c, poe_offset), "picked": picked,
+                          "right": _same(g, truth) if truth is not None else None})
+        policies = [{"name": p, "right": any(_same(g, truth) for g in a) if truth is not None
+                     else None} for p, a in by_policy.items()]
+        tests.append({"index": i, "input": inputs[i] if i < len(inputs) else None, "truth": truth,
+                      "attempts": marks, "right": ok if truth is not None else None,
+                      "candidates": cands, "policies": policies,
+                      "samples": entry.get("samples"), "unparsed": entry.get("unparsed")})
+    score = right / len(truths) if truths else None
+    status = ("unknown" if score is None else "solved" if score == 1 else
+              "partly" if score > 0 else "unsolved")
+    fallbacks = {k: v for k, v in _d(rec.get("fallbacks")).items() if _num(v)}
+    if rec.get("ttt_reused"):
+        fallbacks.setdefault("ttt_adapter_reused", 1)
+    my_faults = [f for f in faults if tid in _fault_tasks(f)] + [
+        f for f in _l(rec.get("faults")) if isinstance(f, dict)]
+    stages = _stage_times(_d(rec.get("timing")))
+    ttt = _d(rec.get("ttt"))
+    losses = [x for x in (_num(v) for v in _l(ttt.get("losses"))) if x is not None]
+    return {"id": tid, "status": status, "score": score, "tests": tests,
+            "demos": [(p.get("input"), p.get("output")) for p in _l(challenge.get("train"))
+                      if isinstance(p, dict)],
+            "stages": stages, "seconds": sum(s for _, s in stages),
+            "plan": _d(rec.get("plan")), "views": rec.get("views"), "policy": policy,
+            "ttt": {k: v for k, v in ttt.items() if k != "losses"}, "losses": losses,
+            "ttt_data": _d(rec.get("ttt_data")), "fallbacks": fallbacks, "faults": my_faults,
+            "other": {k: v for k, v in rec.items() if k not in SHOWN_TASK_KEYS}}
+
+
+def _scores(records: dict[str, dict], solutions: dict[str, list]) -> dict[str, Any]:
+    """Both scores of the chosen attempts and, where recorded, of every policy's attempts."""
+    def sub(get) -> dict[str, list]:
+        out = {}
+        for tid, rec in records.items():
+            per = [get(rec, i) for i in range(len(solutions.get(tid, [])))]
+            out[tid] = [{"attempt_1": a[0] if a else None, "attempt_2": a[1] if len(a) > 1 else None}
+                        for a in per]
+        return out
+
+    def chosen(rec, i):
+        a = _l(rec.get("attempts"))
+        return _l(a[i]) if i < len(a) else []
+
+    def summary(report) -> dict[str, Any]:
+        return {"task_mean": report.score_task_mean, "output_mean": report.score_output_mean,
+                "tasks": report.tasks, "outputs": report.test_outputs}
+
+    sols = {k: v for k, v in solutions.items() if v}
+    done = {k: v for k, v in sols.items() if k in records}
+    result = {"all": summary(score_submission(sub(chosen), sols)),
+              "finished": summary(score_submission(sub(chosen), done)) if done else None,
+              "by_policy": {}}
+    policies = sorted({p for rec in records.values() for t in _l(rec.get("tests"))
+                       for p in _d(_d(t).get("attempts_by_policy"))})
+    for p in policies:
+        def get(rec, i, p=p):
+            tests = {_d(t).get("test_index", j): _d(t) for j, t in enumerate(_l(rec.get("tests")))}
+            return _l(_d(tests.get(i, {}).get("attempts_by_policy")).get(p))
+        result["by_policy"][p] = summary(score_submission(sub(get), done)) if done else None
+    return result
+
+
+def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
+                 challenges: str | Path | None = None) -> dict[str, Any]:
+    """The report's data. `solutions`/`challenges` default to the files the run names or the
+    Kaggle-style files found beside it; an explicitly given file that is bad raises InputError."""
+    workdir = Path(workdir)
+    rdir = run_dir(workdir)
+    notes: list[str] = []
+    run, err = _read(rdir / "run.json") if (rdir / "run.json").exists() else ({}, None)
+    if err is not None or not isinstance(run, dict):
+        notes.append(f"run.json unreadable: {err or 'not a JSON object'}")
+        run = {}
+    finished = bool(run)
+    if not finished:
+        notes.append("no run.json: the run is still going or was killed; showing the finished tasks")
+    config = _d(run.get("config")) or _d(_read(rdir / "config.json")[0])
+    records, unreadable = load_records(rdir, run)
+    ch_path = Path(challenges) if challenges else _find_challenges(workdir, rdir, run)
+    if challenges and not ch_path.is_file():
+        raise InputError("file not found", file=str(ch_path))
+    chal = _load_challenges(ch_path, notes)
+    sol_path = Path(solutions) if solutions else _find_solutions(ch_path, run)
+    sols: dict[str, list] = {}
+    if sol_path is not None:
+        try:
+            sols = {k: [g.tolist() for g in v] for k, v in load_solutions(sol_path).items()}
+        except InputError as exc:
+            if solutions:
+                raise
+            notes.append(f"solutions not used: {exc}")
+    sel = _d(config.get("selection"))
+    poe_offset = _num(sel.get("poe_offset"))
+    faults = [f for f in _l(run.get("faults")) if isinstance(f, dict)]
+    order = list(chal) + sorted(t for t in records if t not in chal)
+    tasks = [build_task(t, records[t], _d(chal.get(t)), sols.get(t), faults,
+                        3.0 if poe_offset is None else poe_offset, sel.get("policy"))
+             for t in order if t in records]
+    counts = {s: sum(t["status"] == s for t in tasks) for s in ("solved", "partly", "unsolved", "unknown")}
+    by_fb: dict[str, list[str]] = defaultdict(list)
+    for t in tasks:
+        for k in t["fallbacks"]:
+            by_fb[k].append(t["id"])
+    fb_counts = {k: v for k, v in _d(run.get("fallbacks")).items() if _num(v)}
+    for k, ids in by_fb.items():
+        fb_counts.setdefault(k, len(ids))
+    by_fault: dict[str, list[dict]] = defaultdict(list)
+    for f in faults + [f for t in tasks for f in _l(records[t["id"]].get("faults")) if isinstance(f, dict)]:
+        by_fault[_fault_kind(f)].append(f)
+    stage_tot: dict[str, float] = defaultdict(float)
+    for t in tasks:
+        for name, s in t["stages"]:
+            stage_tot[name] += s
+    longest = max(stage_tot.values(), default=0.0)
+    slowest = max((t["seconds"] for t in tasks), default=0.0)
+    for t in tasks:
+        t["time_share"] = t["seconds"] / slowest if slowest else 0.0
+    backends = _d(run.get("backends"))
+    budget = _d(config.get("budget"))
+    planned = [_num(t["plan"].get("expected_s")) for t in tasks]
+    return {
+        "workdir": str(workdir), "run_dir": str(rdir), "finished": finished, "notes": notes,
+        "challenges": str(ch_path) if ch_path else None, "solutions": str(sol_path) if sols else None,
+        "tasks_total": len(chal) or _num(run.get("tasks")) or len(records), "tasks": tasks,
+        "missing": [t for t in chal if t not in records], "unreadable": unreadable,
+        "resumed": run.get("resumed"),
+        "scores": _scores(records, sols) if sols else None, "counts": counts,
+        "fallbacks": [{"kind": k, "count": v, "tasks": by_fb.get(k, [])}
+                      for k, v in sorted(fb_counts.items())],
+        "faults": [{"kind": k, "items": v, "tasks": sorted({i for f in v for i in _fault_tasks(f)})}
+                   for k, v in sorted(by_fault.items())],
+        "stages": [{"name": k, "seconds": v, "share": v / longest if longest else 0.0}
+                   for k, v in stage_tot.items()],
+        "budget": {"time_budget_s": _num(budget.get("time_budget_s")), "seconds": _num(run.get("seconds")),
+                   "planned_s": sum(p for p in planned if p is not None) if any(
+                       p is not None for p in planned) else None,
+                   "tasks_s": sum(t["seconds"] for t in tasks)},
+        "workers": backends.get("workers"), "kills": [k for k in _l(backends.get("killed"))],
+        "calibration": run.get("calibration", backends.get("calibration")),
+        "memory_plan": run.get("memory_plan", backends.get("memory_plan")),
+        "backends": {k: v for k, v in backends.items()
+                     if k not in ("killed", "calibration", "memory_plan")},
+        "config": config, "policy": sel.get("policy"), "other": {k: v for k, v in run.items() if k not in SHOWN_RUN_KEYS},
+        "palette": PALETTE,
+    }
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+def render_report(data: dict[str, Any]) -> str:
+    """The HTML page of `build_report`'s data."""
+    tdir = Path(__file__).parent / "templates"
+    if not (tdir / TEMPLATE).is_file():
+        raise ReportTemplateMissing(f"report template missing: {tdir / TEMPLATE}")
+    env = Environment(loader=FileSystemLoader(str(tdir)), autoescape=select_autoescape(["j2", "html"]),
+                      undefined=ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(grid=grid_svg, loss=loss_svg, secs=_secs, num=_fmt,
+                       pretty=lambda x: json.dumps(x, indent=1, sort_keys=True, default=str))
+    return env.get_template(TEMPLATE).render(r=data)
+
+
+def grid_svg(g: Any, max_px: int = 240) -> Markup:
+    """A grid as inline SVG: one path per colour (runs of equal cells merged) plus 1-px cell lines;
+    cells of 8 to 24 px, so a 30x30 grid stays readable."""
+    if not is_grid(g):
+        return Markup('<span class="nogrid">no grid</span>')
+    h, w = len(g), len(g[0])
+    cell = max(8, min(24, max_px // max(h, w)))
+    runs: dict[int, list[str]] = defaultdict(list)
+    for y, row in enumerate(g):
+        x = 0
+        while x < w:
+            n = 1
+            while x + n < w and row[x + n] == row[x]:
+                n += 1
+            runs[row[x]].append(f"M{x} {y}h{n}v1h-{n}z")
+            x += n
+    paths = "".join(f'<path fill="{PALETTE[c]}" d="{"".join(d)}"/>' for c, d in sorted(runs.items()))
+    lines = "".join([f"M0 {y}H{w}" for y in range(1, h)] + [f"M{x} 0V{h}" for x in range(1, w)])
+    grid = f'<path class="gl" d="{lines}"/>' if lines else ""
+    return Markup(f'<svg class="grid" width="{w * cell}" height="{h * cell}" viewBox="0 0 {w} {h}" '
+                  f'shape-rendering="crispEdges"><title>{h}x{w}</title>{paths}{grid}</svg>')
+
+
+def loss_svg(losses: list[float]) -> Markup:
+    """A TTT loss curve (one point per logged step) as a small inline SVG."""
+    if len(losses) < 2:
+        return Markup("")
+    lo, hi = min(losses), max(losses)
+    span = (hi - lo) or 1.0
+    pts = " ".join(f"{i * 200 / (len(losses) - 1):.1f},{4 + 52 * (hi - v) / span:.1f}"
+                   for i, v in enumerate(losses))
+    return Markup(f'<svg class="loss" width="240" height="72" viewBox="-4 0 208 60">'
+                  f'<title>TTT loss per step: {hi:.3g} max, {lo:.3g} min</title>'
+                  f'<polyline points="{pts}"/></svg>')
+
+
+def _secs(x: Any) -> str:
+    x = _num(x)
+    if x is None:
+        return "–"
+    return f"{x:.1f} s" if x < 600 else f"{x / 60:.1f} min"
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, Undefined):
+        x = None
+    if isinstance(x, bool) or x is None:
+        return "–" if x is None else str(x).lower()
+    v = _num(x)
+    if v is None:
+        return str(x)
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.1f}" if 100 <= abs(v) < 1e15 else f"{v:.{digits}g}"
+
+
+def write_report(workdir: str | Path, *, solutions: str | Path | None = None,
+                 out: str | Path | None = None, challenges: str | Path | None = None) -> Path:
+    """Build and write the report (default `workdir/report.html`, atomically); returns its path."""
+    html = render_report(build_report(workdir, solutions=solutions, challenges=challenges))
+    out = Path(out) if out else Path(workdir) / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(html)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from other users and viewers
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
