@@ -43,9 +43,14 @@ writes `/kaggle/working/submission.json` with two attempts per test input. Every
 Cells: **install** the pinned GPU stack from the attached wheelhouse dataset (`pip --no-index`);
 **unpack** the embedded `submission` package to `ARC_KERNEL_DIR`; **run** `python -m submission kaggle`.
 The full run happens only when Kaggle re-runs the notebook on the hidden tasks
-(`KAGGLE_IS_COMPETITION_RERUN` is set); the interactive/commit run sees a placeholder file and does a
-short smoke run. Env (Kaggle defaults): `ARC_INPUT_ROOT=/kaggle/input`, `ARC_WORKING=/kaggle/working`,
-`ARC_KERNEL_DIR=/kaggle/working/arc_kernel`, `ARC_KAGGLE_ARGS` (extra arguments), `ARC_SKIP_INSTALL=1`.
+(`KAGGLE_IS_COMPETITION_RERUN` is set); it never fails on a `submission.json` that validates. The
+interactive/commit run sees a placeholder file: it runs `python -m submission gpu-check` first
+(output in `/kaggle/working/gpu-check/`, its measured rates passed on with `--calibration`), then a
+short smoke run, and the cell raises (the commit run is red) when gpu-check failed or any stage of
+the smoke run fell back. Env (Kaggle defaults): `ARC_INPUT_ROOT=/kaggle/input`,
+`ARC_WORKING=/kaggle/working`, `ARC_KERNEL_DIR=/kaggle/working/arc_kernel`, `ARC_KAGGLE_ARGS` (extra
+arguments), `ARC_SKIP_INSTALL=1`, `ARC_SKIP_GPU_CHECK=1`, `ARC_GPU_CHECK_ARGS`, `ARC_SCRATCH`
+(adapters; default `/tmp/arc-scratch`).
 """
 
 INSTALL = '''# install: the pinned GPU stack from the wheelhouse dataset (offline, --no-index)
@@ -196,8 +201,9 @@ BUILDS = [("cu130", 580, 580, None),
           ("cu128", 570, 525, "https://download.pytorch.org/whl/cu128"),
           ("cu126", 560, 525, "https://download.pytorch.org/whl/cu126")]
 # vLLM's CUDA variants are wheels on its GitHub release page (file names have changed over releases).
-VLLM_WHEELS = ["https://github.com/vllm-project/vllm/releases/download/v{v}/vllm-{v}+{cu}-cp38-abi3-manylinux_2_35_x86_64.whl",
-               "https://github.com/vllm-project/vllm/releases/download/v{v}/vllm-{v}+{cu}-cp38-abi3-manylinux1_x86_64.whl"]
+VLLM_RELEASE = "https://github.com/vllm-project/vllm/releases/download/v{v}/"
+VLLM_WHEELS = [VLLM_RELEASE + "vllm-{v}+{cu}-cp38-abi3-manylinux_2_35_x86_64.whl",
+               VLLM_RELEASE + "vllm-{v}+{cu}-cp38-abi3-manylinux1_x86_64.whl"]
 
 
 def driver_version():
@@ -250,7 +256,8 @@ except (OSError, subprocess.SubprocessError) as exc:
     print(f"nvidia-smi: {exc}")
 DRIVER = driver_version()
 if DRIVER is None:
-    raise RuntimeError("no NVIDIA driver found: run the wheel builder with the GPU on (the kernel's accelerator)")
+    raise RuntimeError("no NVIDIA driver found: run the wheel builder with the GPU on "
+                       "(the kernel's accelerator)")
 CANDIDATES = candidates(int(DRIVER.split(".")[0]))
 if not CANDIDATES:
     raise RuntimeError(f"NVIDIA driver {DRIVER} is older than every CUDA build of torch {PINS['torch']} "
@@ -258,7 +265,7 @@ if not CANDIDATES:
 print(f"NVIDIA driver {DRIVER}: builds to try, in order: {', '.join(b[0] for b in CANDIDATES)}")
 '''
 
-DOWNLOAD = '''# download: the requirements (with the chosen torch / vLLM build) and their dependencies as wheels
+DOWNLOAD = '''# download: the requirements (with the chosen torch / vLLM build) and their dependencies
 import json, shutil, tempfile
 
 WHEELS = Path(os.environ.get("ARC_WHEELS_DIR", "/kaggle/working/wheels"))
@@ -278,7 +285,8 @@ for build in CANDIDATES:
     if chosen:
         break
 if chosen is None:
-    raise RuntimeError("no torch/vLLM build for driver " + DRIVER + " could be downloaded; tried: " + "; ".join(tried))
+    raise RuntimeError(f"no torch/vLLM build for driver {DRIVER} could be downloaded; tried: "
+                       + "; ".join(tried))
 # pip itself: the verify cell bootstraps a fresh environment from this folder if the image lacks ensurepip
 subprocess.run([sys.executable, "-m", "pip", "download", "-d", str(WHEELS), "pip"], check=True)
 for sdist in sorted(p for p in WHEELS.iterdir() if p.name.endswith((".tar.gz", ".zip"))):

@@ -21,6 +21,9 @@ MIN_SAMPLES = 8  # below this TTT barely moves the adapter; skip-by-deadline is 
 MIN_VIEWS = 4
 MIN_RESCORE = 2
 RATE_KEYS = ("train", "sample", "score")
+PLAN_SHARE = 0.85  # plans fill this share of the worker-seconds left: slow tasks, hangs and
+# engine restarts are not in the cost model, and a chunk still running at the end is lost whole
+TAIL_SHARE = 0.2  # no remaining task is planned longer than this share of the wall time left
 GRACE_S = 15.0  # runs stop this long before the budget's end to write their final files
 ANSWER_GUESS = 1.0  # expected answer tokens as a multiple of the test input's cells (+ row breaks)
 
@@ -85,19 +88,25 @@ class Planner:
 
     def scale(self, now: float, remaining: list[TaskCost]) -> float:
         """The largest scale (<= budget.max_scale) at which every remaining task fits the
-        worker-seconds left (bisection; the cost is monotone in the scale)."""
-        left = max(0.0, self.deadline - now) * self.workers
+        worker-seconds left, and the longest of them a share of the wall time left (a task runs
+        on one worker: near the end its length matters, not the sum). Bisection; the cost is
+        monotone in the scale."""
+        wall = max(0.0, self.deadline - now)
+        left = PLAN_SHARE * wall * self.workers
+        longest = max(remaining, key=lambda c: self.full_seconds(c)[1], default=None)
 
-        def demand(x: float) -> float:
-            return sum(self.full_seconds(c, x)[1] for c in remaining)
+        def fits(x: float) -> bool:
+            if longest is not None and self.full_seconds(longest, x)[1] > TAIL_SHARE * wall:
+                return False
+            return sum(self.full_seconds(c, x)[1] for c in remaining) <= left
 
         hi = self.cfg.budget.max_scale
-        if demand(hi) <= left:
+        if fits(hi):
             return hi
         lo = 0.0
         for _ in range(30):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if demand(mid) <= left else (lo, mid)
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         return lo
 
     def plan(self, cost: TaskCost, now: float, remaining: list[TaskCost]) -> TaskPlan:

@@ -35,6 +35,14 @@ def _add_calibration(p: argparse.ArgumentParser) -> None:
                         "instead of measuring them when the engine starts")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes, one per GPU (budget.workers; 0 runs in this process)")
+    p.add_argument("--keep-adapters", action="store_true",
+                   help="keep every task's adapter (budget.keep_adapters; default: deleted once "
+                        "the task's answers are written)")
+
+
 def _calibration(args: argparse.Namespace):
     from .calibrate import load_calibration
 
@@ -47,6 +55,10 @@ def _config(args: argparse.Namespace):
     sets = list(args.set)
     if getattr(args, "time_budget", None) is not None:
         sets.append(f"budget.time_budget_s={args.time_budget}")
+    if getattr(args, "workers", None) is not None:
+        sets.append(f"budget.workers={args.workers}")
+    if getattr(args, "keep_adapters", False):
+        sets.append("budget.keep_adapters=true")
     return load_config(args.config, sets)
 
 
@@ -92,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", choices=["config", "all"], default="config",
                    help="all: also record the attempts of every selection policy")
     _add_calibration(p)
+    _add_run_options(p)
     _add_config(p)
 
     p = sub.add_parser("dry-run", help="run on a public split and score it")
@@ -103,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", choices=["config", "all"], default="all",
                    help="all: score every selection policy side by side from one candidate pool")
     _add_calibration(p)
+    _add_run_options(p)
     _add_config(p)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run's tasks, attempts and times")

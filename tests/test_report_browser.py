@@ -59,7 +59,7 @@ def run_report(tmp_path_factory, engine):
     wd = tmp_path_factory.mktemp("report-run")
     tasks = dict(list(load_dataset("arc-agi-1", "evaluation").items())[:3])
     challenges, _ = export_kaggle(tasks, wd / "data", "evaluation")
-    run(challenges, None, wd / "submission.json", wd / "run", SMALL.with_overrides(["budget.workers=0"]),
+    run(challenges, None, wd / "submission.json", wd / "run", SMALL.with_overrides(["budget.workers=0", "budget.calibrate=false"]),
         all_policies=True, engine=engine)
     return wd, write_report(wd), list(tasks)
 
