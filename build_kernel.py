@@ -49,8 +49,8 @@ interactive/commit run sees a placeholder file: it runs `python -m submission gp
 short smoke run, and the cell raises (the commit run is red) when gpu-check failed or any stage of
 the smoke run fell back. Env (Kaggle defaults): `ARC_INPUT_ROOT=/kaggle/input`,
 `ARC_WORKING=/kaggle/working`, `ARC_KERNEL_DIR=/kaggle/working/arc_kernel`, `ARC_KAGGLE_ARGS` (extra
-arguments), `ARC_SKIP_INSTALL=1`, `ARC_SKIP_GPU_CHECK=1`, `ARC_GPU_CHECK_ARGS`, `ARC_SCRATCH`
-(adapters; default `/tmp/arc-scratch`).
+arguments), `ARC_SKIP_INSTALL=1`, `ARC_SKIP_GPU_CHECK=1`, `ARC_GPU_CHECK_ARGS`,
+`ARC_GPU_CHECK_TIMEOUT` (default 1800 s), `ARC_SCRATCH` (adapters; default `/tmp/arc-scratch`).
 """
 
 INSTALL = '''# install: the pinned GPU stack from the wheelhouse dataset (offline, --no-index)
@@ -133,9 +133,13 @@ def shared_args(args):
     return out
 
 
-def call(cmd):
+def call(cmd, timeout=None):
     print("$", shlex.join(cmd), flush=True)
-    return subprocess.run(cmd, env=env, cwd=WORKING).returncode
+    try:
+        return subprocess.run(cmd, env=env, cwd=WORKING, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:  # the child was killed; a hung check must not eat the session
+        print(f"timed out after {timeout} s", flush=True)
+        return 124
 
 
 cmd = [sys.executable, "-m", "submission", "kaggle", "--input-root", ROOT, "--working", WORKING]
@@ -143,7 +147,8 @@ if not FULL and os.environ.get("ARC_SKIP_GPU_CHECK") != "1":
     # the machine check: versions, driver, backends, memory plan, every stage once, measured rates
     check_dir = os.path.join(WORKING, "gpu-check")
     code = call([sys.executable, "-m", "submission", "gpu-check", "--input-root", ROOT, "--out", check_dir]
-                + shared_args(EXTRA) + shlex.split(os.environ.get("ARC_GPU_CHECK_ARGS", "")))
+                + shared_args(EXTRA) + shlex.split(os.environ.get("ARC_GPU_CHECK_ARGS", "")),
+                timeout=float(os.environ.get("ARC_GPU_CHECK_TIMEOUT", "1800")))
     if code != 0:
         failures.append(f"gpu-check exited with code {code}: see {check_dir}/gpu_check.json")
     calibration = os.path.join(check_dir, "calibration.json")

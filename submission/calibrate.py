@@ -207,11 +207,12 @@ def write_calibration(path: str | Path, data: dict[str, Any]) -> Path:
 
 
 def json_safe(obj: Any) -> Any:
-    """Non-finite floats (a diverged loss) become None: JSON has no NaN."""
+    """`obj` as JSON can hold it: non-finite floats (a diverged loss) become None, other values
+    that are not JSON types (paths, dtypes) their str."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
-    return obj
+    return obj if obj is None or isinstance(obj, (str, int, bool)) else str(obj)

@@ -320,7 +320,7 @@ def cmd_kaggle(args) -> int:
 
     setup = resolve(input_root=args.input_root, working=args.working, model=args.model,
                     full=args.full, smoke_tasks=args.smoke_tasks, workers=args.workers)
-    check_run_paths(setup.challenges, setup.model, setup.out, setup.workdir)
+    check_run_paths(setup.challenges, setup.model, setup.out, setup.workdir, setup.scratch)
     cfg = kaggle_config(_config(args), setup, budget_s=args.time_budget, explicit=_explicit_keys(args))
     calibration = _calibration(args)
     print(f"{'FULL' if setup.full else 'SMOKE'} run: {setup.challenges} with {setup.model}, "

@@ -59,15 +59,17 @@ RUN_DIRS = ("tasks", "adapters", ".faults")  # per-task files under a run's work
 
 
 def check_run_paths(challenges: str | Path, model: str | Path | None, out: str | Path,
-                    workdir: str | Path) -> None:
+                    workdir: str | Path, scratch: str | Path | None = None) -> None:
     """InputError (naming the argument) if an output of `run` would overwrite one of its inputs:
     --out is the challenges file or lies in the model directory, or a file the run writes in
-    --workdir is the challenges file, --out, or the model directory."""
+    --workdir (or adapters under `scratch`) is the challenges file, --out, or the model."""
     from .errors import InputError
 
     work = Path(workdir)
     written = [work / name for name in RUN_FILES]
     written_dirs = [work / name for name in RUN_DIRS]
+    if scratch is not None:
+        written_dirs.append(Path(scratch) / "adapters")
 
     def clobbered(p: Path) -> bool:
         return (any(same_file(p, w) for w in written)

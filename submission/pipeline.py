@@ -46,6 +46,7 @@ TTT_ERRORS = (RuntimeError, OSError, ValueError, SubmissionError)  # torch OOM i
 class Sink(Protocol):
     cfg: Config
     workdir: Path  # small files: per-task records, fault markers
+    identity: dict[str, Any]  # answer-relevant config and the model (what a stored result needs)
     scratch: Path  # large files: adapters (deleted once their task is answered)
     all_policies: bool
     fallbacks: Counter
@@ -60,7 +61,8 @@ class Sink(Protocol):
 
 def task_rng(seed: int, task_id: str, stage: str) -> np.random.Generator:
     """An explicit, reproducible stream per (seed, task, stage), independent of processing order."""
-    return np.random.default_rng([seed, zlib.crc32(task_id.encode()), zlib.crc32(stage.encode())])
+    key = task_id.encode("utf-8", "surrogatepass")  # any JSON key, lone surrogates included
+    return np.random.default_rng([seed, zlib.crc32(key), zlib.crc32(stage.encode())])
 
 
 def planned_config(cfg: Config, plan: TaskPlan) -> Config:
@@ -135,7 +137,7 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
     from .backends import resolve_dtype
 
     out = adapter_dir(state, task.id)
-    reused = _finished_adapter(out, state.cfg)
+    reused = _finished_adapter(out, state)
     if reused is not None:
         rec.update(reused, ttt_reused=True)
         state.fallbacks["ttt_adapter_reused"] += 1
@@ -170,7 +172,7 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
     path = engine.trainer.save(out, dtype=resolve_dtype(state.cfg.model.dtype))
     inject(task.id, "saved", state.workdir, path)
     check_adapter(path)
-    write_json_atomic(path / DONE, {"config": _ttt_identity(state.cfg), "ttt": rec["ttt"],
+    write_json_atomic(path / DONE, {"config": _ttt_identity(state), "ttt": rec["ttt"],
                                     "ttt_data": rec["ttt_data"]})
     return engine.new_adapter(task.id, path)
 
@@ -178,11 +180,12 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
 DONE = "ttt_done.json"  # written last: the adapter is complete and checked
 
 
-def _ttt_identity(cfg: Config) -> dict[str, Any]:
-    return cfg.to_json(("model", "ttt"))
+def _ttt_identity(state: Sink) -> dict[str, Any]:
+    """What an adapter depends on: the model and TTT config sections, and the model itself."""
+    return {**state.cfg.to_json(("model", "ttt")), "model_identity": state.identity.get("model")}
 
 
-def _finished_adapter(path: Path, cfg: Config) -> dict[str, Any] | None:
+def _finished_adapter(path: Path, state: Sink) -> dict[str, Any] | None:
     import json
 
     try:
@@ -190,7 +193,7 @@ def _finished_adapter(path: Path, cfg: Config) -> dict[str, Any] | None:
         check_adapter(path)
     except (OSError, ValueError, AdapterError):
         return None
-    if done.get("config") != _ttt_identity(cfg):
+    if done.get("config") != _ttt_identity(state):
         return None
     return {"ttt": done["ttt"], "ttt_data": done["ttt_data"]}
 

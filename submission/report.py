@@ -27,10 +27,12 @@ from .scoring import load_solutions, score_submission
 PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
            "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
 STAGES = {"ttt_s": "TTT", "sample_s": "sampling", "rescore_s": "re-scoring", "select_s": "selection"}
+RUN_INFO_KEYS = ("model", "workdir", "scratch", "engine_kwargs")
 SHOWN_RUN_KEYS = {"config", "backends", "seconds", "tasks", "resumed", "fallbacks", "faults",
-                  "per_task", "calibration", "memory_plan", "challenges", "solutions"}
+                  "per_task", "calibration", "memory_plan", "challenges", "solutions",
+                  "time_budget_s", *RUN_INFO_KEYS}
 SHOWN_TASK_KEYS = {"timing", "fallbacks", "plan", "ttt", "ttt_data", "attempts", "tests", "views",
-                   "config", "faults", "task_id", "id", "ttt_reused"}
+                   "config", "faults", "task_id", "id", "ttt_reused", "model"}
 TEMPLATE = "report.html.j2"
 
 
@@ -335,15 +337,19 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
                    for k, v in sorted(by_fault.items())],
         "stages": [{"name": k, "seconds": v, "share": v / longest if longest else 0.0}
                    for k, v in stage_tot.items()],
-        "budget": {"time_budget_s": _num(budget.get("time_budget_s")), "seconds": _num(run.get("seconds")),
+        "budget": {"time_budget_s": _num(run.get("time_budget_s", budget.get("time_budget_s"))),
+                   "seconds": _num(run.get("seconds")),
                    "planned_s": sum(p for p in planned if p is not None) if any(
                        p is not None for p in planned) else None,
                    "tasks_s": sum(t["seconds"] for t in tasks)},
         "workers": backends.get("workers"), "kills": [k for k in _l(backends.get("killed"))],
-        "calibration": run.get("calibration", backends.get("calibration")),
+        "calibration": next((x for x in (run.get("calibration"), backends.get("calibrations"),
+                                          backends.get("calibration")) if x), None),
         "memory_plan": run.get("memory_plan", backends.get("memory_plan")),
         "backends": {k: v for k, v in backends.items()
-                     if k not in ("killed", "calibration", "memory_plan")},
+                     if k not in ("killed", "calibration", "calibrations", "memory_plan")},
+        "run_info": {k: run[k] for k in RUN_INFO_KEYS if k in run},
+        "card_ids": {t["id"] for t in tasks},
         "config": config, "policy": sel.get("policy"), "other": {k: v for k, v in run.items() if k not in SHOWN_RUN_KEYS},
         "palette": PALETTE,
     }
@@ -403,7 +409,9 @@ def _secs(x: Any) -> str:
     x = _num(x)
     if x is None:
         return "–"
-    return f"{x:.1f} s" if x < 600 else f"{x / 60:.1f} min"
+    if x < 120:
+        return f"{x:.1f} s"
+    return f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.1f} h"
 
 
 def _fmt(x: Any, digits: int = 3) -> str:

@@ -150,12 +150,16 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
     kills: list[dict[str, Any]] = []
     with Watchdog() as dog, tqdm(total=len(tasks), desc="tasks", unit="task") as bar:
         state.watchdog, state.sched = dog, sched
+        cal = None
         try:
-            dog.arm(state.cfg.budget.stall_s, planner.end, planner.end)
-            cal = start_rates(state, engine)
-            dog.disarm()
+            try:
+                dog.arm(state.cfg.budget.stall_s, planner.end, planner.end)
+                cal = start_rates(state, engine)
+            finally:
+                dog.disarm()
+        except CHUNK_ERRORS as exc:  # no measurement: the planner keeps its priors
+            state.faults.append({"stage": "calibrate", "error": repr(exc)})
         except WatchdogInterrupt as exc:
-            cal = None
             state.faults.append({"stage": "calibrate", "error": f"watchdog: {exc}"})
         if cal is not None and state.calibration is None:
             state.calibration = cal

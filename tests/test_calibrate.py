@@ -35,10 +35,11 @@ def test_synthetic_task_is_reproducible_and_arc_sized():
 
 def test_write_then_load_roundtrip(tmp_path):
     path = write_calibration(tmp_path / "sub" / "calibration.json",
-                             {**RATES, "device": "cpu", "train_loss": float("nan")})
+                             {**RATES, "device": "cpu", "train_loss": float("nan"), "model": tmp_path})
     data = load_calibration(path)
     assert {k: data[k] for k in RATE_KEYS} == RATES
     assert data["device"] == "cpu" and data["train_loss"] is None  # NaN is not JSON
+    assert data["model"] == str(tmp_path)
     assert planner_rates(data) == {"train": 2000.0, "sample": 3000.0, "score": 9000.0}
     assert all(isinstance(v, float) for v in planner_rates(data).values())
 

@@ -107,6 +107,10 @@ def test_check_run_paths(tmp_path):
         with pytest.raises(InputError) as info:
             check_run_paths(c, m, o, w)
         assert info.value.field == field, (c, m, o, w)
+    scratch = tmp_path / "scratch"
+    check_run_paths(ch, model, tmp_path / "s.json", work, scratch)
+    with pytest.raises(InputError, match="--model"):
+        check_run_paths(ch, scratch / "adapters" / "m", tmp_path / "s.json", work, scratch)
 
 
 def test_check_finetune_paths(tmp_path):
@@ -179,6 +183,7 @@ def hostile_files(tmp_path_factory):
     sol = d / "ok_solutions.json"
     sol.write_text(json.dumps({"t1": [[[0]]]}))
     paths["sol"] = sol
+    paths["model"] = fake_model(d / "model")  # passes the model checks, so the JSON is the error
     return d, paths
 
 
@@ -197,9 +202,9 @@ def test_hostile_json_is_a_clean_error_everywhere(hostile_files, bad):
         ["validate", "--submission", p["sub"], "--challenges", f],
         ["score", "--submission", f, "--solutions", p["sol"]],
         ["score", "--submission", p["sub"], "--solutions", f],
-        ["run", "--challenges", f, "--model", d / "no_model", "--out", d / "o.json",
+        ["run", "--challenges", f, "--model", p["model"], "--out", d / "o.json",
          "--workdir", d / "w"],
-        ["run", "--challenges", p["ok"], "--model", d / "no_model", "--out", d / "o.json",
+        ["run", "--challenges", p["ok"], "--model", p["model"], "--out", d / "o.json",
          "--workdir", d / "w", "--config", f],
     ]
     for argv in commands:
@@ -451,15 +456,21 @@ FAST = ["--set", "budget.workers=0", "--set", "sampling.backend=transformers",
         "--set", "ttt.backend=peft", "--set", "ttt.r=8", "--set", "ttt.lora_alpha=16",
         "--set", "ttt.max_samples=4", "--set", "sampling.n_views=2",
         "--set", "selection.rescore_augmentations=2", "--set", "selection.max_rescore=2",
-        "--set", "model.max_seq_len=512", "--set", "sampling.max_loras=8",
-        "--set", "sampling.unsure_extra_views=0", "--set", "sampling.dfs_threshold=0"]
+        "--set", "model.max_seq_len=256", "--set", "sampling.max_loras=8",
+        "--set", "sampling.unsure_extra_views=0", "--set", "sampling.dfs_threshold=0",
+        "--set", "sampling.base_model_fallback=false"]
+RATES = {"train_tokens_per_s": 1000.0, "sample_tokens_per_s": 1000.0, "score_tokens_per_s": 5000.0}
 
 
 def run_cli(tmp: Path, challenges: Path, model: Path, *extra: str, workdir: Path | None = None,
             timeout: int = 600) -> subprocess.CompletedProcess:
+    """`run` in a subprocess with CPU-sized settings; a calibration file skips the start-up
+    measurement (it lives outside tmp, so the snapshots of tmp do not see it)."""
+    calibration = tmp.parent / f"{tmp.name}.calibration.json"
+    calibration.write_text(json.dumps(RATES))
     return _subprocess("run", "--challenges", challenges, "--model", model,
                        "--out", tmp / "submission.json", "--workdir", workdir or tmp / "work",
-                       *FAST, *extra, cwd=tmp, timeout=timeout)
+                       "--calibration", calibration, *FAST, *extra, cwd=tmp, timeout=timeout)
 
 
 def write_challenges(path: Path, ids: list[str]) -> Path:
@@ -551,10 +562,9 @@ def test_corrupt_task_records_are_redone(tmp_path, tiny_model):
     (path,) = list((work / "tasks").iterdir())
     good = json.loads(path.read_text())
     assert valid_record(good, 1)
-    corrupt = ["[]", "5", json.dumps(dict(good, attempts=5)),
+    corrupt = ["[]", json.dumps(dict(good, attempts=5)),  # identity intact, attempts broken
                json.dumps(dict(good, attempts=[[[["x"]]]])),
-               json.dumps(dict(good, attempts=[[[[1]]], [[[1]]]])),
-               json.dumps(dict(good, timing=[])),
+               json.dumps(dict(good, attempts=[[[[1]]], [[[1]]]])),  # one test input, two lists
                "[" * 100_000 + "]" * 100_000]
     for text in corrupt:
         path.write_text(text)

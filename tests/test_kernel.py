@@ -317,16 +317,22 @@ class FakeCommands:
 
 
 def _exec_run_cell(monkeypatch, tmp_path, fake: FakeCommands, *, full: bool, args: str = "", **env):
+    monkeypatch.setattr(subprocess, "run", fake)
+    exec_run_cell_with(monkeypatch, tmp_path, fake.working, full=full, args=args, **env)
+
+
+def exec_run_cell_with(monkeypatch, tmp_path, working: Path, *, full: bool = False, args: str = "", **env):
+    """Execute the RUN cell with subprocess.run as already patched, under the given env."""
     root = tmp_path / "input"
     (root / "comp").mkdir(parents=True, exist_ok=True)
     (root / "comp" / "arc-agi_test_challenges.json").write_text("{}")
-    monkeypatch.setattr(subprocess, "run", fake)
-    for key in ("KAGGLE_IS_COMPETITION_RERUN", "ARC_SKIP_GPU_CHECK", "ARC_GPU_CHECK_ARGS"):
+    for key in ("KAGGLE_IS_COMPETITION_RERUN", "ARC_SKIP_GPU_CHECK", "ARC_GPU_CHECK_ARGS",
+                "ARC_GPU_CHECK_TIMEOUT"):
         monkeypatch.delenv(key, raising=False)
     if full:
         monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
     monkeypatch.setenv("ARC_INPUT_ROOT", str(root))
-    monkeypatch.setenv("ARC_WORKING", str(fake.working))
+    monkeypatch.setenv("ARC_WORKING", str(working))
     monkeypatch.setenv("ARC_KAGGLE_ARGS", args)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -379,6 +385,21 @@ def test_run_cell_invalid_submission_fails_even_in_the_full_rerun(monkeypatch, t
     fake = FakeCommands(tmp_path / "working", validate=2)
     with pytest.raises(subprocess.CalledProcessError):
         _exec_run_cell(monkeypatch, tmp_path, fake, full=True)
+
+
+def test_run_cell_hung_gpu_check_times_out_and_fails_the_smoke_run(monkeypatch, tmp_path):
+    fake = FakeCommands(tmp_path / "working", calibration=False)
+
+    def hang(cmd, **kwargs):
+        if "gpu-check" in [str(c) for c in cmd]:
+            assert kwargs["timeout"] == 7.0
+            raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+        return fake(cmd, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", hang)
+    with pytest.raises(RuntimeError, match="gpu-check exited with code 124"):
+        exec_run_cell_with(monkeypatch, tmp_path, fake.working, ARC_GPU_CHECK_TIMEOUT="7")
+    assert [c[3] for c in fake.calls] == ["kaggle", "validate"]
 
 
 def test_run_cell_gpu_check_can_be_skipped(monkeypatch, tmp_path):

@@ -43,7 +43,7 @@ def record(attempts, tests, **extra):
            "fallbacks": {}, "plan": {"expected_s": 10.0, "ttt_s": 5.0}, "views": 8,
            "ttt": {"steps": 4, "planned_steps": 4, "samples": 8, "first_loss": 2.0,
                    "final_loss": 0.5, "seconds": 2.0, "stopped_by_deadline": False},
-           "attempts": attempts, "tests": tests, "config": {"model": {}}}
+           "attempts": attempts, "tests": tests, "config": {"model": {}}, "model": {"path": "/m"}}
     rec.update(extra)
     return rec
 
@@ -85,8 +85,9 @@ def make_run(root: Path, *, recs=None, with_run_json=True, layout="dry-run", run
     if with_run_json:
         ids = list(recs) if ids_in_run is None else ids_in_run
         run = {"config": cfg, "backends": {"workers": 2, "killed": [
-                   {"worker": 1, "reason": "stage 'ttt' past its deadline"}]},
-               "seconds": 42.0, "tasks": 3, "resumed": 0,
+                   {"worker": 1, "reason": "stage 'ttt' past its deadline", "tasks": ["t_partly"]}]},
+               "seconds": 42.0, "time_budget_s": 100.0, "tasks": 3, "resumed": 0,
+               "model": {"path": "/models/m", "fingerprint": "f00d"}, "workdir": str(rdir),
                "fallbacks": {"bad_task": 0, "attempt_placeholder": 1, "attempt_from_base_model": 1,
                              "ttt_failed": 1, "view_demos_dropped": 2},
                "faults": [{"task": "t_unsolved", "stage": "ttt", "error": "RuntimeError('oom')"},
@@ -135,7 +136,10 @@ def test_finished_run_scores_statuses_and_summary(tmp_path):
                                                  "selection": 0.5}
     assert {s["name"]: s["seconds"] for s in data["stages"]}["sampling"] == pytest.approx(9.0)
     assert data["budget"]["planned_s"] == 30.0 and data["budget"]["tasks_s"] == pytest.approx(19.5)
-    assert data["budget"]["seconds"] == 42.0 and data["workers"] == 2 and len(data["kills"]) == 1
+    assert data["budget"]["seconds"] == 42.0 and data["budget"]["time_budget_s"] == 100.0
+    assert data["workers"] == 2 and len(data["kills"]) == 1
+    assert data["run_info"]["model"] == {"path": "/models/m", "fingerprint": "f00d"}
+    assert data["other"] == {} and all(t["other"] == {} for t in data["tasks"])
 
 
 def test_attempts_candidates_and_policies_marked(tmp_path):
@@ -185,6 +189,7 @@ def test_page_self_contained_and_complete(tmp_path):
                     'id="config"', 'data-filter="fellback"', 'data-sort="time"'):
         assert section in html
     assert "stage &#39;ttt&#39; past its deadline" in html  # worker kill listed
+    assert "/models/m" in html and 'id="run-info"' in html
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
 
 
@@ -335,5 +340,5 @@ def test_empty_run_just_started(tmp_path):
     data = build_report(wd)
     assert data["tasks"] == [] and data["missing"] == list(CHALLENGES)
     html = render_report(data)
-    assert "No finished task yet" in html
+    assert "No task has a record yet" in html
     assert re.search(r'<b id="shown">0</b>', html)

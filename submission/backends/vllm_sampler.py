@@ -110,7 +110,7 @@ class VLLMSampler:
         except BaseException:
             try:
                 if ids:
-                    self.llm.llm_engine.abort_request(ids)
+                    self.llm.llm_engine.abort_request(ids, internal=True)
                 if self.llm.llm_engine.has_unfinished_requests():
                     self._broken = True
             except Exception:  # noqa: BLE001 - an engine that cannot abort is rebuilt, whatever it raised
@@ -119,7 +119,7 @@ class VLLMSampler:
         by_id = {o.request_id: o for o in outs}
         result = []
         for rid, prompt in zip(ids, prompts):
-            out = by_id.get(rid)
+            out = by_id.get(_external_id(rid))
             if out is None or list(out.prompt_token_ids or []) != list(prompt["prompt_token_ids"]):
                 self._broken = True
                 raise StaleOutputError(f"vLLM returned no output for request {rid} of this call")
@@ -198,6 +198,13 @@ class VLLMSampler:
 def _top(logprobs: Any, k: int) -> list[dict[int, float]]:
     """vLLM's per-position {token: Logprob} (top k plus the chosen token) as plain floats."""
     return [{int(t): float(lp.logprob) for t, lp in pos.items()} for pos in (logprobs or [])]
+
+
+def _external_id(internal: str) -> str:
+    """The request id outputs carry, from the one `enqueue` returns: vLLM 0.32.0 makes the internal
+    id `{external}-{8 random characters}` (InputProcessor.assign_request_id) and the LLM class
+    numbers external ids 0, 1, 2, ... (no dash), so the external id is what precedes the last dash."""
+    return internal.rsplit("-", 1)[0]
 
 
 class _NullIO(io.StringIO):
