@@ -25,7 +25,7 @@ from .config import Config
 from .errors import InputError
 from .grids import Pair, Task, as_grid
 from .sample import GenRequest, build_views
-from .submit import write_json_atomic
+from .files import write_json_atomic
 from .ttt_data import build_ttt_data
 
 RATE_KEYS = ("train_tokens_per_s", "sample_tokens_per_s", "score_tokens_per_s")

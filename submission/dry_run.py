@@ -14,7 +14,8 @@ from typing import Any
 from .config import Config
 from .grids import as_grid
 from .scoring import load_solutions, score_submission
-from .submit import build_submission, write_json_atomic
+from .files import write_json_atomic
+from .submit import build_submission
 from .tasks import export_kaggle, load_dataset
 
 # A CPU-sized pipeline check: small adapter, few samples and views (every stage still runs).

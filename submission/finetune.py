@@ -25,7 +25,7 @@ from .config import Config
 from .errors import InputError
 from .formats import TextFormat
 from .grids import Pair, Task
-from .submit import write_json_atomic
+from .files import write_json_atomic
 from .tasks import DATASETS, SPLITS, load_dataset, parse_task
 from .ttt_data import TrainSample
 

@@ -28,7 +28,7 @@ from .calibrate import RATE_KEYS, SIDE, calibrate, json_safe, synthetic_task, wr
 from .config import Config
 from .machine import MIN_DRIVER, describe_environment, driver_major, environment
 from .sample import GenRequest
-from .submit import write_json_atomic
+from .files import write_json_atomic
 
 CHECK_STEPS = 3
 CHECK_LR = 1e-3  # high enough that two adapters differ visibly after a few steps (routing check)

@@ -36,7 +36,7 @@ from .rescore import rescore
 from .sample import GenRequest, answer_budget, build_views, collect_samples
 from .search import search
 from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
-from .submit import write_json_atomic
+from .files import write_json_atomic
 from .ttt_data import build_ttt_data
 from .watchdog import Beat
 
@@ -230,15 +230,16 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                                                temperature=s.temperature))
     t0 = time.monotonic()
     out: dict[tuple[str, int], list[Sample]] = {key: [] for key in base_views}
-    generate_into(engine, cfg, views, requests, out)
-    views += resample_unsure(engine, state, chunk, cfgs, adapters, out)
+    generate_into(engine, cfg, views, requests, out, records)
+    views += resample_unsure(engine, state, chunk, cfgs, adapters, out, records)
     # Base-model answers where the adapter produced fewer than two distinct grids (own call: vLLM bug).
     need = [key for key, smp in out.items() if len(pool(smp)) < 2
             and cfg.sampling.base_model_fallback and key[0] in adapters]
     base_req = [(v, GenRequest(v.prompt, None, max_tokens(v, fmt, cfg.model.max_seq_len)))
                 for key in need for v in base_views[key]]
     if base_req:
-        generate_into(engine, cfg, [(v, True) for v, _ in base_req], [r for _, r in base_req], out)
+        generate_into(engine, cfg, [(v, True) for v, _ in base_req], [r for _, r in base_req], out,
+                      records)
         state.fallbacks["base_model_sampled_inputs"] += len(need)
     elapsed, total = time.monotonic() - t0, max(1, len(views) + len(base_req))
     for task in chunk:
@@ -257,7 +258,8 @@ def agreement(samples: list[Sample]) -> float:
 
 
 def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[str, Config],
-                    adapters: dict, out: dict[tuple[str, int], list[Sample]]) -> list:
+                    adapters: dict, out: dict[tuple[str, int], list[Sample]],
+                    records: dict[str, dict[str, Any]]) -> list:
     """Spend spare time where it matters: test inputs whose answers disagree get
     `unsure_extra_views` more (random) views, in one more batched call. Returns those views."""
     cfg, fmt = state.cfg, engine.fmt
@@ -278,17 +280,27 @@ def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: di
             for v in vs:
                 views.append((v, adapter is None))
                 requests.append(GenRequest(v.prompt, adapter, max_tokens(v, fmt, cfg.model.max_seq_len)))
-    generate_into(engine, cfg, views, requests, out)
+    generate_into(engine, cfg, views, requests, out, records)
     return views
 
 
 def generate_into(engine: Engine, cfg: Config, views: list, requests: list[GenRequest],
-                  out: dict[tuple[str, int], list[Sample]]) -> None:
-    """Answer search for `requests` (one per (view, from_base) of `views`); samples go to `out`."""
+                  out: dict[tuple[str, int], list[Sample]],
+                  records: dict[str, dict[str, Any]]) -> None:
+    """Answer search for `requests` (one per (view, from_base) of `views`); samples go to `out`,
+    and answers that parsed only leniently are counted in their task's record."""
     gens = search(engine.sampler, requests, threshold=cfg.sampling.dfs_threshold,
                   max_paths=cfg.sampling.dfs_max_paths, stop_ids=engine.fmt.stop_token_ids)
+    fmt = engine.fmt
     for (v, from_base), g in zip(views, gens):
-        out[(v.task_id, v.test_index)].extend(collect_samples(v, g, engine.fmt, from_base=from_base))
+        before, fixes = fmt.lenient_parses, Counter(fmt.lenient_fixes)
+        out[(v.task_id, v.test_index)].extend(collect_samples(v, g, fmt, from_base=from_base))
+        if fmt.lenient_parses > before:
+            rec = records[v.task_id]
+            rec["lenient_parses"] = rec.get("lenient_parses", 0) + fmt.lenient_parses - before
+            rec.setdefault("lenient_fixes", {})
+            for k, n in (fmt.lenient_fixes - fixes).items():
+                rec["lenient_fixes"][k] = rec["lenient_fixes"].get(k, 0) + n
 
 
 def max_tokens(view, fmt, max_len: int) -> int:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .paths import task_file_name
-from .submit import valid_record, write_json_atomic
+from .files import write_json_atomic
+from .submit import valid_record
 
 __all__ = ["load_task_record", "record_path", "store_record", "write_task_record"]
 

@@ -29,7 +29,8 @@ from .pipeline import process_chunk
 from .records import load_task_record, store_record
 from .schedule import Scheduler
 from .startup import apply_rates, engine_started, plan_memory_for_run, start_rates
-from .submit import build_submission, write_json_atomic
+from .files import write_json_atomic
+from .submit import build_submission
 from .tasks import load_tasks_lenient, read_json_object
 from .watchdog import Watchdog, WatchdogInterrupt
 
@@ -102,6 +103,7 @@ class Run:
                   "model": self.identity["model"], "workdir": str(self.workdir),
                   "scratch": str(self.scratch), "calibration": self.calibration, **self.info,
                   "fallbacks": dict(self.fallbacks), "faults": self.faults,
+                  "lenient_parses": sum(r.get("lenient_parses", 0) for r in self.records.values()),
                   "per_task": {k: {f: v for f, v in r.items() if f not in ("config", "model")}
                                for k, r in self.records.items()}}
         write_json_atomic(self.workdir / "run.json", report)

@@ -8,8 +8,6 @@ and does not score (see scoring.py).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -22,32 +20,6 @@ from submission.grids import Grid, Task, grid_to_list
 
 PLACEHOLDER = [[0]]
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
-
-
-def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write obj as compact JSON so that a reader sees the old file or the whole new one:
-    temp file in the same directory, flush + fsync, os.replace. Creates parent directories."""
-    path = Path(path)
-    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)  # fails before any write
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable where the OS allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass  # some filesystems cannot fsync a directory; the file itself is already synced
-        finally:
-            os.close(dir_fd)
 
 
 def _attempt(grid: object, where: str) -> list[list[int]]:

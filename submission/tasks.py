@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from submission.errors import InputError
+from submission.files import write_json_atomic
 from submission.grids import MAX_SIDE, Grid, Pair, Task, grid_to_list, grids_equal
 
 DATASETS = {"arc-agi-1": "kaggle2024.json", "arc-agi-2": "kaggle2025_250808.json"}
@@ -276,7 +277,6 @@ def export_kaggle(tasks: Mapping[str, Task], out_dir: str | Path,
                   split: str) -> tuple[Path, Path | None]:
     """Write arc-agi_{split}_challenges.json and, when every task has test outputs,
     arc-agi_{split}_solutions.json; returns both paths (the second None if not written)."""
-    from submission.submit import write_json_atomic  # submit imports this module
 
     if not split or any(ch in split for ch in "/\\") or split in (".", ".."):
         raise InputError(f"bad split name {split!r}", field="split")

@@ -18,7 +18,7 @@ SECTIONS = ("model", "ttt", "finetune", "sampling", "selection", "budget")
 def test_defaults_build():
     cfg = Config()
     assert tuple(cfg.to_dict()) == SECTIONS
-    assert cfg.model.format == "qwen-chat"
+    assert cfg.model.format == "auto"  # detected from the model's tokenizer
     assert cfg.ttt.target_modules == LINEAR_MODULES
     assert cfg.selection.policy in ("vote", "poe", "count-nll")
     assert Config() == cfg
@@ -147,7 +147,7 @@ def test_bad_overrides_raise(item, needle):
     ("sampling.n_views=0", "sampling.n_views"),
     ("budget.workers=-1", "budget.workers"),
     ("sampling.gpu_memory_utilization=1.5", "gpu_memory_utilization"),
-    ("sampling.gpu_memory_utilization=0", "gpu_memory_utilization"),
+    ("sampling.gpu_memory_utilization=-0.1", "gpu_memory_utilization"),
     ("budget.ttt_fraction=1.0", "ttt_fraction"),
     ("sampling.n_samples=-1", "n_samples"),
     ("ttt.max_steps=-1", "max_steps"),

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from submission import files as F
 from submission import submit as U
 from submission.grids import Pair, Task, as_grid
 
@@ -18,40 +19,40 @@ COUNTS = {"t1": 2, "t2": 1, "t3": 1}
 
 def test_write_json_atomic_creates_parents_and_replaces(tmp_path):
     path = tmp_path / "a" / "b" / "submission.json"
-    U.write_json_atomic(path, {"x": [1, 2]})
+    F.write_json_atomic(path, {"x": [1, 2]})
     assert json.loads(path.read_text()) == {"x": [1, 2]}
     assert path.read_text() == '{"x":[1,2]}'
     path.write_text("old content that is much longer than the new one " * 100)
-    U.write_json_atomic(path, {"y": 3})
+    F.write_json_atomic(path, {"y": 3})
     assert json.loads(path.read_text()) == {"y": 3}
     assert os.listdir(path.parent) == ["submission.json"]  # no temp file left behind
 
 
 def test_write_json_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "s.json"
-    U.write_json_atomic(path, [1])
+    F.write_json_atomic(path, [1])
     with pytest.raises(TypeError):
-        U.write_json_atomic(path, {"bad": object()})
+        F.write_json_atomic(path, {"bad": object()})
     with pytest.raises(ValueError):
-        U.write_json_atomic(path, [float("nan")])
+        F.write_json_atomic(path, [float("nan")])
 
     def broken_replace(src, dst):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(U.os, "replace", broken_replace)
+    monkeypatch.setattr(F.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk on fire"):
-        U.write_json_atomic(path, [2])
+        F.write_json_atomic(path, [2])
     assert json.loads(path.read_text()) == [1]
     assert os.listdir(tmp_path) == ["s.json"]
 
 
 def test_write_json_atomic_fsyncs_before_replace(tmp_path, monkeypatch):
     calls = []
-    real_fsync, real_replace = U.os.fsync, U.os.replace
-    monkeypatch.setattr(U.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(U.os, "replace",
+    real_fsync, real_replace = F.os.fsync, F.os.replace
+    monkeypatch.setattr(F.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(F.os, "replace",
                         lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
-    U.write_json_atomic(tmp_path / "f.json", {})
+    F.write_json_atomic(tmp_path / "f.json", {})
     assert calls[:2] == ["fsync", "replace"]
 
 

@@ -1,0 +1,38 @@
+"""Durable file writes shared by every stage (the lowest floor: imports nothing of the package).
+
+`write_json_atomic` is how every output is written (submission.json, records, run.json, configs):
+a reader sees the old file or the whole new one, never a torn write. This module reads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_json_atomic(path: str | Path, obj: object) -> None:
+    """Write obj as compact JSON so that a reader sees the old file or the whole new one:
+    temp file in the same directory, flush + fsync, os.replace. Creates parent directories."""
+    path = Path(path)
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)  # fails before any write
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable where the OS allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass  # some filesystems cannot fsync a directory; the file itself is already synced
+        finally:
+            os.close(dir_fd)
