@@ -38,3 +38,7 @@ class BudgetExceeded(SubmissionError):
 
 class AdapterError(SubmissionError):
     """A saved LoRA adapter is missing or unreadable; the task falls back to base-model answers."""
+
+
+class SamplerError(SubmissionError):
+    """A sampling backend rejected or failed a request (vLLM's own errors, translated)."""

@@ -32,7 +32,7 @@ from .errors import AdapterError, SubmissionError
 from .faults import inject
 from .grids import Task, grid_to_list
 from .paths import task_file_name
-from .rescore import rescore
+from .rescore import fitted_prompt, rescore
 from .sample import GenRequest, answer_budget, build_views, collect_samples
 from .search import search
 from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
@@ -316,11 +316,11 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
     policies = POLICIES if state.all_policies else (cfg.selection.policy,)
     t0 = time.monotonic()
     if top and any(p != "vote" for p in policies):
-        t = top[0]
-        probe = engine.fmt.encode_prompt(list(task.train), task.test_inputs[test_index])
+        answer = engine.fmt.encode_answer(top[0].grid)
+        probe = fitted_prompt(engine.fmt, task.train, task.test_inputs[test_index], len(answer),
+                              cfg.model.max_seq_len)
         try:
-            scorer = engine.scorer(cfg.selection.rescore_backend, probe,
-                                   engine.fmt.encode_answer(t.grid), adapter)
+            scorer = engine.scorer(cfg.selection.rescore_backend, probe, answer, adapter)
             rescore(task, test_index, top, engine.fmt, scorer, adapter,
                     task_rng(cfg.sampling.seed, task.id, f"rescore{test_index}"),
                     n=cfg.selection.rescore_augmentations, max_len=cfg.model.max_seq_len,

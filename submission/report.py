@@ -168,6 +168,16 @@ def _candidate_scores(c: dict, poe_offset: float) -> dict[str, float | None]:
             "count-nll": nll if nll is None or math.isfinite(nll) else None}
 
 
+def _by_index(tests: Any) -> dict[int, dict]:
+    """A record's per-test entries by their `test_index` (list position when absent or odd)."""
+    out = {}
+    for i, t in enumerate(_l(tests)):
+        if isinstance(t, dict):
+            k = t.get("test_index", i)
+            out[k if isinstance(k, int) and not isinstance(k, bool) else i] = t
+    return out
+
+
 def _fault_tasks(f: dict) -> list[str]:
     ids = [f["task"]] if isinstance(f.get("task"), str) else []
     return ids + [t for t in _l(f.get("tasks")) if isinstance(t, str)]
@@ -181,8 +191,7 @@ def build_task(tid: str, rec: dict, challenge: dict, truths: list | None, faults
                poe_offset: float, policy: str | None) -> dict[str, Any]:
     """Everything one task card shows."""
     attempts = _l(rec.get("attempts"))
-    tests_by_index = {t.get("test_index", i): t for i, t in enumerate(_l(rec.get("tests")))
-                      if isinstance(t, dict)}
+    tests_by_index = _by_index(rec.get("tests"))
     inputs = [t.get("input") for t in _l(challenge.get("test")) if isinstance(t, dict)]
     n = max(len(attempts), len(inputs), len(tests_by_index), len(truths or []))
     tests, right = [], 0
@@ -260,8 +269,7 @@ def _scores(records: dict[str, dict], solutions: dict[str, list]) -> dict[str, A
                        for p in _d(_d(t).get("attempts_by_policy"))})
     for p in policies:
         def get(rec, i, p=p):
-            tests = {_d(t).get("test_index", j): _d(t) for j, t in enumerate(_l(rec.get("tests")))}
-            return _l(_d(tests.get(i, {}).get("attempts_by_policy")).get(p))
+            return _l(_d(_d(_by_index(rec.get("tests")).get(i)).get("attempts_by_policy")).get(p))
         result["by_policy"][p] = summary(score_submission(sub(get), done)) if done else None
     return result
 
@@ -333,7 +341,7 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
         "scores": _scores(records, sols) if sols else None, "counts": counts,
         "fallbacks": [{"kind": k, "count": v, "tasks": by_fb.get(k, [])}
                       for k, v in sorted(fb_counts.items())],
-        "faults": [{"kind": k, "items": v, "tasks": sorted({i for f in v for i in _fault_tasks(f)})}
+        "faults": [{"kind": k, "entries": v, "tasks": sorted({i for f in v for i in _fault_tasks(f)})}
                    for k, v in sorted(by_fault.items())],
         "stages": [{"name": k, "seconds": v, "share": v / longest if longest else 0.0}
                    for k, v in stage_tot.items()],

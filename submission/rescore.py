@@ -37,14 +37,21 @@ def rescore(task: Task, test_index: int, candidates: Sequence[Candidate], fmt: T
         query = t.apply_grid(task.test_inputs[test_index])
         for c in candidates:
             answer = fmt.encode_answer(t.apply_grid(c.grid))
-            prompt = fmt.encode_prompt(demos, query)
-            kept = demos
-            while len(prompt) + len(answer) > max_len and len(kept) > 1:
-                kept = kept[1:]
-                prompt = fmt.encode_prompt(kept, query)
+            prompt = fitted_prompt(fmt, demos, query, len(answer), max_len)
             c.rescore_logprobs.append(scorer.score(prompt, answer, adapter))
             calls += 1
     return calls
+
+
+def fitted_prompt(fmt: TextFormat, demos: Sequence, query, answer_len: int, max_len: int) -> list[int]:
+    """The prompt of `demos` + `query`, demos dropped from the front until an answer of
+    `answer_len` tokens fits in `max_len` (at least one demo is kept)."""
+    kept = list(demos)
+    prompt = fmt.encode_prompt(kept, query)
+    while len(prompt) + answer_len > max_len and len(kept) > 1:
+        kept = kept[1:]
+        prompt = fmt.encode_prompt(kept, query)
+    return prompt
 
 
 def scores_agree(a: Sampler, b: Sampler, prompt: list[int], answer: list[int],

@@ -251,3 +251,33 @@ def test_save_casts_an_fp32_adapter_to_bf16_and_vllm_serves_it(engine, tmp_path)
     ids = engine.fmt.encode_prompt([small_task("x", 3).train[0]], small_task("x", 3).test_inputs[0])
     out = engine.sampler.generate([GenRequest(tuple(ids), engine.new_adapter("b16", b16), 8)])
     assert out[0] and isinstance(out[0][0].ids, list)
+
+
+def test_a_task_longer_than_the_context_is_sampled_and_rescored(engine, tmp_path):
+    """4 demos of 20x20 plus the query and answer exceed 4096 tokens: every prompt (views,
+    re-scoring and the vLLM-vs-forward check) drops demos to fit instead of failing the task."""
+    from submission.run import run
+
+    rng = np.random.default_rng(5)
+    g = lambda: as_grid(rng.integers(0, 10, (20, 20)))  # noqa: E731
+    task = Task("long0001", tuple(Pair(g(), g()) for _ in range(4)), (g(),))
+    path, _ = export_kaggle({task.id: task}, tmp_path / "data", "evaluation")
+    assert len(engine.fmt.encode_prompt(list(task.train), task.test_inputs[0])) + 420 > 4096
+    report = run(path, None, tmp_path / "s.json", tmp_path / "w", QUICK, engine=engine,
+                 calibration=RATES)
+    assert report["faults"] == [], report["faults"]
+    # A random model rarely writes a 20x20 grid, so give re-scoring two candidates directly.
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from submission.pipeline import choose
+    from submission.select import Sample
+
+    state = SimpleNamespace(cfg=QUICK, all_policies=False, fallbacks=Counter(), faults=[])
+    engine._rescore_checked = False  # the vLLM-vs-forward check runs here, on this long task
+    samples = [Sample(view=i, group=0, grid=g(), logprob=-1.0) for i in range(2)]
+    rec = {"timing": {}, "fallbacks": {}}
+    attempts = choose(engine, state, QUICK, task, 0, samples, None, rec)
+    assert len(attempts) == 2 and state.faults == [] and not state.fallbacks["rescore_failed"]
+    assert all(len(c["rescore_logprobs"]) == QUICK.selection.rescore_augmentations
+               for c in rec["tests"][0]["candidates"])

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from submission.cli import main
 from submission.config import Config
@@ -342,3 +344,28 @@ def test_empty_run_just_started(tmp_path):
     html = render_report(data)
     assert "No task has a record yet" in html
     assert re.search(r'<b id="shown">0</b>', html)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 12) | st.floats(allow_nan=False)
+                    | st.text(max_size=4),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(["grid", "count", "test_index", "attempts",
+                                                       "candidates", "tests", "timing", "ttt",
+                                                       "losses", "task", "x"]), inner, max_size=4),
+                    max_leaves=12)
+FIELDS = ["timing", "fallbacks", "plan", "ttt", "ttt_data", "attempts", "tests", "views", "faults",
+          "task_id", "ttt_reused"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(recs=st.dictionaries(st.sampled_from(list(CHALLENGES)), st.dictionaries(
+    st.sampled_from(FIELDS), JSON, max_size=6), max_size=3),
+       run_extra=st.dictionaries(st.sampled_from(["backends", "fallbacks", "faults", "calibration",
+                                                   "memory_plan", "seconds", "tasks", "x"]), JSON,
+                                 max_size=4))
+def test_any_record_shape_renders(tmp_path_factory, recs, run_extra):
+    """Whatever shape the records and run.json fields take, the report is built and rendered."""
+    wd = make_run(tmp_path_factory.mktemp("fuzz"), recs=recs, run_extra=run_extra)
+    data = build_report(wd)
+    html = render_report(data)
+    assert html.count('<article class="task"') == len(data["tasks"])

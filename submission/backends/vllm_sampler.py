@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import SamplerError
 from ..sample import Adapter, GenRequest, Generation
 
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
@@ -107,7 +108,7 @@ class VLLMSampler:
         try:
             ids = self.llm.enqueue(prompts, params, lora_request=loras, use_tqdm=False)
             outs = self.llm.wait_for_completion(use_tqdm=self._bar(show))
-        except BaseException:
+        except BaseException as exc:
             try:
                 if ids:
                     self.llm.llm_engine.abort_request(ids, internal=True)
@@ -115,6 +116,10 @@ class VLLMSampler:
                     self._broken = True
             except Exception:  # noqa: BLE001 - an engine that cannot abort is rebuilt, whatever it raised
                 self._broken = True
+            from vllm.exceptions import VLLMError
+
+            if isinstance(exc, VLLMError):  # e.g. a prompt longer than max_model_len
+                raise SamplerError(f"vLLM: {exc}") from exc
             raise
         by_id = {o.request_id: o for o in outs}
         result = []
