@@ -145,12 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="initial fine-tune of a base model on ARC tasks (then merged)")
     p.add_argument("--model", required=True)
     p.add_argument("--data", default="arc-agi-2:training",
-                   help="comma-separated dataset:split items and folders of task JSON files")
+                   help="comma-separated dataset:split items, folders of task files, .json task "
+                        "files and .jsonl files (one task per line); read task by task")
     p.add_argument("--out", required=True, help="checkpoints/, model/ (merged), finetune.json")
     p.add_argument("--samples-per-task", type=_positive_int, help="finetune.samples_per_task")
     p.add_argument("--allow-eval", action="store_true", help="allow training on evaluation splits")
     p.add_argument("--drop-overlaps", action="store_true",
                    help="leave out training tasks that overlap the evaluation sets")
+    p.add_argument("--pack", action="store_true",
+                   help="pack each step's samples into rows of model.max_seq_len tokens")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model over the ranks (FSDP) instead of DDP")
+    p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="under torchrun: a collective waiting this long fails instead of hanging")
     _add_config(p)
 
     p = sub.add_parser("kaggle", help="the Kaggle notebook's entry: find inputs, run, write submission.json")
@@ -308,8 +315,10 @@ def cmd_finetune(args) -> int:
     if args.samples_per_task:
         args.set.append(f"finetune.samples_per_task={args.samples_per_task}")
     report = finetune(args.model, args.data, args.out, _config(args), allow_eval=args.allow_eval,
-                      drop_overlaps=args.drop_overlaps, log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps(report))
+                      drop_overlaps=args.drop_overlaps, pack=args.pack, fsdp=args.fsdp,
+                      dist_timeout_s=args.dist_timeout, log=lambda m: print(m, file=sys.stderr))
+    if report.get("model") is not None:  # rank 0 (or the only process) reports
+        print(json.dumps(report))
     return 0
 
 

@@ -26,7 +26,8 @@ class Engine:
     info: dict[str, Any] = field(default_factory=dict)
     fallbacks: Counter = field(default_factory=Counter)
     _next_id: int = 0
-    _rescore_checked: bool = False
+    _rescore_checked: bool = False  # False: the next `auto` scorer call starts a new RankCheck
+    _rank_check: Any = None
 
     def compute_seconds(self) -> float:
         """Seconds spent in model compute so far (training steps, generate and scoring calls);
@@ -46,22 +47,39 @@ class Engine:
 
     def scorer(self, choice: str, prompt: list[int], answer: list[int],
                adapter: Adapter | None) -> Sampler:
-        """The re-scoring backend; on first use under `auto`, vLLM must match the forward pass."""
-        if self.sampler is self.forward or choice == "forward":
-            return self.forward
-        if choice == "auto" and not self._rescore_checked:
-            from .rescore import scores_agree
+        """The re-scoring backend for the next test input (`selection.rescore_backend`):
+        `forward` the forward pass over the trainer's model (prefix KV reused across candidates);
+        `vllm` the vLLM engine; `auto` a `RankCheck` (both backends, forward's scores used) on
+        the first test inputs, then whichever it chose. `prompt`, `answer` and `adapter` are
+        unused: the check compares whole inputs' candidate orders (kept for the call sites).
 
+        On a GPU the two backends do not run the same weights: vLLM 0.32.0 has no bitsandbytes
+        loader, so it serves the adapter on the 16-bit base while training (and the forward pass)
+        used the 4-bit one; the check therefore compares candidate orders, not log-probs."""
+        from .rescore import RankCheck
+
+        forward = self.forward
+        if hasattr(forward, "prefix_kv"):
+            forward.count = self._count  # prefix-KV fallbacks land in this run's counts
+            self.info["rescore_prefix_kv"] = forward.prefix_kv  # updated in place
+        if self.sampler is forward or choice == "forward":
+            self.info["rescore_backend"] = "forward"
+            return forward
+        if choice == "vllm":
+            self.info["rescore_backend"] = "vllm"
+            return self.sampler
+        if not self._rescore_checked:  # auto, first use (or a check asked for again)
             self._rescore_checked = True
-            ok, a, b = scores_agree(self.sampler, self.forward, prompt, answer, adapter)
-            self.info["rescore_check"] = {"vllm": a, "forward": b, "agree": ok}
-            if not ok:
-                self.fallbacks["rescore_vllm_disagrees_use_forward"] += 1
-                self.info["rescore_backend"] = "forward"
-        if self.info.get("rescore_backend") == "forward":
-            return self.forward
-        self.info.setdefault("rescore_backend", "vllm")
-        return self.sampler
+            sel = self.cfg.selection
+            self._rank_check = RankCheck(self.sampler, forward, policy=sel.policy,
+                                         poe_offset=sel.poe_offset, info=self.info, count=self._count)
+        check = self._rank_check
+        if check.choice is None:
+            return check
+        return self.sampler if check.choice == "vllm" else forward
+
+    def _count(self, name: str) -> None:
+        self.fallbacks[name] += 1
 
 
 def check_model_dir(model_path: str | Path | None) -> Path:

@@ -1,74 +1,45 @@
 """Initial fine-tuning: teach a base model ARC in our text format before any test-time training.
 
-Data: whole tasks (demos and test pairs) from bundled datasets (`arc-agi-2:training`) or folders of
-ARC JSON files, each task under `finetune.samples_per_task` random transforms (D8 x colours x demo
-order), loss on every output. Training uses the TTT loop and loaders (unsloth on GPU, peft on CPU)
-with resumable checkpoints; the end merges the LoRA (and any fully trained modules) into the base
-and writes a model directory `run` accepts. Evaluation splits are refused unless allowed, and
-overlaps with the evaluation sets (by task id and by identical grids) are reported.
+Data: whole tasks (demos and test pairs) from bundled datasets (`arc-agi-2:training`), folders of
+ARC JSON files and JSON-lines files, indexed and read back task by task (stream.py), each task
+under `finetune.samples_per_task` random transforms (D8 x colours x demo order), loss on every
+output. Training uses the TTT loop and loaders (unsloth on GPU, peft on CPU) with resumable
+checkpoints; the end merges the LoRA (and any fully trained modules) into the base and writes a
+model directory `run` accepts. Evaluation splits are refused unless allowed, and overlaps with the
+evaluation sets (by task id and by identical grids) are reported.
+
+Under `torchrun` or `accelerate launch` every rank runs this same code (distributed.py): the data
+are sharded per step, rank 0 alone logs, writes the leakage report and the checkpoints, and merges.
+A checkpoint holds full (unsharded) state, so it resumes at any world size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .augment import sample_transforms
 from .config import Config
-from .errors import InputError
-from .formats import TextFormat
-from .grids import Pair, Task
+from .distributed import DEFAULT_TIMEOUT_S, DistEnv
+from .errors import ConfigError, InputError
 from .files import write_json_atomic
-from .tasks import DATASETS, SPLITS, load_dataset, parse_task
-from .ttt_data import TrainSample
+from .grids import Task
+from .stream import TaskSource, open_sources
+from .tasks import DATASETS, load_dataset
 
 STATE = "trainer_state.pt"
 MIN_SHARED_CELLS = 10  # grids smaller than this match by chance too often to count as a leak
 
 
 def load_sources(spec: str, *, allow_eval: bool = False) -> dict[str, Task]:
-    """Tasks from `dataset:split` items and folders of task JSON files, comma-separated."""
-    tasks: dict[str, Task] = {}
-    for item in (x.strip() for x in spec.split(",") if x.strip()):
-        if ":" in item and item.split(":", 1)[0] in DATASETS:
-            dataset, split = item.split(":", 1)
-            if split not in SPLITS:
-                raise InputError(f"--data {item}: split must be one of {', '.join(SPLITS)}")
-            if split == "evaluation" and not allow_eval:
-                raise InputError(f"--data {item}: refusing to train on an evaluation split "
-                                 "(pass --allow-eval if this is really intended)")
-            tasks.update(load_dataset(dataset, split))
-        elif Path(item).is_dir():
-            tasks.update(load_task_dir(Path(item)))
-        else:
-            raise InputError(f"--data {item}: not a dataset:split ({', '.join(DATASETS)}) "
-                             "nor a directory of task files")
-    if not tasks:
-        raise InputError(f"--data {spec}: no tasks found")
-    return tasks
-
-
-def load_task_dir(folder: Path) -> dict[str, Task]:
-    """Every `*.json` file below `folder` is one task in the public ARC format (test outputs given)."""
-    out = {}
-    for path in sorted(folder.rglob("*.json")):
-        try:
-            obj = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"invalid JSON: {exc}", file=str(path)) from exc
-        task = parse_task(path.stem, obj, file=path)
-        if task.test_outputs is None:
-            raise InputError("training tasks need test outputs", file=str(path), task=path.stem,
-                             field="test[0].output")
-        out[path.stem] = task
-    return out
+    """Every task of `spec` in memory (small data; `finetune` itself streams, see stream.py)."""
+    return dict(open_sources(spec, allow_eval=allow_eval).items())
 
 
 def _grid_hashes(task: Task) -> set[str]:
@@ -77,48 +48,28 @@ def _grid_hashes(task: Task) -> set[str]:
             for g in grids if g.size >= MIN_SHARED_CELLS}
 
 
-def leakage_report(tasks: dict[str, Task]) -> dict[str, Any]:
-    """Training tasks that are evaluation tasks of either dataset, by id or by shared grids."""
-    report: dict[str, Any] = {}
+def leakage_report(tasks: Mapping[str, Task] | TaskSource) -> dict[str, Any]:
+    """Training tasks that are evaluation tasks of either dataset, by id or by shared grids
+    (one pass over the tasks, read one at a time)."""
+    owners = {}
     for dataset in DATASETS:
         evaluation = load_dataset(dataset, "evaluation")
-        owner = {h: tid for tid, t in evaluation.items() for h in _grid_hashes(t)}
-        by_id = sorted(set(tasks) & set(evaluation))
-        by_grid = {}
-        for tid, t in tasks.items():
-            shared = {owner[h] for h in _grid_hashes(t) if h in owner}
+        owners[dataset] = (set(evaluation),
+                           {h: tid for tid, t in evaluation.items() for h in _grid_hashes(t)})
+    report: dict[str, Any] = {f"{d}:evaluation": {"by_id": [], "by_grids": {}} for d in DATASETS}
+    items: Iterable[tuple[str, Task]] = tasks.items()
+    for tid, t in items:
+        hashes = _grid_hashes(t)
+        for dataset, (eval_ids, owner) in owners.items():
+            r = report[f"{dataset}:evaluation"]
+            if tid in eval_ids:
+                r["by_id"].append(tid)
+            shared = {owner[h] for h in hashes if h in owner}
             if shared:
-                by_grid[tid] = sorted(shared)
-        report[f"{dataset}:evaluation"] = {"by_id": by_id, "by_grids": by_grid}
+                r["by_grids"][tid] = sorted(shared)
+    for r in report.values():
+        r["by_id"].sort()
     return report
-
-
-def build_samples(tasks: dict[str, Task], fmt: TextFormat, rng: np.random.Generator, *,
-                  per_task: int, max_len: int, keep_background: bool) -> tuple[list[TrainSample], int]:
-    """(samples, count too long to fit even with demos dropped)."""
-    samples, too_long = [], 0
-    for task in tasks.values():
-        pairs = list(task.train) + [Pair(i, o) for i, o in zip(task.test_inputs, task.test_outputs)]
-        for t in sample_transforms(rng, per_task, len(pairs), keep_background=keep_background):
-            order = t.order if t.order is not None else tuple(range(len(pairs)))
-            seq = [t.apply_pair(pairs[j]) for j in order]
-            while True:
-                ids, mask = fmt.encode_training(seq)
-                if len(ids) <= max_len or len(seq) == 1:
-                    break
-                seq = seq[1:]
-            if len(ids) > max_len:
-                too_long += 1
-                continue
-            samples.append(TrainSample(ids, mask, t, len(seq) - 1, len(pairs) - len(seq)))
-    return samples, too_long
-
-
-def fingerprint(samples: list[TrainSample]) -> str:
-    h = hashlib.sha256()
-    for s in samples:
-        h.update(np.asarray(s.ids, dtype=np.int32).tobytes())
-    return h.hexdigest()
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -128,74 +79,153 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def finetune(model: str | Path, data: str, out: str | Path, cfg: Config, *,
-             allow_eval: bool = False, drop_overlaps: bool = False,
+             allow_eval: bool = False, drop_overlaps: bool = False, pack: bool = False,
+             fsdp: bool = False, dist_timeout_s: float = DEFAULT_TIMEOUT_S,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fine-tune `model` on `data`, resumable from `out/checkpoints`; writes `out/model`."""
+    """Fine-tune `model` on `data`, resumable from `out/checkpoints`; writes `out/model`.
+    `pack`: a step's samples are packed into rows of `model.max_seq_len` tokens (same update,
+    fewer and fuller forward passes). `fsdp`: shard the model over the ranks instead of
+    replicating it (DDP). Every rank of a distributed launch calls this; rank 0 gets the report
+    with the merged model, the others a report without it."""
+    from .distributed import init_distributed, shutdown
+
+    env, started = init_distributed(dist_timeout_s)
+    try:
+        report, adapter = _train_all_ranks(model, data, Path(out), cfg, env, allow_eval=allow_eval,
+                                           drop_overlaps=drop_overlaps, pack=pack, fsdp=fsdp,
+                                           log=log if env.is_main else (lambda m: None))
+    finally:
+        if started:
+            shutdown()
+    if not env.is_main:
+        return dict(report, model=None)
+    merged = merge_adapter(model, adapter, Path(out) / "model", cfg)  # once, on rank 0
+    report["model"] = str(merged)
+    write_json_atomic(Path(out) / "finetune.json", dict(report, config=cfg.to_dict()))
+    return report
+
+
+def _check_parallel(cfg: Config, env: DistEnv, fsdp: bool, log: Callable[[str], None]) -> Any:
+    """The finetune section to load with, after the checks a multi-process run needs."""
+    from .backends import has_cuda
+    from .distributed import local_grad_accum
+
+    f = cfg.finetune
+    local_grad_accum(f.grad_accum, env.world)
+    if env.world == 1:
+        if fsdp:
+            log("note: --fsdp has no effect in a single process")
+        return f
+    if f.backend == "unsloth":
+        raise ConfigError("finetune.backend=unsloth runs on one GPU only; use finetune.backend=peft "
+                          "(or auto) under torchrun / accelerate launch")
+    if f.load_in_4bit and has_cuda():
+        raise ConfigError("finetune.load_in_4bit loads the model onto GPU 0 in every process; "
+                          "train 16-bit (finetune.load_in_4bit=false) under torchrun, or use --fsdp")
+    return dataclasses.replace(f, backend="peft")
+
+
+def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow_eval, drop_overlaps,
+                     pack, fsdp, log) -> tuple[dict[str, Any], Path]:
     import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
+    from .distributed import DataParallel, all_sum, barrier, broadcast
     from .engine import check_model_dir, load_trainer
     from .formats import get_format
+    from .stream import StreamSamples
     from .train import planned_steps
 
-    out, f = Path(out), cfg.finetune
+    f = cfg.finetune
+    section = _check_parallel(cfg, env, fsdp, log)
     check_model_dir(model)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = load_sources(data, allow_eval=allow_eval)
-    leaks = leakage_report(tasks)
-    for name, r in leaks.items():
-        if r["by_id"] or r["by_grids"]:
-            log(f"warning: {len(r['by_id'])} training task(s) are {name} tasks by id and "
-                f"{len(r['by_grids'])} share grids with them (see {out / 'leakage.json'})")
-    if drop_overlaps:
+    source = open_sources(data, allow_eval=allow_eval)
+    bad: set[str] = set()
+    if env.is_main:
+        leaks = leakage_report(source)
+        for name, r in leaks.items():
+            if r["by_id"] or r["by_grids"]:
+                log(f"warning: {len(r['by_id'])} training task(s) are {name} tasks by id and "
+                    f"{len(r['by_grids'])} share grids with them (see {out / 'leakage.json'})")
+        write_json_atomic(out / "leakage.json", leaks)
         bad = {t for r in leaks.values() for t in list(r["by_id"]) + list(r["by_grids"])}
-        tasks = {k: v for k, v in tasks.items() if k not in bad}
-        log(f"dropped {len(bad)} overlapping task(s); {len(tasks)} left")
-    write_json_atomic(out / "leakage.json", leaks)
-    trainer, tokenizer, info = load_trainer(model, cfg, f)
+    if drop_overlaps:
+        bad = broadcast(bad, env)
+        source = source.without(bad)
+        log(f"dropped {len(bad)} overlapping task(s); {len(source)} left")
+        if not len(source):
+            raise InputError(f"--data {data}: no task left after dropping the overlaps")
+    trainer, tokenizer, info = load_trainer(model, cfg, section)
     fmt = get_format(cfg.model.format, tokenizer, model_dir=model)  # "auto": detected
-    samples, too_long = build_samples(tasks, fmt, np.random.default_rng([f.seed, 1]),
-                                      per_task=f.samples_per_task, max_len=cfg.model.max_seq_len,
-                                      keep_background=f.keep_background)
-    if not samples:
-        raise InputError(f"--data {data}: no sample fits model.max_seq_len={cfg.model.max_seq_len}")
-    fp = fingerprint(samples)
-    resume, ckpt = None, latest_checkpoint(out)
-    if ckpt is not None:
+    samples = StreamSamples(source, fmt, seed=f.seed, per_task=f.samples_per_task,
+                            max_len=cfg.model.max_seq_len, keep_background=f.keep_background)
+    fp = hashlib.sha256(repr((source.fingerprint(), fmt.name, f.seed, f.samples_per_task,
+                              cfg.model.max_seq_len, f.keep_background)).encode()).hexdigest()
+
+    resume, ckpt, weights = None, None, None
+    if env.is_main and (ckpt := latest_checkpoint(out)) is not None:
         resume = torch.load(ckpt / STATE, weights_only=False)
+        weights = load_file(str(ckpt / "adapter_model.safetensors"))
+    ckpt, resume, weights = broadcast((ckpt, resume, weights), env)
+    if resume is not None:
         if resume.get("fingerprint") != fp:
             raise InputError(f"{ckpt} was made with other data or settings; use a new --out")
-        trainer.load_adapter_weights(ckpt)
-        log(f"resuming from {ckpt} (step {resume['step']})")
+        set_peft_model_state_dict(trainer.model, weights)
+        log(f"resuming from {ckpt} (step {resume['step']}, written by {resume.get('world', 1)} "
+            f"process(es); now {env.world})")
+    if env.world > 1:
+        trainer.parallel = DataParallel(trainer.model, env, fsdp=fsdp)
+    trainer.pack_tokens = cfg.model.max_seq_len if pack else 0
 
     def save_checkpoint(step: int, state: dict[str, Any]) -> None:
-        final = out / "checkpoints" / f"step-{step:07d}"
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(str(tmp))
-        torch.save(dict(state, step=step, fingerprint=fp), tmp / STATE)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        kept = sorted((p for p in final.parent.glob("step-*")), key=lambda p: int(p.name.split("-")[1]))
-        for old in kept[:-f.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        full = trainer.parallel.adapter_state() if trainer.parallel is not None else None
+        if env.is_main:
+            final = out / "checkpoints" / f"step-{step:07d}"
+            tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            trainer.model.save_pretrained(str(tmp), state_dict=full)
+            torch.save(dict(state, step=step, fingerprint=fp, world=env.world), tmp / STATE)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            kept = sorted(final.parent.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+            for old in kept[:-f.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier(env)  # nobody runs ahead of a checkpoint that is still being written
 
     total = planned_steps(len(samples), f)
     steps, final_loss = (int(resume["step"]), resume.get("loss")) if resume else (0, None)
+    tokens = seconds = 0.0
     if not (resume and resume.get("final")):
-        with tqdm(total=total, initial=steps, desc="finetune", unit="step") as bar:
+        bar = tqdm(total=total, initial=steps, desc="finetune", unit="step") if env.is_main else None
+        try:
             result = trainer.train(samples, np.random.default_rng([f.seed, 2]), f, progress=bar,
                                    resume=resume, checkpoint=save_checkpoint,
                                    checkpoint_every=f.checkpoint_every)
-        steps, final_loss = result.steps, result.final_loss
-        save_checkpoint(steps, {"final": True, "loss": final_loss})  # the adapter to merge
-    final = latest_checkpoint(out)
-    merged = merge_adapter(model, final, out / "model", cfg)
-    report = {"tasks": len(tasks), "samples": len(samples), "too_long": too_long,
-              "steps": steps, "planned_steps": total, "final_loss": final_loss,
-              "backend": info, "model": str(merged), "resumed_from": str(ckpt) if ckpt else None}
-    write_json_atomic(out / "finetune.json", dict(report, config=cfg.to_dict()))
-    return report
+        finally:
+            if bar is not None:
+                bar.close()
+        tokens, too_long, shortened = all_sum([result.tokens, samples.too_long, samples.shortened], env)
+        if not tokens:
+            raise InputError(f"--data {data}: no sample fits model.max_seq_len={cfg.model.max_seq_len}")
+        done = result.steps - steps
+        steps, final_loss, seconds = result.steps, result.final_loss, result.seconds
+        save_checkpoint(steps, {"final": True, "loss": final_loss, "too_long": too_long,
+                                "shortened": shortened})  # the adapter to merge
+    else:
+        done, too_long, shortened = 0, resume.get("too_long", 0), resume.get("shortened", 0)
+    per_step = f.batch_size * f.grad_accum
+    report = {"tasks": len(source), "samples": len(samples), "too_long": int(too_long),
+              "shortened": int(shortened), "steps": steps, "planned_steps": total,
+              "final_loss": final_loss, "world_size": env.world, "fsdp": bool(fsdp and env.world > 1),
+              "pack": pack, "global_batch": per_step, "train_seconds": seconds,
+              "samples_per_s": done * per_step / seconds if seconds else None,
+              "tokens_per_s": tokens / seconds if seconds else None,
+              "backend": info, "resumed_from": str(ckpt) if ckpt else None}
+    source.close()
+    return report, out / "checkpoints" / f"step-{steps:07d}"
 
 
 def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, cfg: Config) -> Path:

@@ -4,11 +4,15 @@ A `LoRATrainer` wraps a peft model whose adapter state right after `get_peft_mod
 task starts from it (`reset`), trains on its own samples until its planned steps or its deadline, and
 saves a PEFT adapter directory vLLM loads. The loss is summed over target tokens and divided by the
 number of targets of the whole optimizer step (the `num_items_in_batch` contract both transformers and
-unsloth honour), so gradient accumulation equals one big batch. This module loads no model itself.
+unsloth honour), so gradient accumulation equals one big batch. Under several processes
+(`parallel`, see distributed.py) each rank trains its slice of every step with the count taken over
+all ranks, so the update is still that of one big batch; `pack_tokens` lays a step's samples out as
+packed rows (per-sequence attention through restarting position ids). This module loads no model itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -47,6 +51,9 @@ def planned_steps(n_samples: int, cfg: TTTConfig) -> int:
 
 class LoRATrainer:
     """Trains one task's adapter at a time on a peft model, resetting to the initial adapter between tasks."""
+
+    parallel: Any = None  # distributed.DataParallel when fine-tuning under torchrun; None: one process
+    pack_tokens: int = 0  # >0: a step's samples go into packed rows of at most this many tokens
 
     def __init__(self, model: Any, *, pad_id: int, backend: str, scaler: Any = None) -> None:
         from peft import get_peft_model_state_dict
@@ -111,7 +118,10 @@ class LoRATrainer:
         order = _epoch_order(len(samples), steps_total * per_step, rng)
         begin = 0
         if resume is not None:
-            opt.load_state_dict(resume["optimizer"])
+            if self.parallel is not None:
+                self.parallel.load_optimizer_state(opt, resume["optimizer"])
+            else:
+                opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["scheduler"])
             begin = int(resume["step"])
         self.set_mode(training=True)
@@ -121,7 +131,10 @@ class LoRATrainer:
             if step > begin and deadline is not None and time.monotonic() > deadline:
                 stopped = True
                 break
-            chunk = [samples[i] for i in order[step * per_step:(step + 1) * per_step]]
+            idx = order[step * per_step:(step + 1) * per_step]
+            if self.parallel is not None:
+                idx = self.parallel.shard(idx)
+            chunk = [s for s in (samples[i] for i in idx) if s is not None]  # None: cannot fit
             tokens += sum(len(c.ids) for c in chunk)
             t0 = time.perf_counter()
             last = self._step(chunk, params, opt, cfg)
@@ -129,7 +142,9 @@ class LoRATrainer:
             sched.step()
             first = last if first is None else first
             if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                checkpoint(step + 1, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+                state = (opt.state_dict() if self.parallel is None
+                         else self.parallel.optimizer_state(opt))
+                checkpoint(step + 1, {"optimizer": state, "scheduler": sched.state_dict()})
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last:.3f}", refresh=False)
@@ -152,16 +167,31 @@ class LoRATrainer:
     def _step(self, chunk: list[TrainSample], params: list, opt: Any, cfg: TTTConfig) -> float:
         import torch
 
-        micro = [chunk[i:i + cfg.batch_size] for i in range(0, len(chunk), cfg.batch_size)]
-        batches = [self._collate(m) for m in micro]
+        if self.pack_tokens:
+            from .stream import pack_rows
+
+            rows = pack_rows([len(c.ids) for c in chunk], self.pack_tokens)
+            batches = [self._collate_packed([chunk[i] for i in r]) for r in rows]
+        else:
+            micro = [chunk[i:i + cfg.batch_size] for i in range(0, len(chunk), cfg.batch_size)]
+            batches = [self._collate(m) for m in micro]
         n_items = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        n_items_t = torch.tensor(max(n_items, 1), device=self.device)
+        par = self.parallel
+        if par is not None:  # the whole step's targets; every rank runs as many passes as the busiest
+            n_items, n_micro = par.step_counts(n_items, len(batches))
+            batches += [self._empty_batch() for _ in range(n_micro - len(batches))]
+        n_items_t = torch.tensor(max(n_items, 1) if par is None else max(n_items, 1) / par.item_scale,
+                                 device=self.device)
+        model = self.model if par is None else par.module
         total = 0.0
-        for b in batches:
-            out = self.model(**b, num_items_in_batch=n_items_t)
-            loss = out.loss
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        for i, b in enumerate(batches):
+            with contextlib.nullcontext() if par is None else par.accumulate(i == len(batches) - 1):
+                out = model(**b, num_items_in_batch=n_items_t)
+                loss = out.loss
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total += float(loss.detach())
+        if par is not None:
+            total = par.mean_loss(total)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -187,6 +217,26 @@ class LoRATrainer:
             labels[row, :len(t)] = torch.where(torch.tensor(s.mask), t, IGNORE)
         return {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device),
                 "labels": labels.to(self.device)}
+
+    def _collate_packed(self, samples: list[TrainSample]) -> dict[str, Any]:
+        """One row holding `samples` end to end. Position ids restart at every sample and there is
+        no 2D attention mask, so transformers builds a block-diagonal causal mask (sdpa, eager; flash
+        attention reads the same position ids); a sample's first token is never a target."""
+        import torch
+
+        ids = torch.tensor([t for s in samples for t in s.ids], dtype=torch.long)
+        pos = torch.tensor([p for s in samples for p in range(len(s.ids))], dtype=torch.long)
+        keep = torch.tensor([m for s in samples for m in s.mask], dtype=torch.bool) & (pos > 0)
+        labels = torch.where(keep, ids, IGNORE)
+        return {"input_ids": ids[None].to(self.device), "position_ids": pos[None].to(self.device),
+                "labels": labels[None].to(self.device), "use_cache": False}
+
+    def _empty_batch(self) -> dict[str, Any]:
+        """One pad token and no target: a rank with less work in a step still joins every pass."""
+        import torch
+
+        one = torch.ones((1, 1), dtype=torch.long, device=self.device)
+        return {"input_ids": one * self.pad_id, "attention_mask": one, "labels": one * IGNORE}
 
     def save(self, out_dir: str | Path, dtype: Any = None) -> Path:
         """Write the current adapter as a PEFT directory, atomically (temp dir, then rename), its
@@ -225,9 +275,9 @@ def _cast_safetensors(path: Path, dtype: Any) -> None:
               str(path), metadata={"format": "pt"})
 
 
-def _epoch_order(n: int, need: int, rng: np.random.Generator) -> list[int]:
-    """Sample indices for `need` slots: whole shuffled epochs, the last one cut."""
-    order: list[int] = []
-    while len(order) < need and n:
-        order.extend(int(i) for i in rng.permutation(n))
-    return order[:need]
+def _epoch_order(n: int, need: int, rng: np.random.Generator) -> np.ndarray:
+    """Sample indices for `need` slots: whole shuffled epochs (a new permutation drawn from `rng`
+    for each), the last one cut. An array: millions of slots stay a few MB."""
+    if not n or need <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])[:need]

@@ -1,8 +1,11 @@
 """vLLM sampler: one engine per worker serving every task's LoRA adapter in batched generate calls.
 
-Works around two LoRA bugs measured on vLLM 0.32.0 (CPU): prompts without an adapter batched with
-adapter prompts silently get an adapter, so they go in their own `generate` call; batched
-`prompt_logprobs` under LoRA crash the engine, so re-scoring sends one prompt per call.
+Works around a LoRA bug measured on vLLM 0.32.0 (CPU): prompts without an adapter batched with
+adapter prompts silently get an adapter, so they go in their own `generate` call. Batched
+`prompt_logprobs` under LoRA crashed the engine unless LoRA is restricted to the linear layers
+(`lora_target_modules`, which the engine always sets); so restricted they match a peft forward
+pass (CPU, within 1e-4), and `score_groups` scores many answers in one call, reading each
+prompt's blocks from the prefix cache (requests with `prompt_logprobs` skip it by default).
 
 Requests go in with `LLM.enqueue` (which returns their request ids) and come back from
 `LLM.wait_for_completion`, matched by id and checked against the prompt sent. In vLLM 0.32.0 an
@@ -19,7 +22,7 @@ import functools
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,8 @@ class VLLMSampler:
         self.calls = 0
         self.restarts = 0  # engines rebuilt after a failed call could not be cleaned up
         self.compute_s = 0.0  # seconds inside LLM.generate
+        self.score_tokens = 0  # prompt tokens prefilled for scoring (prefix-cache hits excluded)
+        self.score_retries = 0  # answers scored again because a cache hit reached into them
         self.beat: Callable[[], None] = _no_beat  # heartbeat per finished request
         self._broken = False
 
@@ -181,23 +186,61 @@ class VLLMSampler:
         return results
 
     def score(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> float:
+        """One request, prefilled whole (no prefix-cache read)."""
+        return self._score_requests([(list(prompt), list(answer))], adapter, read_cache=False)[0]
+
+    def score_groups(self, groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+                     adapter: Adapter | None) -> list[list[float]]:
+        """Per group (prompt, answers): each answer's total log p after the prompt, in at most
+        three calls. First one answer per prompt (which computes and caches the prompt's blocks),
+        then all other answers, reading those blocks from the prefix cache. vLLM returns no
+        `prompt_logprobs` for positions served from the cache, so an answer whose hit reached past
+        its prompt's last token (it shares its first tokens with an answer already cached) is
+        scored again, whole, in a third call."""
+        jobs = [(g, j) for g, (_, answers) in enumerate(groups) for j in range(len(answers))]
+        pairs = {(g, j): (list(groups[g][0]), list(groups[g][1][j])) for g, j in jobs}
+        out: dict[tuple[int, int], float | None] = {}
+        first = [(g, 0) for g, (_, answers) in enumerate(groups) if answers]
+        rest = [job for job in jobs if job[1] > 0]
+        for batch in (first, rest):
+            if batch:
+                out.update(zip(batch, self._score_requests([pairs[k] for k in batch], adapter,
+                                                           read_cache=True)))
+        again = [k for k in jobs if out[k] is None]
+        if again:
+            self.score_retries += len(again)
+            out.update(zip(again, self._score_requests([pairs[k] for k in again], adapter,
+                                                       read_cache=False)))
+        return [[out[(g, j)] for j in range(len(answers))] for g, (_, answers) in enumerate(groups)]
+
+    def _score_requests(self, pairs: list[tuple[list[int], list[int]]], adapter: Adapter | None, *,
+                        read_cache: bool) -> list[Any]:
+        """One `_run` call: the answers' total log p, None where the cache hit covered a position
+        whose log p is needed (only when `read_cache`)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
-        full = list(prompt) + list(answer)
-        t0 = time.perf_counter()
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False,
+                                skip_reading_prefix_cache=not read_cache)
+        fulls = [p + a for p, a in pairs]
         lora = self._lora(adapter)
+        t0 = time.perf_counter()
         try:
-            out = self._run([TokensPrompt(prompt_token_ids=full)], [params],
-                            None if lora is None else [lora], show=False)[0]
+            outs = self._run([TokensPrompt(prompt_token_ids=f) for f in fulls], [params] * len(fulls),
+                             None if lora is None else [lora] * len(fulls), show=False)
         finally:
             self.compute_s += time.perf_counter() - t0
         self.calls += 1
-        total = 0.0
-        for pos in range(len(prompt), len(full)):
-            total += out.prompt_logprobs[pos][full[pos]].logprob
-        return total
+        result: list[float | None] = []
+        for (prompt, _), full, o in zip(pairs, fulls, outs):
+            cached = o.num_cached_tokens if read_cache else 0
+            self.score_tokens += len(full) - max(0, cached or 0)
+            if cached is None or cached < 0 or cached > len(prompt) - 1:
+                result.append(None)  # unknown hit, or the first answer token's log p not computed
+                continue
+            result.append(sum(o.prompt_logprobs[pos][full[pos]].logprob
+                              for pos in range(len(prompt), len(full))))
+        return result
 
 
 def _top(logprobs: Any, k: int) -> list[dict[int, float]]:
