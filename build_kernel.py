@@ -382,8 +382,12 @@ def requirements(root: Path) -> list[str]:
     return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
 
 
+PACKAGE_SUFFIXES = (".py", ".j2")  # modules and the report's templates
+
+
 def package_sources(root: Path) -> dict[str, str]:
-    files = sorted(p for p in (root / "submission").rglob("*.py") if "__pycache__" not in p.parts)
+    files = sorted(p for p in (root / "submission").rglob("*")
+                   if p.is_file() and p.suffix in PACKAGE_SUFFIXES and "__pycache__" not in p.parts)
     return {p.relative_to(root).as_posix(): p.read_bytes().decode("utf-8") for p in files}
 
 

@@ -281,7 +281,7 @@ def cmd_dry_run(args) -> int:
     cfg = _config(args)
     result = dry_run(args.dataset, args.split, args.limit, args.model, Path(args.workdir), cfg,
                      all_policies=args.selection == "all", log=lambda m: print(m, file=sys.stderr),
-                     calibration=_calibration(args))
+                     calibration=_calibration(args), explicit=_explicit_keys(args))
     print(json.dumps(result))
     return 0
 

@@ -27,6 +27,7 @@ TINY_OVERRIDES = ("ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling
 
 def dry_run(dataset: str, split: str, limit: int | None, model: str | None, workdir: Path,
             cfg: Config, *, all_policies: bool = True, calibration: dict[str, Any] | None = None,
+            explicit: frozenset[str] = frozenset(),
             log: Callable[[str], None] = print) -> dict[str, Any]:
     from .run import run
 
@@ -39,7 +40,7 @@ def dry_run(dataset: str, split: str, limit: int | None, model: str | None, work
         from .tiny import make_tiny_model
 
         model = str(make_tiny_model(workdir / "tiny-model", cfg.model.format))
-        cfg = cfg.with_overrides([o for o in TINY_OVERRIDES if o.split("=")[0] not in _set_keys(cfg)])
+        cfg = cfg.with_overrides([o for o in TINY_OVERRIDES if o.split("=")[0] not in _set_keys(cfg) | explicit])
         log(f"no --model given: using a tiny UNTRAINED random model at {model}; this checks the "
             "pipeline end to end, expect a score near 0")
     out = workdir / "submission.json"
@@ -59,6 +60,8 @@ def dry_run(dataset: str, split: str, limit: int | None, model: str | None, work
             result["by_policy"][policy] = {"score_task_mean": s.score_task_mean,
                                            "score_output_mean": s.score_output_mean}
     write_json_atomic(workdir / "score.json", result)
+    if (workdir / "run" / "report.html").exists():  # written by run(), solutions found beside
+        result["report"] = str(workdir / "run" / "report.html")
     return result
 
 
@@ -77,6 +80,7 @@ def policy_submissions(report: dict[str, Any]) -> dict[str, dict]:
 
 
 def _set_keys(cfg: Config) -> set[str]:
-    """Fields that differ from the defaults (a user's explicit choice wins over TINY_OVERRIDES)."""
+    """Fields that differ from the defaults (a user's choice wins over TINY_OVERRIDES; one equal
+    to the default is passed as `explicit` by the CLI)."""
     default, mine = Config().to_dict(), cfg.to_dict()
     return {f"{s}.{k}" for s in mine for k in mine[s] if mine[s][k] != default[s][k]}

@@ -98,6 +98,7 @@ class Run:
 
     def report(self, engine_info: dict[str, Any], seconds: float) -> dict[str, Any]:
         report = {"config": self.cfg.to_dict(), "backends": engine_info, "seconds": seconds,
+                  "challenges": str(self.challenges.resolve()),
                   "time_budget_s": self.cfg.budget.time_budget_s,
                   "tasks": len(self.counts), "resumed": self.resumed,
                   "model": self.identity["model"], "workdir": str(self.workdir),
@@ -126,7 +127,9 @@ def run(challenges: str | Path, model: str | Path | None, out: str | Path, workd
     if calibration is not None:
         state.calibration = {"source": "file", **calibration}
     if not state.pending:
-        return state.report(engine.info if engine else {}, time.monotonic() - state.start)
+        report = state.report(engine.info if engine else {}, time.monotonic() - state.start)
+        html_report(state.workdir, challenges=challenges)
+        return report
     if engine is None:
         plan_memory_for_run(state, model)
     if engine is None and cfg.budget.workers > 0:
@@ -135,7 +138,23 @@ def run(challenges: str | Path, model: str | Path | None, out: str | Path, workd
         info = supervise(state, model)
     else:
         info = run_here(state, model, engine)
-    return state.report(info, time.monotonic() - state.start)
+    report = state.report(info, time.monotonic() - state.start)
+    html_report(state.workdir, challenges=challenges)
+    return report
+
+
+def html_report(workdir: str | Path, **kwargs: Any) -> Path | None:
+    """Write the run's HTML report (report.py); a failure is printed, never fails the run."""
+    import sys
+
+    from .errors import SubmissionError
+    from .report import write_report
+
+    try:
+        return write_report(workdir, **kwargs)
+    except (SubmissionError, OSError, ValueError) as exc:
+        print(f"warning: no HTML report for {workdir}: {exc}", file=sys.stderr)
+        return None
 
 
 def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class TrainResult:
     seconds: float
     stopped_by_deadline: bool
     tokens: int = 0  # tokens of the samples trained on (for throughput)
+    losses: list[float] = field(default_factory=list)  # loss of every step (the report's curve)
 
 
 def planned_steps(n_samples: int, cfg: TTTConfig) -> int:
@@ -127,6 +128,7 @@ class LoRATrainer:
         self.set_mode(training=True)
         first = last = None
         step, stopped, tokens = begin, False, 0
+        losses: list[float] = []
         for step in range(begin, steps_total):
             if step > begin and deadline is not None and time.monotonic() > deadline:
                 stopped = True
@@ -138,6 +140,7 @@ class LoRATrainer:
             tokens += sum(len(c.ids) for c in chunk)
             t0 = time.perf_counter()
             last = self._step(chunk, params, opt, cfg)
+            losses.append(round(last, 5))
             self.compute_s += time.perf_counter() - t0
             sched.step()
             first = last if first is None else first
@@ -153,7 +156,7 @@ class LoRATrainer:
         else:
             step = steps_total
         return TrainResult(step, steps_total, len(samples), last, first,
-                           time.monotonic() - start, stopped, tokens)
+                           time.monotonic() - start, stopped, tokens, losses)
 
     def set_mode(self, *, training: bool) -> None:
         """train()/eval(), plus unsloth's own switches when the model came from unsloth."""

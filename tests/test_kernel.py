@@ -46,7 +46,10 @@ def assigned(source: str, name: str):
 
 
 def disk_sources(root: Path = ROOT) -> dict[str, str]:
-    files = sorted(p for p in (root / "submission").rglob("*.py") if "__pycache__" not in p.parts)
+    """Every module and template of the package (what the notebook must carry to run)."""
+    files = sorted(p for p in (root / "submission").rglob("*")
+                   if p.is_file() and (p.suffix == ".py" or p.name.endswith(".html.j2"))
+                   and "__pycache__" not in p.parts)
     return {p.relative_to(root).as_posix(): p.read_bytes().decode("utf-8") for p in files}
 
 

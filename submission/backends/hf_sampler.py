@@ -143,7 +143,7 @@ class HFSampler:
         self.calls += 1
         self.score_forwards += 1
         self.score_tokens += full.shape[1]
-        lp = float(logits.log_softmax(-1).gather(1, full[0, len(prompt):, None]).sum())
+        lp = float(logits.log_softmax(-1).gather(1, full[0, len(prompt):, None]).double().sum())
         self.compute_s += time.perf_counter() - start
         self.beat()
         return lp
@@ -255,7 +255,7 @@ class HFSampler:
         for row, i in enumerate(batch):
             target = torch.tensor(answers[i][1:], device=dev)
             lp = logits[row, :len(target)].float().log_softmax(-1)
-            got.append(float(lp.gather(1, target[:, None]).sum()))
+            got.append(float(lp.gather(1, target[:, None]).double().sum()))  # summed in fp64, as `score`
         for i, g in zip(batch, got):
             scores[i] += g
 
