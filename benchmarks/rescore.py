@@ -42,8 +42,8 @@ MAX_LEN = 8192
 
 def candidates(truth: np.ndarray, n: int, rng: np.random.Generator) -> list:
     """`truth` and n - 1 distinct wrong answers near it."""
-    from submission.grids import as_grid, grid_key
-    from submission.select import Candidate
+    from submission.grids import as_grid
+    from submission.select import Candidate, grid_key
 
     grids, seen = [truth], {grid_key(as_grid(truth))}
     while len(grids) < n:

@@ -158,7 +158,7 @@ def test_full_disk_costs_one_task_never_its_chunk(engine, tmp_path, monkeypatch)
 
 def test_in_process_hang_is_interrupted_and_the_task_retried(engine, tmp_path, monkeypatch):
     monkeypatch.setenv("ARC_INJECT_FAULTS", "hang0001:hang")
-    cfg = QUICK.with_overrides(["budget.stall_s=8"])
+    cfg = QUICK.with_overrides(["budget.stall_s=30"])
     report = run_here(engine, tmp_path, ["hang0001", "calm0002"], cfg)
     kills = report["backends"]["killed"]
     assert len(kills) == 1 and "no progress" in kills[0]["reason"] and "hang0001" in kills[0]["tasks"]
@@ -168,7 +168,7 @@ def test_in_process_hang_is_interrupted_and_the_task_retried(engine, tmp_path, m
 
 def test_in_process_sampling_hang_is_interrupted_too(engine, tmp_path, monkeypatch):
     monkeypatch.setenv("ARC_INJECT_FAULTS", "samp0001:hang_sample")
-    cfg = QUICK.with_overrides(["budget.stall_s=8"])
+    cfg = QUICK.with_overrides(["budget.stall_s=30"])
     report = run_here(engine, tmp_path, ["samp0001"], cfg)
     assert "sample" in report["backends"]["killed"][0]["reason"]
     assert report["per_task"]["samp0001"]["ttt_reused"] is True  # its adapter survived the kill
@@ -184,7 +184,9 @@ def test_in_process_run_honours_the_time_budget(engine, tmp_path):
     t0 = time.monotonic()
     report = run_here(engine, tmp_path, ids, cfg)
     took = time.monotonic() - t0
-    assert took < budget + 15, took  # the budget (plus writing the final files) is honoured
+    # the budget is honoured: the interrupt lands at the next Python instruction (a CPU engine step
+    # can take seconds on a loaded machine), then the final files are written
+    assert took < budget + 30, took
     assert len(report["per_task"]) < len(ids)
     assert report["fallbacks"]["deadline_skipped_tasks"] + len(report["per_task"]) == len(ids)
 
