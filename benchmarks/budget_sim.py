@@ -8,9 +8,14 @@ some hang: a hang stops the heartbeats, so it is killed after the stall allowanc
 with a doubled allowance, then given up. Healthy work beats all along (every optimizer step and
 finished request) and is only ever stopped by the hard cap or the budget's end. A worker whose
 chunk is killed restarts its engine. Half the test inputs are taken to be unsure (they get the
-extra views when time allows).
+extra views when time allows). Re-scoring runs the amounts each plan chose (augmentations x
+candidates) on the prefix re-scorer: per test input and augmentation the prompt once and every
+candidate's answer, at the machine's scoring rate (the planner prices it as one pass per pair and
+learns the difference from what it observes).
 Reports, per scenario, the finish time as a fraction of the budget, tasks answered by their own
-adapter, tasks that fell back, and the mean planned scale of TTT samples.
+adapter, tasks that fell back, the mean planned scale of TTT samples, the mean re-scoring amounts
+planned, and the re-scoring hours spent (summed over workers) beside what the same amounts would
+have cost with one forward pass per (augmentation, candidate).
 
     python benchmarks/budget_sim.py [--seed 0]
 """
@@ -26,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from submission.budget import Planner  # noqa: E402
+from submission.budget import ANSWER_GUESS, Planner  # noqa: E402
 from submission.config import Config  # noqa: E402
 from submission.grids import Task  # noqa: E402
 from submission.schedule import Scheduler  # noqa: E402
@@ -42,6 +47,11 @@ def beat_through(sched: Scheduler, w: int, stage: str, task_id: str | None, t0: 
     """The heartbeats of a healthy stage running from t0 to t1."""
     for t in np.arange(t0 + BEAT_S, t1, BEAT_S):
         sched.progress(w, stage, task_id, float(t))
+
+
+def answer_tokens(task: Task) -> float:
+    """Expected answer tokens of one test input, averaged (budget.TaskCost's guess)."""
+    return sum(g.shape[0] * (g.shape[1] + 1) * ANSWER_GUESS for g in task.test_inputs) / task.n_test
 
 
 def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang: float,
@@ -62,6 +72,9 @@ def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang:
     events = [(engine_start_s, w) for w in range(workers)]  # (time a worker becomes idle, worker)
     end = planner.end
     scales, last, adapters, kills, killed_stages = [], 0.0, set(), 0, []
+    answers = {t.id: answer_tokens(t) for t in tasks}
+    rescored: list[tuple[int, int]] = []  # (augmentations, candidates) of every sampled task
+    score_s = one_pass_s = 0.0
     fresh = set(range(workers))  # workers whose engine just started: they calibrate first
     while events:
         now, w = heapq.heappop(events)
@@ -105,8 +118,14 @@ def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang:
                 per_input = cost.n_test * cost.view_tokens
                 views = plan.n_views + UNSURE_SHARE * plan.extra_views  # adaptive extra views
                 sampling = views * per_input / true_rates["sample"] * factor
-                n_scored = plan.max_rescore * cfg.selection.rescore_augmentations
-                scoring = n_scored * per_input / true_rates["score"] * factor
+                augs, cands = plan.rescore_augmentations, plan.max_rescore
+                n_scored = cands * augs
+                prompt = cost.view_tokens - answers[task_id]
+                scoring = (cost.n_test * augs * (prompt + cands * answers[task_id])
+                           / true_rates["score"] * factor)
+                rescored.append((augs, cands))
+                score_s += scoring
+                one_pass_s += n_scored * per_input / true_rates["score"] * factor
                 rest += sampling + scoring
                 planner.observe(cost, ttt_s=0.0, train_tokens=0, sample_s=sampling,
                                 views=round(views * cost.n_test), rescore_s=scoring,
@@ -136,6 +155,8 @@ def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang:
             "finish_fraction": last / cfg.budget.time_budget_s, "done": done,
             "given_up": len(sched.given_up), "skipped": len(sched.unfinished()),
             "mean_scale": float(np.mean(scales)) if scales else 0.0, "kills": kills,
+            "rescore": tuple(float(np.mean(x)) for x in zip(*rescored)) if rescored else (0.0, 0.0),
+            "score_h": score_s / 3600, "one_pass_h": one_pass_s / 3600,
             "injected": {k: sum(1 for v in kind.values() if v == k) for k in ("slow", "hang")}}
 
 
@@ -146,26 +167,31 @@ def main() -> int:
     base = list(load_dataset("arc-agi-2", "evaluation").values())
     tasks = base + [Task(t.id + "b", t.train, t.test_inputs) for t in base]
     full = 12 * 3600 - 2700
-    scenarios = [  # (name, budget, speed, must every task be answered by its own adapter?)
-        ("12 h, machine at 1000% of prior", full, 10.0, True),
-        ("12 h, machine at 100% of prior", full, 1.0, True),
-        ("12 h, machine at 40% of prior", full, 0.4, True),
-        ("12 h, machine at 10% of prior", full, 0.1, True),
-        ("3 h, machine at 40% of prior", 3 * 3600, 0.4, False),
-        ("1 h, machine at 40% of prior", 3600, 0.4, False),
+    scenarios = [  # (name, budget, speed, must every task be answered by its own adapter?, sets)
+        ("12 h, machine at 1000% of prior", full, 10.0, True, []),
+        ("12 h, machine at 100% of prior", full, 1.0, True, []),
+        ("12 h, machine at 40% of prior", full, 0.4, True, []),
+        ("12 h, machine at 10% of prior", full, 0.1, True, []),
+        ("3 h, machine at 40% of prior", 3 * 3600, 0.4, False, []),
+        ("1 h, machine at 40% of prior", 3600, 0.4, False, []),
+        # spare time spent: more TTT, views and re-scoring (augmentations up to 32)
+        ("12 h, 100% of prior, max_scale 4", full, 1.0, True, ["budget.max_scale=4"]),
+        ("12 h, 40% of prior, max_scale 4", full, 0.4, True, ["budget.max_scale=4"]),
     ]
     print(f"{len(tasks)} tasks (ARC-AGI-2 evaluation x2), 4 workers, engine start {ENGINE_START_S:.0f} s, "
           "5% slow (x4), 2% hang on first try\n")
     print(f"{'scenario':<34}{'finish/budget':>14}{'own adapter':>13}{'fell back':>11}"
-          f"{'TTT scale':>11}{'kills':>7}")
+          f"{'TTT scale':>11}{'kills':>7}{'augs x cands':>14}{'score h':>9}{'1-pass h':>10}")
     ok = True
-    for name, budget, speed, all_own in scenarios:
-        cfg = Config().with_overrides([f"budget.time_budget_s={budget}", "budget.workers=4"])
+    for name, budget, speed, all_own, sets in scenarios:
+        cfg = Config().with_overrides([f"budget.time_budget_s={budget}", "budget.workers=4", *sets])
         r = simulate(tasks, cfg, speed=speed, slow=0.05, hang=0.02,
                      rng=np.random.default_rng(args.seed))
         fell = r["given_up"] + r["skipped"]
+        augs, cands = r["rescore"]
         print(f"{name:<34}{r['finish_fraction']:>14.2f}{r['own_adapter']:>13}{fell:>11}"
-              f"{r['mean_scale']:>11.2f}{r['kills']:>7}")
+              f"{r['mean_scale']:>11.2f}{r['kills']:>7}{f'{augs:.1f} x {cands:.1f}':>14}"
+              f"{r['score_h']:>9.2f}{r['one_pass_h']:>10.2f}")
         ok &= r["finish_fraction"] <= 1.0 and (not all_own or r["own_adapter"] == len(tasks))
     print("\nfinish/budget <= 1.00 everywhere, and every task answered by its own adapter in the"
           " 12 h runs (10% to 1000% of the priors):", "PASS" if ok else "FAIL")

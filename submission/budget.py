@@ -2,11 +2,17 @@
 
 Cost units are tokens: TTT costs (samples x epochs x tokens per sample) at the training rate; sampling
 costs (views x test inputs x (prompt + answer) tokens) at the sampling rate; re-scoring costs
-(candidates x augmentations x prompt tokens) at the scoring rate. Rates start from priors (an L4 with
-a 4B model), are replaced by the engine's start-up calibration on this machine, and then follow the
-measured ones. Each plan gives the task its share of the worker-seconds left, scaled down (fewer TTT
-samples and views, never below floors) when the time is short. Estimates plan work; they never kill
-it (the scheduler's watchdog looks at heartbeats). This module only computes numbers.
+(candidates x augmentations x test inputs x (prompt + answer) tokens, as if every pair were one
+forward pass) at the scoring rate. The re-scorer computes each augmented prompt once for all the
+candidates (rescore.py), so its measured rate in these units is several times its raw token rate;
+the estimate stays conservative when candidates are added (they cost only answer tokens). Rates
+start from priors (an L4 with a 4B model), are replaced by the engine's start-up calibration on this
+machine, and then follow the measured ones. Each plan gives the task its share of the worker-seconds
+left, scaled down (fewer TTT samples and views, never below floors) when the time is short; with
+`budget.max_scale` > 1, spare time scales them up, and re-scoring with them (up to
+`MAX_RESCORE_AUGMENTATIONS` augmentations and `RESCORE_GROWTH` x the configured candidates).
+Estimates plan work; they never kill it (the scheduler's watchdog looks at heartbeats). This module
+only computes numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from .grids import Task
 MIN_SAMPLES = 8  # below this TTT barely moves the adapter; skip-by-deadline is the next step down
 MIN_VIEWS = 4
 MIN_RESCORE = 2
+MAX_RESCORE_AUGMENTATIONS = 32  # the 2025 ARChitects scored under 32 once prefix reuse made it cheap
+RESCORE_GROWTH = 2  # spare time re-scores at most this many times the configured candidates
 RATE_KEYS = ("train", "sample", "score")
 PLAN_SHARE = 0.85  # plans fill this share of the worker-seconds left: slow tasks, hangs and
 # engine restarts are not in the cost model, and a chunk still running at the end is lost whole
@@ -33,6 +41,7 @@ class TaskPlan:
     max_samples: int
     n_views: int
     max_rescore: int
+    rescore_augmentations: int  # augmented prompts each candidate is re-scored under
     extra_views: int  # views added to test inputs whose answers disagree (0 when time is short)
     ttt_s: float  # training time allowed (training stops itself there)
     expected_s: float  # whole task at this plan
@@ -71,11 +80,12 @@ class Planner:
     def full_seconds(self, cost: TaskCost, scale: float = 1.0) -> tuple[float, float]:
         """(TTT seconds, total seconds) of one task at `scale` of the configured work."""
         t, s = self.cfg.ttt, self.cfg.sampling
-        samples, views, rescore = self.amounts(scale)
+        samples, views, _ = self.amounts(scale)
+        augmentations, rescore = self.rescore_amounts(scale)
         ttt = samples * t.epochs * cost.sample_tokens / self.rates["train"]
         per_input = cost.n_test * cost.view_tokens
         samp = views * (1 + s.n_samples) * per_input / self.rates["sample"]
-        score = rescore * self.cfg.selection.rescore_augmentations * per_input / self.rates["score"]
+        score = rescore * augmentations * per_input / self.rates["score"]
         return ttt, ttt + samp + score
 
     def amounts(self, scale: float) -> tuple[int, int, int]:
@@ -85,6 +95,19 @@ class Planner:
         views = max(MIN_VIEWS, min(round(s.n_views * scale), 4 * s.n_views))
         rescore = max(MIN_RESCORE, min(round(sel.max_rescore * scale), sel.max_rescore))
         return samples, views, rescore
+
+    def rescore_amounts(self, scale: float) -> tuple[int, int]:
+        """(augmentations, candidates re-scored) at `scale`: the configured augmentations and
+        `amounts`' candidates up to scale 1; above it (spare time, `budget.max_scale` > 1) both grow
+        with the scale, augmentations up to MAX_RESCORE_AUGMENTATIONS and candidates up to
+        RESCORE_GROWTH x the configured ones (never below the configured amounts)."""
+        sel = self.cfg.selection
+        rescore = self.amounts(scale)[2]
+        if scale <= 1.0:
+            return sel.rescore_augmentations, rescore
+        augmentations = min(round(sel.rescore_augmentations * scale), MAX_RESCORE_AUGMENTATIONS)
+        candidates = min(round(sel.max_rescore * scale), RESCORE_GROWTH * sel.max_rescore)
+        return max(sel.rescore_augmentations, augmentations), max(rescore, candidates)
 
     def scale(self, now: float, remaining: list[TaskCost]) -> float:
         """The largest scale (<= budget.max_scale) at which every remaining task fits the
@@ -114,7 +137,8 @@ class Planner:
         scale = self.scale(now, remaining)
         b = self.cfg.budget
         ttt_s, total_s = self.full_seconds(cost, scale)
-        samples, views, rescore = self.amounts(scale)
+        samples, views, _ = self.amounts(scale)
+        augmentations, rescore = self.rescore_amounts(scale)
         # Training may run past its estimate up to half the task's fair share of the time left
         # (never past 60% of the hard cap, so sampling still fits); it stops itself there.
         fair = max(0.0, self.deadline - now) * self.workers / max(1, len(remaining))
@@ -122,8 +146,8 @@ class Planner:
         ttt_allowed = min(max(1.5 * ttt_s, 0.5 * fair), 0.6 * cap,
                           0.5 * max(0.0, self.deadline - now))
         extra = self.cfg.sampling.unsure_extra_views if scale >= 1.0 else 0  # spare time only
-        return TaskPlan(max_samples=samples, n_views=views, max_rescore=rescore, extra_views=extra,
-                        ttt_s=ttt_allowed,
+        return TaskPlan(max_samples=samples, n_views=views, max_rescore=rescore,
+                        rescore_augmentations=augmentations, extra_views=extra, ttt_s=ttt_allowed,
                         expected_s=total_s, sample_s=total_s - ttt_s, cap_s=cap)
 
     def calibrate(self, rates: dict[str, float]) -> None:
@@ -139,7 +163,8 @@ class Planner:
     def observe(self, cost: TaskCost, *, ttt_s: float, train_tokens: float, sample_s: float,
                 views: int, rescore_s: float, rescored: int) -> None:
         """Update the rates from one finished task (exponential average, new weight 0.3); `views`
-        counts generate requests over all test inputs, `rescored` scoring calls."""
+        counts generate requests over all test inputs, `rescored` the (augmentation, candidate) pairs
+        re-scored (each counted as a view's tokens: the units of `full_seconds`)."""
         pairs = (("train", train_tokens, ttt_s), ("sample", views * cost.view_tokens, sample_s),
                  ("score", rescored * cost.view_tokens, rescore_s))
         for key, tokens, seconds in pairs:

@@ -70,7 +70,8 @@ def planned_config(cfg: Config, plan: TaskPlan) -> Config:
     return replace(cfg, ttt=replace(cfg.ttt, max_samples=plan.max_samples),
                    sampling=replace(cfg.sampling, n_views=plan.n_views,
                                     unsure_extra_views=plan.extra_views),
-                   selection=replace(cfg.selection, max_rescore=plan.max_rescore))
+                   selection=replace(cfg.selection, max_rescore=plan.max_rescore,
+                                     rescore_augmentations=plan.rescore_augmentations))
 
 
 def check_adapter(path: str | Path) -> None:

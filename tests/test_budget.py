@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission.budget import (ANSWER_GUESS, MIN_RESCORE, MIN_SAMPLES, MIN_VIEWS, PLAN_SHARE,
-                               TAIL_SHARE, Planner, TaskCost, TaskPlan)
+from submission.budget import (ANSWER_GUESS, MAX_RESCORE_AUGMENTATIONS, MIN_RESCORE, MIN_SAMPLES,
+                               MIN_VIEWS, PLAN_SHARE, RESCORE_GROWTH, TAIL_SHARE, Planner, TaskCost,
+                               TaskPlan)
 from submission.config import Config
 from submission.grids import Pair, Task
 from submission.schedule import CHUNK_SHARE, MAX_ATTEMPTS, STALL_FACTOR, Scheduler
@@ -712,3 +713,71 @@ def test_mini_simulation_hang_is_retried_and_finishes():
     assert r["killed_stages"] == ["ttt s07"]
     assert r["finished"] == {t.id for t in tasks} and r["given_up"] == 0 and r["skipped"] == 0
     assert r["finish_fraction"] < 1.0
+
+
+# ---------------------------------------------------------------- re-scoring amounts
+
+
+def test_rescore_amounts_are_the_config_up_to_scale_one():
+    cfg = Config()
+    p = Planner(cfg, start=0.0, workers=1)
+    for s in np.linspace(0.0, 1.0, 21):
+        augs, cands = p.rescore_amounts(float(s))
+        assert augs == cfg.selection.rescore_augmentations and cands == p.amounts(float(s))[2]
+
+
+def test_rescore_amounts_grow_with_spare_time_within_caps():
+    cfg = cfg_with("budget.max_scale=8")
+    sel = cfg.selection
+    p = Planner(cfg, start=0.0, workers=1)
+    assert p.rescore_amounts(2.0) == (2 * sel.rescore_augmentations, 2 * sel.max_rescore)
+    assert p.rescore_amounts(4.0) == (MAX_RESCORE_AUGMENTATIONS, RESCORE_GROWTH * sel.max_rescore)
+    assert p.rescore_amounts(100.0) == p.rescore_amounts(4.0)
+    prev = p.rescore_amounts(0.0)
+    for s in np.linspace(0.0, 8.0, 81):
+        cur = p.rescore_amounts(float(s))
+        assert all(c >= q for c, q in zip(cur, prev))
+        prev = cur
+    many = Planner(cfg_with("selection.rescore_augmentations=40"), start=0.0, workers=1)
+    assert many.rescore_amounts(3.0)[0] == 40  # a config above the cap is never lowered
+
+
+def test_spare_time_plans_more_rescoring_and_prices_it():
+    cfg = cfg_with("budget.time_budget_s=43200", "budget.max_scale=4")
+    planner = Planner(cfg, start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 8))
+    plan = planner.plan(c, 0.0, [c])
+    assert (plan.rescore_augmentations, plan.max_rescore) == planner.rescore_amounts(4.0) == (
+        MAX_RESCORE_AUGMENTATIONS, RESCORE_GROWTH * cfg.selection.max_rescore)
+    ttt, total = planner.full_seconds(c, 4.0)
+    samples, views, _ = planner.amounts(4.0)
+    score = (plan.max_rescore * plan.rescore_augmentations * c.n_test * c.view_tokens
+             / planner.rates["score"])
+    assert plan.expected_s == pytest.approx(total)
+    assert total - ttt == pytest.approx(views * c.n_test * c.view_tokens / planner.rates["sample"]
+                                        + score)
+    plain = Planner(cfg_with("budget.time_budget_s=43200"), start=0.0, workers=1).plan(c, 0.0, [c])
+    assert (plain.rescore_augmentations, plain.max_rescore) == (
+        cfg.selection.rescore_augmentations, cfg.selection.max_rescore)
+
+
+def test_short_time_keeps_the_configured_augmentations():
+    planner, costs = short_setup(workers=2, budget=600.0)
+    for t in np.linspace(0.0, planner.deadline, 7):
+        plan = planner.plan(costs[0], float(t), costs)
+        assert plan.rescore_augmentations == planner.cfg.selection.rescore_augmentations
+
+
+def test_planned_config_carries_the_rescore_amounts():
+    from dataclasses import replace
+
+    from submission.pipeline import planned_config
+
+    cfg = cfg_with("budget.time_budget_s=43200", "budget.max_scale=4")
+    planner = Planner(cfg, start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 8))
+    plan = planner.plan(c, 0.0, [c])
+    task_cfg = planned_config(cfg, plan)
+    assert task_cfg.selection.rescore_augmentations == plan.rescore_augmentations == 32
+    assert task_cfg.selection.max_rescore == plan.max_rescore
+    assert planned_config(cfg, replace(plan, rescore_augmentations=8)).selection.rescore_augmentations == 8

@@ -222,7 +222,8 @@ def test_workdir_does_not_grow_with_the_number_of_tasks(engine, tmp_path):
         work = tmp_path / str(n) / "work"
         assert set(report["per_task"]) == set(ids)
         assert not any((work / "adapters").iterdir())
-        sizes[n] = (_size(work, skip={"run.json"}), _size(work / "tasks"))
+        # run.json and the HTML report hold a copy of every record: counted with the records
+        sizes[n] = (_size(work, skip={"run.json", "report.html"}), _size(work / "tasks"))
     grown = sizes[6][0] - sizes[2][0]
     assert grown <= sizes[6][1] - sizes[2][1] + 1024, sizes
 

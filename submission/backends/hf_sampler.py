@@ -5,11 +5,14 @@ training used (on a GPU the trainer's 4-bit base; vLLM serves the 16-bit one). I
 weights into the one live peft model (`LoRATrainer.load_adapter_weights`); `adapter=None` runs the
 base model with the adapter disabled. Generation is one prompt at a time: slow, but exact and simple.
 
-Scoring has two paths. `score` is one forward pass over prompt + answer (no KV cache). `score_groups`
-computes each prompt's KV once and scores all its answers against it, batched: the prompt's tokens
-go through the model once instead of once per answer. The first group it scores is also scored by
-`score` and compared; if the two disagree (or the model cannot take a cache), the prefix path is
-switched off for good and every answer gets its own `score` call, counted and reported.
+Scoring. `score` is one forward pass over prompt + answer (no KV cache). `score_groups` computes
+each prompt's KV once and scores all its answers against it, so the prompt's tokens go through the
+model once instead of once per answer. Two modes: `tree` puts the answers in one forward pass as a
+prefix tree (answers sharing their first tokens share them; a custom 4D attention mask), `batch`
+gives each answer its own copy of the prompt's KV in a padded batch. The first group a mode scores
+is also scored by `score` and compared; if they disagree, or the model cannot take the cache or
+the mask, that mode is switched off for good and the next takes over (tree, batch, then one pass
+per answer), counted and reported.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from ..train import LoRATrainer
 
 
 LOGITS_ENV = "UNSLOTH_RETURN_LOGITS"
-# Answers batched against one prompt's KV: the batch holds the prompt's KV once per answer, so
-# answers x (prompt + answer) tokens stay under this (16k tokens of KV: ~2.4 GB for a 4B Qwen3 in bf16).
-BATCH_TOKENS = 16384
-KV_TOL = 2e-2  # prefix-KV vs one-pass agreement on the first group: |a - b| <= KV_TOL * max(1, |b|)
+PREFIX_MODES = ("tree", "batch")  # prefix-KV paths, preferred first; then one pass per answer
+# Chunk limits of the two modes (halved on out-of-memory). tree: attention-mask elements, answer
+# tokens x (prompt + answer tokens): 2**26 is 128 MiB in bf16. batch: the batch holds the prompt's
+# KV once per answer; 16k tokens of KV are ~2.4 GB for a 4B Qwen3 in bf16.
+CHUNK_LIMIT = {"tree": 2**26, "batch": 16384}
+KV_TOL = 2e-2  # a mode's first group vs one pass per answer: |a - b| <= KV_TOL * max(1, |b|)
 # (CPU fp32 agrees to ~1e-5; bf16 kernels differ by rounding; a cache used wrongly is off by whole nats)
 
 
@@ -63,11 +68,12 @@ class HFSampler:
         self.compute_s = 0.0  # seconds inside generate and forward calls
         self.beat: Callable[[], None] = _no_beat  # heartbeat after every request and forward pass
         self.count: Callable[[str], None] = _no_count  # counts a fallback of the scoring paths
-        self.batch_tokens = BATCH_TOKENS
+        self.chunk_limit = dict(CHUNK_LIMIT)
         self.score_tokens = 0  # tokens that went through forward passes for scoring (padding too)
         self.score_forwards = 0  # forward passes for scoring
-        # The prefix path's state, reported as is (engine.info["rescore_prefix_kv"]).
-        self.prefix_kv: dict[str, Any] = {"enabled": True, "checked": False}
+        # The prefix paths' state, reported as is (engine.info["rescore_prefix_kv"]): the mode in
+        # use, the modes checked (largest difference to one pass) and why a mode was switched off.
+        self.prefix_kv: dict[str, Any] = {"mode": PREFIX_MODES[0], "checked": {}, "errors": {}}
 
     @contextlib.contextmanager
     def _logits(self) -> Iterator[None]:
@@ -151,44 +157,46 @@ class HFSampler:
     def score_groups(self, groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
                      adapter: Adapter | None) -> list[list[float]]:
         """Per group (prompt, answers): each answer's total log p after the prompt, the prompt's
-        KV computed once per group (see the module docstring for the check and the fallback)."""
+        KV computed once per group (see the module docstring for the modes and the check)."""
         return [self._score_group(list(p), [list(a) for a in answers], adapter)
                 for p, answers in groups]
 
     def _score_group(self, prompt: list[int], answers: list[list[int]],
                      adapter: Adapter | None) -> list[float]:
-        if not answers:
-            return []
-        if not self.prefix_kv["enabled"]:
+        mode = self.prefix_kv["mode"]
+        if not answers or mode == "off":
             return [self.score(prompt, a, adapter) for a in answers]
         try:
-            got = self._prefix_scores(prompt, answers, adapter)
+            got = self._prefix_scores(prompt, answers, adapter, mode)
         except KV_ERRORS as exc:
             if _out_of_memory(exc):
                 raise
-            self._switch_off(f"{type(exc).__name__}: {exc}"[:500])
-            return [self.score(prompt, a, adapter) for a in answers]
-        if self.prefix_kv["checked"]:
+            self._demote(mode, f"{type(exc).__name__}: {exc}"[:500])
+            return self._score_group(prompt, answers, adapter)
+        if mode in self.prefix_kv["checked"]:
             return got
         ref = [self.score(prompt, a, adapter) for a in answers[:2]]
         diff = max(abs(g - r) for g, r in zip(got, ref))
-        ok = all(abs(g - r) <= KV_TOL * max(1.0, abs(r)) for g, r in zip(got, ref))
-        self.prefix_kv.update(checked=True, max_diff=diff, answers_compared=len(ref))
-        if ok:
+        if all(abs(g - r) <= KV_TOL * max(1.0, abs(r)) for g, r in zip(got, ref)):
+            self.prefix_kv["checked"][mode] = diff  # largest |difference| to one pass
             return got
-        self._switch_off(f"prefix-KV scores differ from one-pass scores by {diff:.3g}")
-        return ref + [self.score(prompt, a, adapter) for a in answers[2:]]
+        self._demote(mode, f"scores differ from one forward pass per answer by {diff:.3g}")
+        return self._score_group(prompt, answers, adapter)
 
-    def _switch_off(self, why: str) -> None:
-        self.prefix_kv.update(enabled=False, error=why)
-        self.count("rescore_prefix_kv_off_use_one_pass")
+    def _demote(self, mode: str, why: str) -> None:
+        """Switch `mode` off for good: the next mode (or one pass per answer) takes over."""
+        nxt = PREFIX_MODES.index(mode) + 1
+        self.prefix_kv["mode"] = PREFIX_MODES[nxt] if nxt < len(PREFIX_MODES) else "off"
+        self.prefix_kv["errors"][mode] = why
+        self.count(f"rescore_prefix_{mode}_off")
 
-    def _prefix_scores(self, prompt: list[int], answers: list[list[int]],
-                       adapter: Adapter | None) -> list[float]:
+    def _prefix_scores(self, prompt: list[int], answers: list[list[int]], adapter: Adapter | None,
+                       mode: str) -> list[float]:
         """The prompt once with `use_cache=True` (deliberately: its KV is what every answer reuses),
-        then the answers in batches against copies of that KV. The log p of an answer's first token
-        comes from the prompt's last position; the rest from the batch (right-padded: under a
-        causal mask a real token never sees the padding after it)."""
+        then the answers against copies of that KV, in chunks (`tree` or `batch`, see
+        `_score_tree` and `_score_batch`). The log p of an answer's first token comes from the
+        prompt's last position. A chunk that runs out of memory is split, and the chunk size
+        halved for the rest of the run (counted); a single answer that does not fit raises."""
         import torch
 
         start = time.perf_counter()
@@ -207,56 +215,118 @@ class HFSampler:
                 for i, a in enumerate(answers):
                     scores[i] = float(first[a[0]])
                 del out, first
-                pending = self._batches(answers, len(prompt))
+                run = self._score_tree if mode == "tree" else self._score_batch
+                pending = self._chunks(answers, len(prompt), mode)
                 while pending:
-                    batch = pending.pop()
+                    chunk = pending.pop()
                     try:
-                        self._score_batch(batch, answers, cache, len(prompt), scores)
+                        run(chunk, answers, cache, len(prompt), scores)
                     except torch.OutOfMemoryError:
-                        if len(batch) == 1:
+                        if len(chunk) == 1:
                             raise
-                        self.batch_tokens = max(1, self.batch_tokens // 2)  # for the rest of the run
-                        self.count("rescore_prefix_kv_batch_halved")
+                        self.chunk_limit[mode] = max(1, self.chunk_limit[mode] // 2)
+                        self.count(f"rescore_prefix_{mode}_chunk_halved")
                         if dev.type == "cuda":
                             torch.cuda.empty_cache()
-                        pending += [batch[:len(batch) // 2], batch[len(batch) // 2:]]
+                        pending += [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]
         finally:
             self.compute_s += time.perf_counter() - start
         self.calls += 1
         return scores
 
-    def _batches(self, answers: list[list[int]], prompt_len: int) -> list[list[int]]:
-        """Indices of the answers longer than one token, by length, in batches whose
-        answers x (prompt + longest answer) tokens fit `batch_tokens` (at least one answer)."""
-        order = sorted((i for i, a in enumerate(answers) if len(a) > 1), key=lambda i: len(answers[i]))
-        batches: list[list[int]] = []
+    def _chunks(self, answers: list[list[int]], prompt_len: int, mode: str) -> list[list[int]]:
+        """Indices of the answers longer than one token, in order (sorted: answers that share
+        their first tokens stay together), in chunks within `chunk_limit[mode]`: for `tree` the
+        attention mask's elements, (answer tokens) x (prompt + answer tokens); for `batch` the
+        KV held, answers x (prompt + longest answer) tokens. At least one answer per chunk."""
+        longer = [i for i, a in enumerate(answers) if len(a) > 1]
+        by = (lambda i: answers[i]) if mode == "tree" else (lambda i: len(answers[i]))
+        order = sorted(longer, key=by)
+        limit = self.chunk_limit[mode]
+        chunks: list[list[int]] = []
+        size = 0  # answer tokens in the last chunk
         for i in order:
-            cur = batches[-1] if batches else None
-            if cur is not None and (len(cur) + 1) * (prompt_len + len(answers[i])) <= self.batch_tokens:
-                cur.append(i)
-            else:
-                batches.append([i])
-        return batches
+            n = len(answers[i]) - 1
+            if chunks:
+                cur = chunks[-1] + [i]
+                grown = ((size + n) * (prompt_len + size + n) if mode == "tree" else
+                         len(cur) * (prompt_len + max(len(answers[j]) - 1 for j in cur)))
+                if grown <= limit:
+                    chunks[-1], size = cur, size + n
+                    continue
+            chunks.append([i])
+            size = n
+        return chunks
 
-    def _score_batch(self, batch: list[int], answers: list[list[int]], cache: Any, prompt_len: int,
-                     scores: list[float]) -> None:
+    def _score_tree(self, chunk: list[int], answers: list[list[int]], cache: Any, prompt_len: int,
+                    scores: list[float]) -> None:
+        """The chunk's answers as one prefix tree in one forward pass: each distinct answer prefix
+        is one token, at position prompt + its depth, attending to the prompt and its own
+        ancestors only (a 4D additive mask); answers that share their first tokens share them."""
+        import numpy as np
         import torch
 
         dev = self.trainer.device
-        width = max(len(answers[i]) for i in batch) - 1
-        x = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=dev)
-        for row, i in enumerate(batch):
+        index: dict[tuple[int, int], int] = {}
+        parent: list[int] = []
+        tokens: list[int] = []
+        depth: list[int] = []
+        paths = []
+        for i in chunk:
+            node, path = -1, []
+            for k, t in enumerate(answers[i][:-1]):
+                nxt = index.get((node, t))
+                if nxt is None:
+                    nxt = index[(node, t)] = len(tokens)
+                    parent.append(node)
+                    tokens.append(t)
+                    depth.append(k)
+                path.append(nxt)
+                node = nxt
+            paths.append(path)
+        n = len(tokens)
+        seen = np.zeros((n, n), dtype=bool)  # seen[i, j]: node j is node i or an ancestor of it
+        for i, p in enumerate(parent):
+            if p >= 0:
+                seen[i] = seen[p]
+            seen[i, i] = True
+        dtype = self.model.get_input_embeddings().weight.dtype  # the activations' (4-bit bases too)
+        mask = torch.zeros((1, 1, n, prompt_len + n), dtype=dtype, device=dev)
+        mask[0, 0, :, prompt_len:].masked_fill_(torch.from_numpy(~seen).to(dev), torch.finfo(dtype).min)
+        ids = torch.tensor([tokens], device=dev)
+        pos = torch.tensor([depth], device=dev) + prompt_len
+        logits = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
+                            past_key_values=_repeat(cache, 1), use_cache=True).logits[0]
+        self._forward_done(n)
+        got = []
+        for i, path in zip(chunk, paths):
+            target = torch.tensor(answers[i][1:], device=dev)
+            lp = logits[torch.tensor(path, device=dev)].float().log_softmax(-1)
+            got.append(float(lp.gather(1, target[:, None]).double().sum()))  # fp64 sum, as `score`
+        for i, g in zip(chunk, got):
+            scores[i] += g
+
+    def _score_batch(self, chunk: list[int], answers: list[list[int]], cache: Any, prompt_len: int,
+                     scores: list[float]) -> None:
+        """The chunk's answers as a batch, each row against its own copy of the prompt's KV
+        (right-padded: under a causal mask a real token never sees the padding after it)."""
+        import torch
+
+        dev = self.trainer.device
+        width = max(len(answers[i]) for i in chunk) - 1
+        x = torch.full((len(chunk), width), self.pad_id, dtype=torch.long, device=dev)
+        for row, i in enumerate(chunk):
             x[row, :len(answers[i]) - 1] = torch.tensor(answers[i][:-1], device=dev)
-        pos = torch.arange(prompt_len, prompt_len + width, device=dev).expand(len(batch), -1)
-        logits = self.model(input_ids=x, position_ids=pos, past_key_values=_repeat(cache, len(batch)),
+        pos = torch.arange(prompt_len, prompt_len + width, device=dev).expand(len(chunk), -1)
+        logits = self.model(input_ids=x, position_ids=pos, past_key_values=_repeat(cache, len(chunk)),
                             use_cache=True).logits
         self._forward_done(x.numel())
         got = []
-        for row, i in enumerate(batch):
+        for row, i in enumerate(chunk):
             target = torch.tensor(answers[i][1:], device=dev)
             lp = logits[row, :len(target)].float().log_softmax(-1)
-            got.append(float(lp.gather(1, target[:, None]).double().sum()))  # summed in fp64, as `score`
-        for i, g in zip(batch, got):
+            got.append(float(lp.gather(1, target[:, None]).double().sum()))  # fp64 sum, as `score`
+        for i, g in zip(chunk, got):
             scores[i] += g
 
     def _forward_done(self, tokens: int) -> None:
