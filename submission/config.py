@@ -101,7 +101,7 @@ class SelectionConfig:
     rescore_augmentations: int = 8  # augmented prompts each candidate is re-scored under
     max_rescore: int = 8  # most frequent candidates re-scored per test input
     poe_offset: float = 3.0  # ARChitects: sum over augmentations of (log p + 3)
-    rescore_backend: str = "auto"  # auto: vLLM prompt_logprobs if it agrees with a forward pass, else forward
+    rescore_backend: str = "auto"  # auto: vLLM if it orders candidates as the forward pass does and is faster
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class BudgetConfig:
     max_scale: float = 1.0  # >1 lets spare time buy more TTT samples and views than configured
     prior_train_tokens_per_s: float = 2500.0  # L4, 4B 4-bit: 128 samples of ~2.5k tokens in ~2 min
     prior_sample_tokens_per_s: float = 3000.0  # L4: 16 views of ~2.9k tokens in ~15 s
-    prior_score_tokens_per_s: float = 9000.0  # prefill of prompt + candidate: 64 prompts in ~20 s
+    prior_score_tokens_per_s: float = 9000.0  # as one pass per (aug., candidate); prefix reuse: ~4x
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,12 @@ class Engine:
         self._next_id += 1
         return Adapter(name=f"{name}-{self._next_id}", int_id=self._next_id, path=str(path))
 
-    def scorer(self, choice: str, prompt: list[int], answer: list[int],
-               adapter: Adapter | None) -> Sampler:
+    def scorer(self, choice: str) -> Sampler:
         """The re-scoring backend for the next test input (`selection.rescore_backend`):
         `forward` the forward pass over the trainer's model (prefix KV reused across candidates);
         `vllm` the vLLM engine; `auto` a `RankCheck` (both backends, forward's scores used) on
-        the first test inputs, then whichever it chose. `prompt`, `answer` and `adapter` are
-        unused: the check compares whole inputs' candidate orders (kept for the call sites).
+        the first test inputs, then whichever it chose (the check compares whole inputs'
+        candidate orders).
 
         On a GPU the two backends do not run the same weights: vLLM 0.32.0 has no bitsandbytes
         loader, so it serves the adapter on the 16-bit base while training (and the forward pass)

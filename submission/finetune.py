@@ -121,7 +121,7 @@ def _check_parallel(cfg: Config, env: DistEnv, fsdp: bool, log: Callable[[str], 
                           "(or auto) under torchrun / accelerate launch")
     if f.load_in_4bit and has_cuda():
         raise ConfigError("finetune.load_in_4bit loads the model onto GPU 0 in every process; "
-                          "train 16-bit (finetune.load_in_4bit=false) under torchrun, or use --fsdp")
+                          "train 16-bit (finetune.load_in_4bit=false) under torchrun")
     return dataclasses.replace(f, backend="peft")
 
 
@@ -140,6 +140,11 @@ def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow
 
     f = cfg.finetune
     section = _check_parallel(cfg, env, fsdp, log)
+    if not env.is_main:  # one copy of the libraries' progress bars and warnings: rank 0's
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     check_model_dir(model)
     out.mkdir(parents=True, exist_ok=True)
     source = open_sources(data, allow_eval=allow_eval)
@@ -154,6 +159,7 @@ def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow
         bad = {t for r in leaks.values() for t in list(r["by_id"]) + list(r["by_grids"])}
     if drop_overlaps:
         bad = broadcast(bad, env)
+        source.close()
         source = source.without(bad)
         log(f"dropped {len(bad)} overlapping task(s); {len(source)} left")
         if not len(source):
@@ -162,10 +168,15 @@ def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow
     fmt = get_format(cfg.model.format, tokenizer, model_dir=model)  # "auto": detected
     samples = StreamSamples(source, fmt, seed=f.seed, per_task=f.samples_per_task,
                             max_len=cfg.model.max_seq_len, keep_background=f.keep_background)
+    # what fixes the sample order and the steps; the world size, packing and FSDP do not
     fp = hashlib.sha256(repr((source.fingerprint(), fmt.name, f.seed, f.samples_per_task,
-                              cfg.model.max_seq_len, f.keep_background)).encode()).hexdigest()
+                              cfg.model.max_seq_len, f.keep_background, f.batch_size * f.grad_accum,
+                              f.epochs, f.max_steps)).encode()).hexdigest()
 
     resume, ckpt, weights = None, None, None
+    if env.is_main:
+        for stale in (out / "checkpoints").glob(".step-*.tmp*"):  # a write cut short by a kill
+            shutil.rmtree(stale, ignore_errors=True)
     if env.is_main and (ckpt := latest_checkpoint(out)) is not None:
         resume = torch.load(ckpt / STATE, weights_only=False)
         weights = load_file(str(ckpt / "adapter_model.safetensors"))
@@ -186,10 +197,13 @@ def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow
             final = out / "checkpoints" / f"step-{step:07d}"
             tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            trainer.model.save_pretrained(str(tmp), state_dict=full)
-            torch.save(dict(state, step=step, fingerprint=fp, world=env.world), tmp / STATE)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            try:
+                trainer.model.save_pretrained(str(tmp), state_dict=full)
+                torch.save(dict(state, step=step, fingerprint=fp, world=env.world), tmp / STATE)
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             kept = sorted(final.parent.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
             for old in kept[:-f.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -32,7 +32,7 @@ from .errors import AdapterError, SubmissionError
 from .faults import inject
 from .grids import Task, grid_to_list
 from .paths import task_file_name
-from .rescore import fitted_prompt, rescore
+from .rescore import rescore
 from .sample import GenRequest, answer_budget, build_views, collect_samples
 from .search import search
 from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
@@ -317,11 +317,8 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
     policies = POLICIES if state.all_policies else (cfg.selection.policy,)
     t0 = time.monotonic()
     if top and any(p != "vote" for p in policies):
-        answer = engine.fmt.encode_answer(top[0].grid)
-        probe = fitted_prompt(engine.fmt, task.train, task.test_inputs[test_index], len(answer),
-                              cfg.model.max_seq_len)
         try:
-            scorer = engine.scorer(cfg.selection.rescore_backend, probe, answer, adapter)
+            scorer = engine.scorer(cfg.selection.rescore_backend)
             rescore(task, test_index, top, engine.fmt, scorer, adapter,
                     task_rng(cfg.sampling.seed, task.id, f"rescore{test_index}"),
                     n=cfg.selection.rescore_augmentations, max_len=cfg.model.max_seq_len,
@@ -341,7 +338,8 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
             _count(state, rec, "attempt_from_base_model")
     for _ in range(2 - len(chosen)):
         _count(state, rec, "attempt_placeholder")
-    entry = {"test_index": test_index, "samples": len(samples),
+    rescored = sum(len(c.rescore_logprobs or []) for c in top)  # all pairs, not only those listed
+    entry = {"test_index": test_index, "samples": len(samples), "rescored_pairs": rescored,
              "unparsed": sum(1 for s in samples if s.grid is None),
              "candidates": [to_record(c) for c in rank(cands, cfg.selection.policy,
                                                        poe_offset=cfg.selection.poe_offset)[:8]]}

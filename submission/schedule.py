@@ -143,8 +143,9 @@ class Scheduler:
         """Feed a finished task's measured stage times back into the planner's rates."""
         t = rec.get("timing") or {}
         ttt = rec.get("ttt") or {}
-        rescored = sum(len(c.get("rescore_logprobs") or []) for x in rec.get("tests") or []
-                       for c in x.get("candidates") or [])
+        rescored = sum(x["rescored_pairs"] if isinstance(x.get("rescored_pairs"), int) else
+                       sum(len(c.get("rescore_logprobs") or []) for c in x.get("candidates") or [])
+                       for x in rec.get("tests") or [])
         self.planner.observe(self.costs[task_id], ttt_s=ttt.get("seconds", 0.0),
                              train_tokens=ttt.get("tokens", 0), sample_s=t.get("sample_s", 0.0),
                              views=rec.get("views", 0), rescore_s=t.get("rescore_s", 0.0),

@@ -30,6 +30,7 @@ from .schedule import Scheduler
 
 POLL_S = 0.5
 MAX_RESPAWNS_PER_WORKER = 3
+RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv")  # decided mid-run
 STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
 
 
@@ -176,7 +177,9 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
         for task_id in sched.chunk_done(h.wid, time.monotonic()):
             state.faults.append({"task": task_id, "stage": "chunk", "error": "gave up after retry"})
             state.fallbacks["tasks_given_up"] += 1
-        info["worker_info"].setdefault(str(h.wid), {})["compute"] = msg[1]
+        mine = info["worker_info"].setdefault(str(h.wid), {})
+        mine["compute"] = msg[1]
+        mine.update(msg[2])  # the re-scoring check's result, once it has decided
         give_work(h)
     elif kind == "fatal":  # the engine cannot start: retrying the same setup would fail again
         state.faults.append({"stage": "worker_start", "worker": h.wid, "error": msg[1]})
@@ -257,4 +260,5 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
         except TTT_ERRORS as exc:
             outbox.send(("chunk_error", ids, repr(exc)))
         outbox.send(("chunk_done", {"loop_s": time.monotonic() - start,
-                                    "compute_s": engine.compute_seconds() - compute0}))
+                                    "compute_s": engine.compute_seconds() - compute0},
+                     {k: engine.info[k] for k in RESCORE_INFO if k in engine.info}))

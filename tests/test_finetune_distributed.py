@@ -2,7 +2,7 @@
 
 The distributed tests launch `torchrun --nproc_per_node 2` as a subprocess with a timeout and compare
 its adapter with a one-process run on the same global batch: DDP (LoRA plus fully trained modules),
-FSDP with packed rows, a rank that dies (the job exits non-zero naming it) and the resume of its
+FSDP with packed rows (launched by `accelerate launch`), a rank that dies (the job exits non-zero naming it) and the resume of its
 checkpoint in one process.
 """
 
@@ -56,12 +56,19 @@ def write_jsonl(path: Path, tasks: dict) -> Path:
     return path
 
 
-def torchrun(args: list[str], *, script: Path | None = None, nproc: int = 2) -> tuple[subprocess.CompletedProcess, float]:
+def torchrun(args: list[str], *, script: Path | None = None, nproc: int = 2,
+             accelerate: bool = False) -> tuple[subprocess.CompletedProcess, float]:
+    """`finetune args` on `nproc` CPU processes, by torchrun or by `accelerate launch`."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     entry = [str(script)] if script else ["-m", "submission"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           str(nproc), *entry, "finetune", *args]
+    if accelerate:  # its multi-process launcher (torch.distributed.run underneath); gloo on CPU
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(nproc), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", "0", *entry, "finetune", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(nproc), *entry, "finetune", *args]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env, cwd=ROOT)
     return proc, time.monotonic() - t0
@@ -233,11 +240,12 @@ def test_two_processes_ddp_give_the_one_process_adapter(reference, tiny_model):
 
 
 @pytest.mark.slow
-def test_fsdp_with_packing_gives_the_same_adapter(reference, tiny_model):
+def test_fsdp_with_packing_under_accelerate_gives_the_same_adapter(reference, tiny_model):
+    pytest.importorskip("accelerate")
     tmp, data, one = reference
     out = tmp / "fsdp"
     proc, _ = torchrun(["--model", str(tiny_model), "--data", str(data), "--out", str(out),
-                        "--fsdp", "--pack", *[a for s in SETS for a in ("--set", s)]])
+                        "--fsdp", "--pack", *[a for s in SETS for a in ("--set", s)]], accelerate=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][0])
     assert two["fsdp"] and two["pack"] and two["steps"] == one["steps"]
