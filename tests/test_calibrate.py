@@ -92,6 +92,7 @@ def _lora_state(model):
 def test_calibrate_on_the_engine_measures_and_resets(engine, tmp_path):
     import torch
 
+    engine.trainer.reset()  # the shared engine may hold another test's adapter weights
     before = _lora_state(engine.trainer.model)
     beats = []
     cal = calibrate(engine, SMALL, seed=3, steps=3, beat=lambda: beats.append(1))
