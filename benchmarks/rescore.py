@@ -64,21 +64,6 @@ def candidates(truth: np.ndarray, n: int, rng: np.random.Generator) -> list:
     return [Candidate(as_grid(g), n - i, set(), set(), 0.0, i, False) for i, g in enumerate(grids)]
 
 
-def random_adapter(engine, out: Path):
-    """The engine's LoRA with random B matrices (peft initialises B to zero: a no-op adapter)."""
-    import torch
-
-    engine.trainer.reset()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in engine.trainer.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    path = engine.trainer.save(out)
-    engine.forward.forget_loaded()
-    return engine.new_adapter("bench", path)
-
-
 def measure(label: str, run, counter, inputs: list, adapter, before=None) -> dict:
     """Scores of every input but the last under one path, with its tokens and seconds per input;
     the last input is a warm-up (first-call costs), not counted. `before` runs untimed before
@@ -141,7 +126,7 @@ def main() -> int:
     from submission.engine import build_engine
     from submission.rescore import augmented_pairs, score_pairs
     from submission.tasks import load_dataset
-    from submission.tiny import make_tiny_model
+    from submission.tiny import make_tiny_model, random_adapter
 
     tmp = Path(tempfile.mkdtemp(prefix="rescore-bench-"))
     model = make_tiny_model(tmp / "model", "qwen-chat", seed=0, max_positions=MAX_LEN)
@@ -149,7 +134,7 @@ def main() -> int:
         "ttt.r=8", "ttt.lora_alpha=16", f"model.max_seq_len={MAX_LEN}", "sampling.max_loras=2",
         "sampling.backend=" + ("transformers" if args.no_vllm else "vllm")])
     engine = build_engine(model, cfg)
-    adapter = random_adapter(engine, tmp / "adapter")
+    adapter = random_adapter(engine, tmp / "adapter", seed=0, name="bench")
     rng = np.random.default_rng(0)
     every = list(load_dataset("arc-agi-2", "evaluation").values())
     step = max(1, len(every) // args.tasks)

@@ -15,6 +15,7 @@ from submission.engine import Engine
 from submission.errors import SamplerError
 from submission.grids import Pair, Task, as_grid
 from submission.select import Candidate
+from submission.tiny import random_adapter
 from tests.conftest import SMALL
 
 
@@ -251,25 +252,9 @@ def test_engine_scorer_choices_and_recorded_decision(monkeypatch):
 # ---------------------------------------------------------------- the real backends (slow)
 
 
-def random_adapter(engine, path):
-    """The engine's LoRA with random B matrices (peft initialises B to zero: a no-op)."""
-    import torch
-
-    engine.trainer.reset()
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in engine.trainer.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    out = engine.trainer.save(path)
-    engine.trainer.reset()
-    engine.forward.forget_loaded()
-    return engine.new_adapter("rescore", out)
-
-
 @pytest.fixture(scope="module")
 def adapter(engine, tmp_path_factory):
-    return random_adapter(engine, tmp_path_factory.mktemp("rescore") / "adapter")
+    return random_adapter(engine, tmp_path_factory.mktemp("rescore") / "adapter", seed=3, name="rescore")
 
 
 def groups_of(engine, seed: int = 0):
