@@ -59,14 +59,3 @@ def inject(task_id: str, point: str, workdir: str | Path, adapter_dir: str | Pat
         if kind == "corrupt_adapter" and adapter_dir is not None:
             (Path(adapter_dir) / "adapter_model.safetensors").write_bytes(b"\x00corrupt")
 
-
-def wanted_anywhere(point: str) -> dict[str, str]:
-    """{task id: kind} of the configured faults that strike at `point` (for stage-wide points)."""
-    spec = os.environ.get(ENV, "")
-    out = {}
-    for item in spec.split(","):
-        if item.count(":") == 1:
-            tid, kind = item.split(":")
-            if POINTS.get(kind) == point:
-                out[tid] = kind
-    return out

@@ -10,13 +10,12 @@ runs tasks nor writes submission.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .paths import task_file_name
 from .files import write_json_atomic
-from .submit import valid_record
+from .submit import read_record
 
 __all__ = ["load_task_record", "record_path", "store_record", "write_task_record"]
 
@@ -39,13 +38,8 @@ def write_task_record(workdir: str | Path, task_id: str, record: dict[str, Any],
 def load_task_record(workdir: str | Path, task_id: str, identity: dict[str, Any],
                      n_test: int) -> dict[str, Any] | None:
     """The stored record of `task_id` if it can be reused under `identity`, else None."""
-    try:
-        rec = json.loads(record_path(workdir, task_id).read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not valid_record(rec, n_test):
-        return None
-    if rec.get("task_id", task_id) != task_id:
+    rec = read_record(record_path(workdir, task_id), n_test)
+    if rec is None or rec.get("task_id", task_id) != task_id:
         return None
     if rec.get(IDENTITY_KEY) != identity["config"] or rec.get("model") != identity.get("model"):
         return None

@@ -164,7 +164,7 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
         t0 = time.monotonic()
         engine = build_engine(model, state.cfg, state.info.get("engine_kwargs"))
         engine.info["load_s"] = time.monotonic() - t0
-    engine_started(state, engine, state.fallbacks)
+    engine_started(state, engine)
     planner = Planner(state.cfg, start=state.start, workers=1)
     sched = Scheduler(state.pending, planner, chunk_size=state.chunk_size)
     tasks = {t.id: t for t in state.pending}

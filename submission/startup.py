@@ -6,7 +6,6 @@ no task.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .budget import Planner
@@ -16,10 +15,10 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 
-def engine_started(state: Any, engine: "Engine", fallbacks: Counter) -> None:
+def engine_started(state: Any, engine: "Engine") -> None:
     """Count what the engine's start fell back on (vLLM that would not start)."""
     if "vllm_start_error" in engine.info:
-        fallbacks["vllm_start_failed"] += 1
+        state.fallbacks["vllm_start_failed"] += 1
         state.faults.append({"stage": "engine_start", "error": engine.info["vllm_start_error"]})
 
 

@@ -244,7 +244,7 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
         outbox.send(("fatal", repr(exc)))
         return
     engine.fallbacks = sink.fallbacks
-    engine_started(sink, engine, sink.fallbacks)
+    engine_started(sink, engine)
     try:
         cal = start_rates(sink, engine)
     except TTT_ERRORS as exc:  # no measurement: the planner keeps its priors
