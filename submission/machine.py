@@ -5,6 +5,7 @@ judges what they find.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -50,6 +51,75 @@ def nvidia_driver() -> dict[str, Any] | None:
     found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
     return {"version": found.group(1), "cuda": None, "source": PROC_DRIVER_VERSION,
             "gpus": []} if found else None
+
+
+def nvidia_gpus() -> list[dict[str, Any]]:
+    """The GPUs nvidia-smi sees that this process may use (CUDA_VISIBLE_DEVICES, by index): total
+    memory in GiB and compute capability. The one figure every memory plan uses (`run` and
+    `gpu-check` alike); read without torch, so the supervisor can call it. [] without a GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return []
+    out = _run(["nvidia-smi", "--query-gpu=index,memory.total,compute_cap",
+                "--format=csv,noheader,nounits"])
+    gpus = []
+    for line in (out or "").splitlines():
+        try:
+            index, mib, cap = (c.strip() for c in line.split(","))
+            major, minor = cap.split(".")
+            gpus.append({"index": int(index), "memory_gib": float(mib) / 1024,
+                         "capability": (int(major), int(minor))})
+        except ValueError:
+            continue
+    wanted = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    if wanted and all(v.isdigit() for v in wanted):
+        by_index = {g["index"]: g for g in gpus}
+        gpus = [by_index[int(v)] for v in wanted if int(v) in by_index]
+    return gpus
+
+
+def torch_build() -> dict[str, Any] | None:
+    """torch's version and CUDA build read from torch/version.py without importing torch (the
+    supervisor must not); None when torch is not installed or the file cannot be read."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("torch")
+        text = Path(next(iter(spec.submodule_search_locations)), "version.py").read_text()
+    except (AttributeError, ImportError, StopIteration, TypeError, OSError):
+        return None
+    version = re.search(r"^__version__\s*=\s*'([^']*)'", text, re.M)
+    cuda = re.search(r"^cuda\b[^=\n]*=\s*(?:'([^']*)'|None)", text, re.M)
+    if version is None or cuda is None:
+        return None
+    return {"version": version.group(1), "cuda": cuda.group(1)}
+
+
+def driver_too_old(driver_version: str | None, torch_cuda: str | None) -> int | None:
+    """The lowest driver torch's CUDA build needs when this driver is older (None: it is not)."""
+    major = driver_major(driver_version)
+    need = MIN_DRIVER.get(int(torch_cuda.split(".")[0])) if torch_cuda else None
+    return need if need is not None and major is not None and major < need else None
+
+
+def unusable_gpu(driver: dict[str, Any] | None, torch_version: str, torch_cuda: str | None,
+                 cuda_available: bool | None = None) -> str | None:
+    """Why the GPUs nvidia-smi sees cannot be used by this torch (None: they can, or there are
+    none): a CPU build, a CUDA build newer than the driver, or (`cuda_available` False, known
+    only after importing torch) any other reason torch.cuda.is_available() is False."""
+    if not driver or not driver.get("gpus"):
+        return None
+    seen = f"nvidia-smi sees {len(driver['gpus'])} GPU(s) ({driver['gpus'][0].get('name')})"
+    if not torch_cuda:
+        return f"{seen} but torch {torch_version} is a CPU build"
+    need = driver_too_old(driver.get("version"), torch_cuda)
+    if need is not None:
+        return (f"{seen} but torch {torch_version} is built for CUDA {torch_cuda}, which needs "
+                f"NVIDIA driver >= {need}; this machine has {driver.get('version')}: install the "
+                "torch/vLLM builds for its CUDA (the wheel builder picks them from the driver)")
+    if cuda_available is False:
+        return f"{seen} but torch.cuda.is_available() is False (torch {torch_version})"
+    return None
 
 
 def _run(cmd: list[str]) -> str | None:

@@ -48,7 +48,9 @@ SAMPLER_BYTES_PER_LOGIT = 32  # _dummy_sampler_run: fp32 logits, top-k/top-p sor
 CUDAGRAPH_BASE_GIB = 0.1
 CUDAGRAPH_PER_GRAPH_MIB = 10.0  # per captured graph key (one PIECEWISE key holds one graph per layer)
 CUDA_CONTEXT_GIB = 0.6  # per process (torch + CUDA 13 kernels); outside vLLM's budget, which it
-#                         measures after creating its context
+#                         measures after creating its context. One per worker: vLLM runs in the
+#                         trainer's process (vllm_sampler.py sets VLLM_ENABLE_V1_MULTIPROCESSING=0,
+#                         so v1/engine/core_client.py:133 builds an InprocClient)
 KV_MARGIN_GIB = 0.5  # KV must exceed one full sequence by this much (the estimates above may be short)
 CARD_MARGIN_GIB = 0.5  # left unused on the card
 # Trainer (unsloth 4-bit). bitsandbytes 0.50.2 NF4 with double quantisation (unsloth sets
@@ -58,6 +60,10 @@ NF4_BYTES_PER_WEIGHT = 0.5 + 1 / 64 + 4 / (64 * 256)
 # Only nn.Linear layers are quantised: embed_tokens (nn.Embedding) and lm_head stay 16-bit
 # (transformers quantizers/base.py::get_keys_to_not_convert; unsloth_zoo SKIP_QUANTIZATION_MODULES).
 LORA_TRAIN_BYTES_PER_PARAM = 20  # unsloth upcasts LoRA to fp32: weight 4 + grad 4 + Adam 8 + foreach temp 4
+# train.py LoRATrainer._init: a clone of the fresh adapter kept on the GPU for reset(), at the LoRA's
+# own dtype, fp32 under both trainers (unsloth_zoo/training_utils.py:349-361 and 451-455 cast trainable
+# LoRA weights to float32; peft/tuners/tuners_utils.py:2705-2722 upcasts fp16/bf16 adapters).
+LORA_INIT_BYTES_PER_PARAM = 4
 TRAIN_ACT_BYTES_PER_TOKEN_HIDDEN = 48  # unsloth_zoo block_swap.py: measured 42 on Llama-3.1-8B 4-bit
 TRAIN_LOGIT_ROWS = 2048  # unsloth's chunked cross-entropy holds fp32 logits for at most this many rows
 TRAIN_FRAGMENTATION = 1 / 16
@@ -203,6 +209,9 @@ class MemoryPlan:
     margin_gib: float
     host_lora_gib: float  # pinned host copies of max_cpu_loras adapters
     notes: tuple[str, ...] = field(default=())
+    sampler: str = "vllm"  # what samples: "vllm" beside the trainer, or "transformers" (trainer alone)
+    vllm_rescore: bool = True  # vLLM's prompt-logprob logits reserved: re-scoring may run in vLLM
+    trainer_init_gib: float = 0.0  # LoRATrainer._init, the adapter's initial copy
 
     @property
     def kv_seqs(self) -> float:
@@ -243,23 +252,46 @@ def unplanned_vllm_kwargs(cfg: Config) -> dict[str, Any]:
 
 def plan_memory(model_dir: str | Path, cfg: Config, gpu_gib: float, *,
                 compute_capability: tuple[int, int] = (8, 9),
-                trainer_on_same_gpu: bool = True) -> MemoryPlan:
+                trainer_on_same_gpu: bool = True, sampler: str = "vllm") -> MemoryPlan:
     """The plan for the model in `model_dir` (only config.json is read) on a `gpu_gib` GiB card."""
     return plan_for_shape(read_model_shape(model_dir), cfg, gpu_gib,
                           compute_capability=compute_capability,
-                          trainer_on_same_gpu=trainer_on_same_gpu)
+                          trainer_on_same_gpu=trainer_on_same_gpu, sampler=sampler)
+
+
+def check_gpu_gib(gpu_gib: float) -> float:
+    """A card size the plan can use: positive and finite (InputError otherwise)."""
+    if not (isinstance(gpu_gib, (int, float)) and math.isfinite(gpu_gib) and gpu_gib > 0):
+        raise InputError(f"GPU memory must be a positive finite number of GiB, got {gpu_gib}",
+                         field="gpu_memory_gib")
+    return float(gpu_gib)
+
+
+def vllm_rescore_use(cfg: Config) -> str | None:
+    """Whether the run may re-score with vLLM's prompt logprobs: "vllm" (always), "auto" (the rank
+    check scores the first inputs with both backends, rescore.RankCheck) or None (never: the
+    forward pass re-scores, or nothing is re-scored)."""
+    sel = cfg.selection
+    if sel.rescore_backend == "forward" or sel.max_rescore < 1 or sel.rescore_augmentations < 1:
+        return None
+    return sel.rescore_backend
 
 
 def plan_for_shape(shape: ModelShape, cfg: Config, gpu_gib: float, *,
                    compute_capability: tuple[int, int] = (8, 9), trainer_on_same_gpu: bool = True,
                    max_loras: int | None = None, max_num_batched_tokens: int | None = None,
-                   gpu_memory_utilization: float | None = None) -> MemoryPlan:
+                   gpu_memory_utilization: float | None = None, sampler: str = "vllm") -> MemoryPlan:
     """Search max_loras (at most sampling.max_loras, halving) and max_num_batched_tokens (0: a
     ladder from vLLM's default down), largest first; keyword values pin a setting. The first
-    setting that fits wins; if none does, the first (preferred) one comes back with fits False."""
-    if not gpu_gib > 0:
-        raise InputError(f"GPU memory must be positive, got {gpu_gib} GiB", field="gpu_memory_gib")
+    setting that fits wins; if none does, the first (preferred) one comes back with fits False.
+    `sampler="transformers"` plans the trainer alone (its forward pass samples and re-scores).
+    Under `selection.rescore_backend=auto`, vLLM's prompt-logprob logits are reserved only when
+    that costs no LoRA slot or batched token; otherwise the plan re-scores in the forward pass
+    (`vllm_rescore` False) and says so."""
+    gpu_gib = check_gpu_gib(gpu_gib)
     s = cfg.sampling
+    if sampler == "transformers":
+        return _trainer_plan(shape, cfg, gpu_gib, compute_capability)
     util = gpu_memory_utilization if gpu_memory_utilization is not None else s.gpu_memory_utilization
     loras = [max_loras] if max_loras else [s.max_loras >> k for k in range(s.max_loras.bit_length())]
     pinned = max_num_batched_tokens or s.max_num_batched_tokens
@@ -271,22 +303,45 @@ def plan_for_shape(shape: ModelShape, cfg: Config, gpu_gib: float, *,
     big = [t for t in tokens if t >= PREFERRED_MIN_TOKENS]
     small = [t for t in tokens if t < PREFERRED_MIN_TOKENS]
     order = [(n, t) for n in loras for t in big] + [(n, t) for n in loras for t in small]
-    plans = []
-    for n, t in order:
-        plans.append(_evaluate(shape, cfg, gpu_gib, compute_capability, trainer_on_same_gpu, util, n, t))
-        if plans[-1].fits:
-            break
-    plan = plans[-1]
-    if not plan.fits:  # explain the preferred setting; say what else was tried
-        tried = (f" (also tried max_loras down to {min(loras)} and max_num_batched_tokens down to "
-                 f"{min(tokens)}: none fits)" if len(plans) > 1 else "")
-        plan = replace(plans[0], reason=plans[0].reason + tried + _ADVICE)
-    notes = list(plan.notes)
+
+    def search(reserve: bool) -> MemoryPlan:
+        plans = []
+        for n, t in order:
+            plans.append(_evaluate(shape, cfg, gpu_gib, compute_capability, trainer_on_same_gpu,
+                                   util, n, t, reserve))
+            if plans[-1].fits:
+                break
+        plan = plans[-1]
+        if not plan.fits:  # explain the preferred setting; say what else was tried
+            tried = (f" (also tried max_loras down to {min(loras)} and max_num_batched_tokens down "
+                     f"to {min(tokens)}: none fits)" if len(plans) > 1 else "")
+            plan = replace(plans[0], reason=plans[0].reason + tried + _ADVICE)
+        return plan
+
+    use = vllm_rescore_use(cfg)
+    notes = []
+    plan = search(use is not None)
+    if use == "auto" and (not plan.fits
+                          or (plan.max_loras, plan.max_num_batched_tokens) != order[0]):
+        alone = search(False)  # does the reservation cost slots or batched tokens?
+        if alone.fits and (not plan.fits or (alone.max_loras, alone.max_num_batched_tokens)
+                           > (plan.max_loras, plan.max_num_batched_tokens)):
+            notes.append(
+                f"re-scoring runs in the forward pass: reserving vLLM's prompt-logprob logits "
+                f"({shape.vocab}-token vocabulary) would leave "
+                + (f"max_loras {plan.max_loras} and max_num_batched_tokens "
+                   f"{plan.max_num_batched_tokens}" if plan.fits else "no setting that fits")
+                + f" instead of {alone.max_loras} and {alone.max_num_batched_tokens}")
+            plan = alone
+    notes = list(plan.notes) + notes
     if plan.max_loras < s.max_loras:
         notes.append(f"max_loras lowered from {s.max_loras} to {plan.max_loras} to fit")
     if compute_capability[0] < 8:
+        # v1/attention/backends/flash_attn.py:453-454 and flashinfer.py:571-577 need 8.0;
+        # triton_attn.py:381-382 takes any capability, and platforms/cuda.py:168-179 falls to it.
         notes.append(f"compute capability {compute_capability[0]}.{compute_capability[1]}: vLLM "
-                     "0.32.0's engine needs 8.0+, so sampling falls back to transformers there")
+                     "0.32.0 runs with its Triton attention backend (FlashAttention and "
+                     "FlashInfer need 8.0+), in float16")
     if plan.fits and plan.kv_seqs < 2:
         notes.append(f"KV cache holds only {plan.kv_seqs:.1f} sequences of {plan.max_model_len} "
                      "tokens: long prompts will decode one at a time")
@@ -316,8 +371,79 @@ def _cudagraph_keys(max_num_seqs: int, tokens: int, compute_capability: tuple[in
     return 2 * (len(sizes) + len(decode))
 
 
+@dataclass(frozen=True)
+class _Trainer:
+    base: float
+    lora: float
+    init: float
+    activation: float
+    total: float
+
+
+def _trainer_need(shape: ModelShape, cfg: Config, dtype: str) -> _Trainer:
+    """GiB the 4-bit LoRA trainer holds on its GPU: base weights, LoRA weights + grads + Adam, the
+    adapter's initial copy, activations and logits (with fragmentation and a safety allowance)."""
+    t, L = cfg.ttt, cfg.model.max_seq_len
+    b = 4 if dtype == "float32" else 2
+    h, i, v = shape.hidden, shape.intermediate, shape.padded_vocab
+    targets = tuple(m for m in t.target_modules if m in _PACKED)
+    embed = v * h * (1 if shape.tied else 2)
+    lora_params = sum(t.r * sum(shape.linear_dims()[m]) for m in targets) * shape.layers
+    per_weight = NF4_BYTES_PER_WEIGHT if t.load_in_4bit else b
+    base = (shape.linear_weights_per_layer() * shape.layers * per_weight
+            + (embed + (2 * shape.layers + 1) * h) * b) / GIB
+    lora_state = lora_params * LORA_TRAIN_BYTES_PER_PARAM / GIB
+    init = lora_params * LORA_INIT_BYTES_PER_PARAM / GIB
+    seq = L * t.batch_size
+    if t.gradient_checkpointing:
+        act = seq * h * TRAIN_ACT_BYTES_PER_TOKEN_HIDDEN
+    else:  # every layer keeps its inputs, attention and MLP intermediates
+        act = seq * shape.layers * (4 * h + 2 * shape.q_dim + 2 * shape.kv_dim + 4 * i) * b
+    # fused cross-entropy logits while training; a forward-pass re-score keeps [L, vocab] logits
+    logits = max(min(seq, TRAIN_LOGIT_ROWS) * v * 4, L * v * b)
+    train_act = (act + logits) / GIB
+    total = base + init + (lora_state + train_act) * (1 + TRAIN_FRAGMENTATION) + TRAIN_SAFETY_GIB
+    return _Trainer(base, lora_state, init, train_act, total)
+
+
+def _kv_block_bytes(shape: ModelShape, b: int) -> int:
+    return VLLM_BLOCK_SIZE * 2 * shape.layers * shape.kv_dim * b  # K and V of 16 tokens, all layers
+
+
+def _trainer_plan(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int, int]) -> MemoryPlan:
+    """The trainer alone on the card; its transformers forward pass samples (one sequence's KV
+    cache at a time, hf_sampler.py) and re-scores."""
+    s, t, L = cfg.sampling, cfg.ttt, cfg.model.max_seq_len
+    dtype = compute_dtype(cfg.model.dtype, cc)
+    b = 4 if dtype == "float32" else 2
+    trainer = _trainer_need(shape, cfg, dtype)
+    one_seq = math.ceil(L / VLLM_BLOCK_SIZE) * _kv_block_bytes(shape, b) / GIB
+    need = trainer.total + one_seq + CUDA_CONTEXT_GIB + CARD_MARGIN_GIB
+    reason = "" if need <= gpu_gib else (
+        f"{gpu_gib:.2f} GiB card: the trainer alone needs {trainer.total:.2f} GiB (base "
+        f"{trainer.base:.2f}, LoRA+grads+Adam {trainer.lora:.2f}, initial adapter copy "
+        f"{trainer.init:.2f}, activations {trainer.activation:.2f}), one {L}-token KV cache for "
+        f"sampling {one_seq:.3f}, the CUDA context {CUDA_CONTEXT_GIB:.2f} and the margin "
+        f"{CARD_MARGIN_GIB:.2f} = {need:.2f} GiB; try a smaller model.max_seq_len or ttt.r, or a "
+        "bigger GPU")
+    return MemoryPlan(
+        fits=not reason, reason=reason, gpu_gib=gpu_gib, compute_capability=tuple(cc), dtype=dtype,
+        gpu_memory_utilization=0.0, max_loras=s.max_loras, max_cpu_loras=s.max_loras,
+        max_lora_rank=vllm_max_lora_rank(t.r), max_num_batched_tokens=0, max_model_len=L,
+        max_num_seqs=s.max_num_seqs,
+        lora_target_modules=tuple(m for m in t.target_modules if m in _PACKED),
+        enforce_eager=s.enforce_eager, vllm_gib=0.0, weights_gib=0.0, lora_slots_gib=0.0,
+        non_torch_gib=0.0, activation_gib=0.0, cudagraph_gib=0.0, kv_cache_gib=one_seq,
+        kv_one_seq_gib=one_seq, kv_tokens=L, vllm_overflow_gib=0.0, trainer_on_same_gpu=True,
+        trainer_gib=trainer.total, trainer_base_gib=trainer.base, trainer_lora_gib=trainer.lora,
+        trainer_activation_gib=trainer.activation, cuda_contexts_gib=CUDA_CONTEXT_GIB,
+        margin_gib=CARD_MARGIN_GIB, host_lora_gib=0.0, sampler="transformers", vllm_rescore=False,
+        trainer_init_gib=trainer.init)
+
+
 def _evaluate(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int, int],
-              with_trainer: bool, util: float, n_loras: int, tokens: int) -> MemoryPlan:
+              with_trainer: bool, util: float, n_loras: int, tokens: int,
+              rescoring: bool = True) -> MemoryPlan:
     s, t, L = cfg.sampling, cfg.ttt, cfg.model.max_seq_len
     dtype = compute_dtype(cfg.model.dtype, cc)
     b = 4 if dtype == "float32" else 2
@@ -336,34 +462,19 @@ def _evaluate(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int, int
     cudagraphs = 0.0 if s.enforce_eager else (
         CUDAGRAPH_BASE_GIB + _cudagraph_keys(s.max_num_seqs, tokens, cc) * CUDAGRAPH_PER_GRAPH_MIB / 1024
         + min(tokens, 2 * s.max_num_seqs, 512) * (2 * h + 3 * i) * b / GIB)
-    block = VLLM_BLOCK_SIZE * 2 * shape.layers * shape.kv_dim * b  # K and V of 16 tokens, all layers
+    block = _kv_block_bytes(shape, b)
     one_seq = (math.ceil(L / VLLM_BLOCK_SIZE) + 1) * block / GIB  # + the null block
-    # Not profiled by vLLM: prompt logprobs (re-scoring) compute [chunk, vocab] logits in the model
-    # dtype, cast to fp32 and log-softmaxed (gpu_model_runner.py::_get_prompt_logprobs_dict);
-    # decode top-k logprobs add an fp32 log-softmax to the sampler's peak.
-    rescoring = cfg.selection.rescore_backend != "forward"
+    # Not profiled by vLLM: prompt logprobs (re-scoring in vLLM, `rescoring`) compute [chunk, vocab]
+    # logits in the model dtype, cast to fp32 and log-softmaxed (gpu_model_runner.py::
+    # _get_prompt_logprobs_dict); decode top-k logprobs add an fp32 log-softmax to the sampler's peak.
     prompt_lp = min(tokens, L) * v * (b + 8) + tokens * h * b if rescoring else 0
     decode_lp = reqs * v * (SAMPLER_BYTES_PER_LOGIT + 8) + tokens * h * b
     overflow = max(0.0, max(prompt_lp, decode_lp) / GIB - activation)
     # Trainer side (0 when it has its own GPU).
     lora_params = sum(t.r * sum(shape.linear_dims()[m]) for m in targets) * shape.layers
-    base = lora_state = train_act = 0.0
-    if with_trainer:
-        per_weight = NF4_BYTES_PER_WEIGHT if t.load_in_4bit else b
-        base = (shape.linear_weights_per_layer() * shape.layers * per_weight
-                + (embed + (2 * shape.layers + 1) * h) * b) / GIB
-        lora_state = lora_params * LORA_TRAIN_BYTES_PER_PARAM / GIB
-        seq = L * t.batch_size
-        if t.gradient_checkpointing:
-            act = seq * h * TRAIN_ACT_BYTES_PER_TOKEN_HIDDEN
-        else:  # every layer keeps its inputs, attention and MLP intermediates
-            act = seq * shape.layers * (4 * h + 2 * shape.q_dim + 2 * shape.kv_dim + 4 * i) * b
-        # fused cross-entropy logits while training; a forward-pass re-score keeps [L, vocab] logits
-        logits = max(min(seq, TRAIN_LOGIT_ROWS) * v * 4, L * v * b)
-        train_act = (act + logits) / GIB
-    trainer = (base + (lora_state + train_act) * (1 + TRAIN_FRAGMENTATION) + TRAIN_SAFETY_GIB
-               if with_trainer else 0.0)
-    contexts = CUDA_CONTEXT_GIB * (2 if with_trainer else 1)
+    tr = _trainer_need(shape, cfg, dtype) if with_trainer else _Trainer(0.0, 0.0, 0.0, 0.0, 0.0)
+    trainer = tr.total
+    contexts = CUDA_CONTEXT_GIB  # one process holds the trainer and vLLM (see CUDA_CONTEXT_GIB)
     outside = contexts + overflow + trainer + CARD_MARGIN_GIB
     if not util:
         util = min(MAX_UTILIZATION, math.floor((gpu_gib - outside) / gpu_gib * 100) / 100)
@@ -375,7 +486,7 @@ def _evaluate(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int, int
              f"tokens) + CUDA graphs {cudagraphs:.2f}")
     reason = ""
     if util <= 0 or budget + outside > gpu_gib + 1e-9:
-        reason = (f"{gpu_gib:.2f} GiB card: the trainer needs {trainer:.2f} GiB, CUDA contexts "
+        reason = (f"{gpu_gib:.2f} GiB card: the trainer needs {trainer:.2f} GiB, CUDA context "
                   f"{contexts:.2f}, logits outside vLLM's profile {overflow:.2f} and the margin "
                   f"{CARD_MARGIN_GIB:.2f}, leaving {gpu_gib - outside:.2f} GiB "
                   f"(gpu_memory_utilization {max(gpu_gib - outside, 0) / gpu_gib:.2f}) for vLLM, "
@@ -394,15 +505,25 @@ def _evaluate(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int, int
         vllm_gib=budget, weights_gib=weights, lora_slots_gib=lora_slots, non_torch_gib=NON_TORCH_GIB,
         activation_gib=activation, cudagraph_gib=cudagraphs, kv_cache_gib=kv, kv_one_seq_gib=one_seq,
         kv_tokens=kv_tokens, vllm_overflow_gib=overflow, trainer_on_same_gpu=with_trainer,
-        trainer_gib=trainer, trainer_base_gib=base, trainer_lora_gib=lora_state,
-        trainer_activation_gib=train_act, cuda_contexts_gib=contexts, margin_gib=CARD_MARGIN_GIB,
-        host_lora_gib=n_loras * lora_params * b / GIB)
+        trainer_gib=trainer, trainer_base_gib=tr.base, trainer_lora_gib=tr.lora,
+        trainer_activation_gib=tr.activation, cuda_contexts_gib=contexts, margin_gib=CARD_MARGIN_GIB,
+        host_lora_gib=n_loras * lora_params * b / GIB, vllm_rescore=rescoring,
+        trainer_init_gib=tr.init)
 
 
 def format_plan(plan: MemoryPlan) -> str:
     """A short human-readable table of the plan (the reason of a refusal is not repeated)."""
-    lines = [f"{'FITS' if plan.fits else 'DOES NOT FIT'}: {plan.gpu_gib:.2f} GiB GPU, compute "
-             f"capability {plan.compute_capability[0]}.{plan.compute_capability[1]}, {plan.dtype}",
+    head = (f"{'FITS' if plan.fits else 'DOES NOT FIT'}: {plan.gpu_gib:.2f} GiB GPU, compute "
+            f"capability {plan.compute_capability[0]}.{plan.compute_capability[1]}, {plan.dtype}")
+    trainer = (f"trainer {plan.trainer_gib:.2f} (base {plan.trainer_base_gib:.2f}, LoRA+grads+Adam "
+               f"{plan.trainer_lora_gib:.2f}, initial adapter copy {plan.trainer_init_gib:.2f}, "
+               f"activations {plan.trainer_activation_gib:.2f})")
+    if plan.sampler == "transformers":
+        lines = [head, "sampler: transformers (the trainer's forward pass; no vLLM engine)",
+                 f"{trainer}, one {plan.max_model_len}-token KV cache {plan.kv_one_seq_gib:.3f}, "
+                 f"CUDA context {plan.cuda_contexts_gib:.2f}, margin {plan.margin_gib:.2f}"]
+        return "\n".join(lines + [f"note: {n}" for n in plan.notes])
+    lines = [head,
              f"vLLM  gpu_memory_utilization {plan.gpu_memory_utilization:.2f} = {plan.vllm_gib:.2f} GiB",
              f"  weights       {plan.weights_gib:6.2f}",
              f"  LoRA slots    {plan.lora_slots_gib:6.2f}  max_loras {plan.max_loras} x "
@@ -413,29 +534,16 @@ def format_plan(plan: MemoryPlan) -> str:
              f"  CUDA graphs   {plan.cudagraph_gib:6.2f}",
              f"  KV cache      {plan.kv_cache_gib:6.2f}  {plan.kv_tokens} tokens = "
              f"{plan.kv_seqs:.1f} x {plan.max_model_len} (one needs {plan.kv_one_seq_gib:.3f})",
-             f"outside vLLM: trainer {plan.trainer_gib:.2f} (base {plan.trainer_base_gib:.2f}, "
-             f"LoRA+grads+Adam {plan.trainer_lora_gib:.2f}, activations "
-             f"{plan.trainer_activation_gib:.2f}), CUDA contexts {plan.cuda_contexts_gib:.2f}, "
+             f"outside vLLM: {trainer}, CUDA context {plan.cuda_contexts_gib:.2f}, "
              f"unprofiled logits {plan.vllm_overflow_gib:.2f}, margin {plan.margin_gib:.2f}"]
     return "\n".join(lines + [f"note: {n}" for n in plan.notes])
 
 
 def detect_gpu() -> tuple[float, tuple[int, int]] | None:
-    """(total GiB, compute capability) of the first visible NVIDIA GPU, read with `nvidia-smi`
-    (no torch: the supervisor must not touch CUDA); None where there is none or it cannot tell."""
-    import os
-    import shutil
-    import subprocess
+    """(total GiB, compute capability) of the first GPU this process may use, as nvidia-smi reports
+    it (machine.nvidia_gpus: no torch, the supervisor must not touch CUDA); None without one. Both
+    `run` and `gpu-check` plan with this figure."""
+    from .machine import nvidia_gpus
 
-    exe = shutil.which("nvidia-smi")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if exe is None or visible is not None and not visible.strip():
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=memory.total,compute_cap", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-        mib, cap = out.strip().splitlines()[0].split(",")
-        major, minor = cap.strip().split(".")
-        return float(mib) / 1024, (int(major), int(minor))
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    gpus = nvidia_gpus()
+    return (gpus[0]["memory_gib"], gpus[0]["capability"]) if gpus else None

@@ -28,7 +28,8 @@ from .pipeline import TTT_ERRORS as CHUNK_ERRORS
 from .pipeline import process_chunk
 from .records import load_task_record, store_record
 from .schedule import Scheduler
-from .startup import apply_rates, engine_started, plan_memory_for_run, start_rates
+from .startup import (apply_rates, engine_started, plan_memory_for_run, start_rates,
+                      stop_for_unusable_gpu)
 from .files import write_json_atomic
 from .submit import build_submission
 from .tasks import load_tasks_lenient, read_json_object
@@ -126,6 +127,10 @@ def run(challenges: str | Path, model: str | Path | None, out: str | Path, workd
                 all_policies=all_policies)
     if calibration is not None:
         state.calibration = {"source": "file", **calibration}
+    if state.pending and engine is None and stop_for_unusable_gpu(
+            state, import_torch=cfg.budget.workers == 0):
+        state.fallbacks["gpu_unusable"] += len(state.pending)  # placeholders: nothing trained on CPU
+        state.pending = []
     if not state.pending:
         report = state.report(engine.info if engine else {}, time.monotonic() - state.start)
         html_report(state.workdir, challenges=challenges)

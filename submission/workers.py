@@ -49,9 +49,14 @@ class Handle:
     respawns: int = 0
 
 
-def worker_env(wid: int, gpus: int, workdir: Path) -> dict[str, str]:
-    """Environment a worker needs before importing torch (one GPU each when there are GPUs)."""
+def worker_env(wid: int, gpus: int, workdir: Path, scratch: Path | None = None) -> dict[str, str]:
+    """Environment a worker needs before importing torch (one GPU each when there are GPUs), with
+    its own unsloth and vLLM compile caches: vLLM writes its cache index in place, without an
+    atomic rename (vllm/compilation/backends.py:218-224), and parses it back without error
+    handling (:188-194), all under VLLM_CACHE_ROOT (:1074-1076), so workers compiling at once
+    must not share one. vLLM's goes under `scratch` (room; default the workdir)."""
     env = {"UNSLOTH_COMPILE_LOCATION": str((workdir / "unsloth_cache" / f"w{wid}").resolve()),
+           "VLLM_CACHE_ROOT": str(((scratch or workdir) / "vllm_cache" / f"w{wid}").resolve()),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(wid % gpus)
@@ -80,7 +85,8 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         inbox_r, inbox_w = ctx.Pipe(duplex=False)
         out_r, out_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, name=f"arc-worker-{wid}", daemon=False,
-                           args=(wid, worker_env(wid, gpus, state.workdir), job, inbox_r, out_w))
+                           args=(wid, worker_env(wid, gpus, state.workdir, state.scratch), job,
+                                 inbox_r, out_w))
         proc.start()
         inbox_r.close()
         out_w.close()
@@ -106,7 +112,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     bar = tqdm(total=len(state.pending), desc=f"tasks ({n} workers)", unit="task")
     for wid in range(n):
         start(wid)
-    while not sched.complete() and time.monotonic() < end:
+    while not sched.complete() and time.monotonic() < end and "gpu_unusable" not in info:
         now = time.monotonic()
         for wid in sched.overdue(now):
             if wid in handles:
@@ -139,7 +145,8 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         raise WorkerStartError(f"no worker could start its engine: {info['fatal']}")
     skipped = sched.unfinished()
     if skipped:
-        state.fallbacks["deadline_skipped_tasks"] += len(skipped)
+        state.fallbacks["gpu_unusable" if "gpu_unusable" in info
+                        else "deadline_skipped_tasks"] += len(skipped)
     return info
 
 
@@ -181,6 +188,10 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
         mine["compute"] = msg[1]
         mine.update(msg[2])  # the re-scoring check's result, once it has decided
         give_work(h)
+    elif kind == "unusable":  # a GPU torch cannot use: stop, nothing trains on the CPU
+        state.faults.append({"stage": "gpu", "worker": h.wid, "error": msg[1]})
+        info["gpu_unusable"] = msg[1]
+        h.respawns = MAX_RESPAWNS_PER_WORKER
     elif kind == "fatal":  # the engine cannot start: retrying the same setup would fail again
         state.faults.append({"stage": "worker_start", "worker": h.wid, "error": msg[1]})
         info["fatal"] = msg[1]
@@ -230,9 +241,13 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
     from .budget import TaskPlan
     from .engine import build_engine
     from .pipeline import TTT_ERRORS, process_chunk
-    from .startup import engine_started, start_rates
+    from .startup import engine_started, gpu_unusable_reason, start_rates
     from .tasks import load_tasks_lenient
 
+    unusable = gpu_unusable_reason(import_torch=True)
+    if unusable is not None:
+        outbox.send(("unusable", unusable))
+        return
     cfg = Config.from_dict(job["cfg"])
     tasks, _ = load_tasks_lenient(job["challenges"])
     sink = WorkerSink(cfg, job, outbox)

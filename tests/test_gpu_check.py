@@ -145,17 +145,20 @@ def test_unavailable_backend_is_a_failed_check():
     assert statuses(checks) == {"backends": "fail"} and "BackendUnavailable" in checks.items[0].detail
 
 
-def test_memory_plan_skipped_without_gpu(tmp_path):
+def test_memory_plan_skipped_without_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine, "_run", lambda cmd: None)  # no nvidia-smi
     lines = []
     checks = gc.Checks(lines.append)
-    assert gc.check_memory(tmp_path, Config(), env_of(available=False), "vllm", checks, lines.append) is None
+    cfg = Config()
+    assert gc.check_memory(tmp_path, cfg, checks, lines.append) == (None, cfg)
     assert statuses(checks) == {"memory_plan": "skip"}
-    assert any(m.startswith("memory plan unavailable: no CUDA GPU") for m in lines)
+    assert any(m.startswith("memory plan unavailable: no NVIDIA GPU") for m in lines)
 
 
 def _fake_memory(monkeypatch, plan_memory):
     module = types.ModuleType("submission.memory")
     module.plan_memory = plan_memory
+    module.detect_gpu = lambda: (22.0, (8, 9))
     module.format_plan = lambda plan: "FITS: a table\nnote: a note"
     monkeypatch.setitem(sys.modules, "submission.memory", module)
 
@@ -167,7 +170,7 @@ def test_memory_plan_that_raises_is_reported_and_the_check_goes_on(monkeypatch, 
     _fake_memory(monkeypatch, broken)
     lines = []
     checks = gc.Checks(lines.append)
-    assert gc.check_memory(tmp_path, Config(), env_of(), "vllm", checks, lines.append) is None
+    assert gc.check_memory(tmp_path, Config(), checks, lines.append)[0] is None
     assert "memory plan unavailable: ValueError: config.json has no hidden_size" in lines
     assert statuses(checks) == {"memory_plan": "warn"}
 
@@ -176,40 +179,69 @@ def test_memory_plan_module_missing(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "submission.memory", None)  # import raises ImportError
     lines = []
     checks = gc.Checks(lines.append)
-    assert gc.check_memory(tmp_path, Config(), env_of(), "vllm", checks, lines.append) is None
+    assert gc.check_memory(tmp_path, Config(), checks, lines.append)[0] is None
     assert any(m.startswith("memory plan unavailable:") for m in lines)
 
 
-class FakePlan:
-    def __init__(self, fits: bool) -> None:
-        self.fits, self.reason, self.gpu_memory_utilization = fits, "KV cache too small", 0.61
+def _model(tmp_path, **changes) -> Path:
+    from tests.test_memory import QWEN3_4B
 
-    def to_json(self):
-        return {"fits": self.fits, "gpu_memory_utilization": self.gpu_memory_utilization}
+    (tmp_path / "config.json").write_text(json.dumps({**QWEN3_4B, **changes}))
+    return tmp_path
 
-    def vllm_kwargs(self):
-        return {"gpu_memory_utilization": self.gpu_memory_utilization, "max_loras": 4}
+
+def _smi(monkeypatch, mib: int, cap: str) -> None:
+    import submission.backends as backends
+
+    def run(cmd):
+        if "--query-gpu=index,memory.total,compute_cap" in cmd:
+            return f"0, {mib}, {cap}\n"
+        return None
+
+    monkeypatch.setattr(machine, "_run", run)
+    monkeypatch.setattr(backends, "installed", lambda name: True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def test_memory_plan_that_fits_gives_vllm_its_arguments(monkeypatch, tmp_path):
-    seen = {}
-
-    def plan(model_dir, cfg, gpu_gib, **kw):
-        seen.update(gpu_gib=gpu_gib, **kw)
-        return FakePlan(True)
-
-    _fake_memory(monkeypatch, plan)
+    _smi(monkeypatch, 23034, "8.9")
     lines = []
     checks = gc.Checks(lines.append)
-    kwargs = gc.check_memory(tmp_path, Config(), env_of(cap="8.9"), "vllm", checks, lines.append)
-    assert kwargs == {"gpu_memory_utilization": 0.61, "max_loras": 4}
-    assert seen == {"gpu_gib": 22.0, "compute_capability": (8, 9)}
-    assert statuses(checks) == {"memory_plan": "pass"} and "  FITS: a table" in lines
-    assert gc.check_memory(tmp_path, Config(), env_of(), "transformers", gc.Checks(print), print) is None
-    _fake_memory(monkeypatch, lambda *a, **k: FakePlan(False))
+    kwargs, cfg = gc.check_memory(_model(tmp_path, vocab_size=16), Config(), checks, lines.append)
+    assert kwargs["max_loras"] == 8 and 0.45 < kwargs["gpu_memory_utilization"] <= 0.92
+    assert statuses(checks) == {"memory_plan": "pass"} and any(m.startswith("  FITS:") for m in lines)
+    assert cfg == Config()
+    forced = Config().with_overrides(["sampling.max_loras=8", "model.max_seq_len=65536",
+                                      "sampling.backend=vllm"])
     checks = gc.Checks(lines.append)
-    assert gc.check_memory(tmp_path, Config(), env_of(), "vllm", checks, lines.append) is None
-    assert statuses(checks) == {"memory_plan": "fail"} and "KV cache too small" in checks.items[0].detail
+    assert gc.check_memory(_model(tmp_path, vocab_size=16), forced, checks, lines.append)[0] is None
+    assert statuses(checks) == {"memory_plan": "fail"} and "GiB" in checks.items[0].detail
+
+
+def test_gpu_check_and_run_plan_with_the_same_gpu_memory_figure(monkeypatch, tmp_path):
+    """torch's total_memory (env) and nvidia-smi's memory.total differ; both commands must use one."""
+    from types import SimpleNamespace
+
+    from submission.startup import plan_memory_for_run
+
+    _smi(monkeypatch, 23034, "8.9")
+    model = _model(tmp_path, vocab_size=16)
+    checks = gc.Checks(lambda m: None)
+    gc.check_memory(model, Config(), checks, lambda m: None)
+    st = SimpleNamespace(cfg=Config(), info={}, chunk_size=8)
+    plan_memory_for_run(st, model)
+    check_plan = checks.items[0].data["plan"]
+    assert check_plan["gpu_gib"] == st.info["memory_plan"]["gpu_gib"] == pytest.approx(23034 / 1024, abs=1e-3)
+    assert check_plan == st.info["memory_plan"]
+
+
+def test_a_t4_check_plans_the_layout_the_run_uses(monkeypatch, tmp_path):
+    _smi(monkeypatch, 15360, "7.5")
+    lines = []
+    checks = gc.Checks(lines.append)
+    kwargs, cfg = gc.check_memory(_model(tmp_path), Config(), checks, lines.append)
+    assert kwargs is None and cfg.sampling.backend == "transformers"
+    assert statuses(checks) == {"memory_plan": "pass"} and "sampler transformers" in checks.items[0].detail
 
 
 # --- the routing verdict -------------------------------------------------------------------------

@@ -49,10 +49,121 @@ def test_l4_gets_a_plan_that_fits_and_vllm_gets_its_numbers(tmp_path, monkeypatc
 
 def test_a_plan_that_cannot_fit_stops_before_anything_loads(tmp_path, monkeypatch):
     fake_gpu(monkeypatch, 15.0, (7, 5))  # a T4: Qwen3-4B with its full vocabulary and a trainer
-    st = state(Config())
+    st = state(Config().with_overrides(["sampling.backend=vllm"]))  # asked for: no other layout
     with pytest.raises(MemoryPlanError, match="GiB"):
         plan_memory_for_run(st, model_dir(tmp_path))
     assert "engine_kwargs" not in st.info
+
+
+# --- machines faked through the probes the code reads (nvidia-smi, torch's build) ----------------
+
+T4 = ("Tesla T4", 15360, "7.5")
+L4 = ("NVIDIA L4", 23034, "8.9")
+
+
+def fake_machine(monkeypatch, gpus, *, driver="570.86.15", cuda="12.8") -> None:
+    """nvidia-smi answers for `gpus` (name, MiB, capability); vLLM counts as installed."""
+    import submission.backends as backends
+    from submission import machine
+
+    def run(cmd):
+        if cmd == ["nvidia-smi"]:
+            return f"| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda} |\n"
+        query = next((c for c in cmd if c.startswith("--query-gpu=")), "")
+        fields = {"index": lambda i, g: str(i), "name": lambda i, g: g[0],
+                  "memory.total": lambda i, g: str(g[1]), "compute_cap": lambda i, g: g[2],
+                  "driver_version": lambda i, g: driver}
+        cols = query[len("--query-gpu="):].split(",")
+        return "".join(", ".join(fields[c](i, g) for c in cols) + "\n" for i, g in enumerate(gpus))
+
+    monkeypatch.setattr(machine, "_run", run)
+    monkeypatch.setattr(backends, "installed", lambda name: True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_one_t4_samples_with_transformers_and_plans_the_trainer_alone(tmp_path, monkeypatch):
+    """vLLM runs on a T4, but a 4B model's vLLM and trainer do not fit 15 GiB together: auto takes
+    the transformers sampler, planned for what runs (it used to raise MemoryPlanError)."""
+    fake_machine(monkeypatch, [T4])
+    model = model_dir(tmp_path)
+    for cfg in (Config(), Config().with_overrides(["model.max_seq_len=4096"])):
+        st = state(cfg)
+        plan_memory_for_run(st, model)
+        plan = st.info["memory_plan"]
+        assert plan["fits"] and plan["sampler"] == "transformers" and plan["gpu_gib"] == 15.0
+        assert plan["dtype"] == "float16" and plan["gpu_memory_utilization"] == 0
+        assert st.cfg.sampling.backend == "transformers"
+        assert any("do not fit one 15.00 GiB GPU together" in n for n in plan["notes"])
+        assert plan["trainer_gib"] + plan["kv_one_seq_gib"] + plan["cuda_contexts_gib"] \
+            + plan["margin_gib"] <= 15.0
+
+
+def test_two_t4_give_each_worker_its_own_gpu_and_the_layout_that_fits(tmp_path, monkeypatch):
+    from submission import kaggle
+    from submission.workers import worker_env
+
+    fake_machine(monkeypatch, [T4, T4])
+    monkeypatch.setattr(kaggle, "gpu_count", lambda: len(kaggle_gpus()))
+    model = model_dir(tmp_path)
+    st = state(Config())
+    plan_memory_for_run(st, model)  # the supervisor: nvidia-smi's first GPU
+    assert st.info["memory_plan"]["sampler"] == "transformers" and st.info["memory_plan"]["fits"]
+    gpus = kaggle.gpu_count()
+    assert gpus == 2
+    for wid in range(gpus):  # each worker sees one T4 and would plan the same
+        env = worker_env(wid, gpus, tmp_path)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env["CUDA_VISIBLE_DEVICES"])
+        assert env["CUDA_VISIBLE_DEVICES"] == str(wid)
+        from submission.memory import detect_gpu
+
+        assert detect_gpu() == (15.0, (7, 5))
+    with pytest.raises(MemoryPlanError):  # vLLM forced: refused with the numbers, as asked
+        plan_memory_for_run(state(Config().with_overrides(["sampling.backend=vllm"])), model)
+
+
+def kaggle_gpus():
+    from submission.machine import nvidia_gpus
+
+    return nvidia_gpus()
+
+
+def test_four_l4_keep_vllm_beside_the_trainer(tmp_path, monkeypatch):
+    fake_machine(monkeypatch, [L4] * 4, driver="580.65.06", cuda="13.0")
+    cfg = Config()
+    st = state(cfg)
+    plan_memory_for_run(st, model_dir(tmp_path, vocab_size=16))
+    plan, kw = st.info["memory_plan"], st.info["engine_kwargs"]
+    assert plan["sampler"] == "vllm" and plan["fits"] and plan["gpu_gib"] == pytest.approx(22.49, abs=0.01)
+    assert kw["max_loras"] == st.chunk_size == 8 and kw["gpu_memory_utilization"] > 0.45
+    assert st.cfg == cfg  # nothing switched
+    from submission.backends import choose_sampler_backend
+
+    assert choose_sampler_backend("auto") == "vllm"
+
+
+def test_vllm_is_not_refused_by_compute_capability(monkeypatch):
+    """auto used to pick transformers on any GPU below 8.0; vLLM 0.32.0 runs on 7.5."""
+    import submission.backends as backends
+
+    monkeypatch.setattr(backends, "installed", lambda name: name == "vllm")
+    monkeypatch.setattr(backends, "has_cuda", lambda: True)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    assert backends.choose_sampler_backend("auto") == "vllm"
+    monkeypatch.setattr(backends, "installed", lambda name: False)
+    assert backends.choose_sampler_backend("auto") == "transformers"
+
+
+def test_worker_env_gives_each_worker_its_own_vllm_cache(tmp_path):
+    from submission.workers import worker_env
+
+    envs = [worker_env(w, 2, tmp_path / "work", tmp_path / "scratch") for w in range(3)]
+    roots = [e["VLLM_CACHE_ROOT"] for e in envs]
+    assert len(set(roots)) == 3 and all(Path(r).is_absolute() for r in roots)
+    assert all(Path(r).is_relative_to(tmp_path / "scratch") for r in roots)
+    assert len({e["UNSLOTH_COMPILE_LOCATION"] for e in envs}) == 3
+    assert Path(worker_env(0, 0, tmp_path / "work")["VLLM_CACHE_ROOT"]).is_relative_to(tmp_path / "work")
 
 
 def test_without_a_gpu_the_plan_is_skipped_and_said_so(tmp_path, monkeypatch):

@@ -49,18 +49,16 @@ def choose_trainer_backend(requested: str) -> str:
 
 
 def choose_sampler_backend(requested: str) -> str:
-    """'vllm' or 'transformers'. auto takes vLLM when importable, except on pre-Ampere GPUs (T4)."""
+    """'vllm' or 'transformers'. auto takes vLLM when importable, on any GPU it supports: 0.32.0
+    runs on compute capability 7.5 (T4) with its Triton attention backend (vllm/platforms/cuda.py:
+    168-179 lists it after FlashAttention and FlashInfer, which need 8.0: v1/attention/backends/
+    flash_attn.py:453-454, flashinfer.py:571-577; triton_attn.py:381-382 takes any capability).
+    Whether vLLM also fits beside the trainer is the memory plan's call (startup.plan_layout),
+    which switches the run to transformers where it does not."""
     if requested == "vllm":
         if not installed("vllm"):
             raise BackendUnavailable("sampling.backend=vllm but vllm is not installed")
         return "vllm"
     if requested == "auto":
-        if not installed("vllm"):
-            return "transformers"
-        if has_cuda():
-            import torch
-
-            if torch.cuda.get_device_capability(0)[0] < 8:  # vLLM's current engine does not run on T4
-                return "transformers"
-        return "vllm"
+        return "vllm" if installed("vllm") else "transformers"
     return "transformers"
