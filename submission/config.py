@@ -76,7 +76,7 @@ class FinetuneConfig(TTTConfig):
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    backend: str = "auto"  # auto: vLLM when importable and the memory plan fits it beside the trainer, else transformers
+    backend: str = "auto"  # auto: vLLM if importable and it fits beside the trainer, else transformers
     n_views: int = 16  # ARChitects/NVARC: 16 views (8 dihedral x 2 colour perms), demo order shuffled
     dfs_threshold: float = 0.17  # ARChitects' DFS: every answer with p >= 0.17 (NVARC: 0.2); 0: greedy only
     dfs_max_paths: int = 8  # answers searched per view at most (the greedy one included)

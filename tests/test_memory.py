@@ -9,7 +9,7 @@ import pytest
 from submission import cli
 from submission.config import Config, ConfigError
 from submission.errors import InputError
-from submission.memory import (GIB, NF4_BYTES_PER_WEIGHT, MemoryPlanError, compute_dtype,
+from submission.memory import (GIB, NF4_BYTES_PER_WEIGHT, MemoryPlanError, compute_dtype, format_plan,
                                plan_for_shape, plan_memory, read_model_shape, shape_from_dict,
                                unplanned_vllm_kwargs, vllm_max_lora_rank)
 
@@ -242,3 +242,80 @@ def test_cli_missing_field_exit_2(tmp_path, capsys):
     code = cli.main(["memory-plan", "--model", model, "--gpu-memory-gib", "22.5",
                      "--compute-capability", "sm89"])
     assert code == 2 and "--compute-capability" in capsys.readouterr().err
+
+
+# --- the trainer's full footprint, one CUDA context ------------------------------------------------
+
+def test_trainer_counts_its_initial_adapter_copy_at_fp32_r128_on_l4():
+    """LoRATrainer._init clones the fresh adapter on the GPU at the LoRA's dtype (fp32 under unsloth
+    and peft): Qwen3-4B at r=128 on all linear layers holds ~264M LoRA parameters, ~0.98 GiB."""
+    from submission.memory import CUDA_CONTEXT_GIB, LORA_INIT_BYTES_PER_PARAM, TRAIN_FRAGMENTATION, \
+        TRAIN_SAFETY_GIB
+
+    cfg = CFG.with_overrides(["ttt.r=128", "ttt.lora_alpha=128"])
+    plan = plan_for_shape(shape(QWEN3_4B, vocab_size=16), cfg, 22.5, compute_capability=(8, 9))
+    h, q, kv, i, layers = 2560, 4096, 1024, 9728, 36
+    params = 128 * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)) * layers
+    assert params == 264_241_152 and LORA_INIT_BYTES_PER_PARAM == 4
+    assert plan.trainer_init_gib == pytest.approx(params * 4 / GIB) == pytest.approx(0.984, abs=1e-3)
+    assert plan.trainer_gib == pytest.approx(
+        plan.trainer_base_gib + plan.trainer_init_gib
+        + (plan.trainer_lora_gib + plan.trainer_activation_gib) * (1 + TRAIN_FRAGMENTATION)
+        + TRAIN_SAFETY_GIB)
+    assert plan.cuda_contexts_gib == CUDA_CONTEXT_GIB  # vLLM runs in the trainer's process
+    assert plan.fits
+    total = plan.vllm_gib + plan.trainer_gib + plan.cuda_contexts_gib + plan.vllm_overflow_gib
+    assert total + plan.margin_gib <= 22.5 + 1e-9  # the copy is inside what the card holds
+    assert "initial adapter copy 0.98" in format_plan(plan)
+
+
+# --- re-scoring logits reserved only for a run that re-scores in vLLM ----------------------------
+
+def test_full_vocab_auto_rescoring_does_not_starve_vllm():
+    """Unshrunk Qwen3-4B on an L4: reserving [8192 x 151936] prompt-logprob logits would cut the
+    batched tokens; under rescore_backend=auto the plan re-scores in the forward pass instead."""
+    auto = plan_for_shape(shape(QWEN3_4B), CFG, 22.5)
+    forced = plan_for_shape(shape(QWEN3_4B), CFG.with_overrides(["selection.rescore_backend=vllm"]), 22.5)
+    forward = plan_for_shape(shape(QWEN3_4B), CFG.with_overrides(["selection.rescore_backend=forward"]),
+                             22.5)
+    assert forced.fits and forced.vllm_rescore and forced.max_num_batched_tokens < 2048
+    assert auto.fits and not auto.vllm_rescore and auto.vllm_overflow_gib < forced.vllm_overflow_gib
+    assert (auto.max_loras, auto.max_num_batched_tokens) == (forward.max_loras,
+                                                              forward.max_num_batched_tokens)
+    assert auto.max_num_batched_tokens == 8192
+    assert any("re-scoring runs in the forward pass" in n for n in auto.notes)
+    # a shrunk vocabulary costs nothing to reserve: auto keeps vLLM re-scoring possible
+    small = plan_for_shape(shape(QWEN3_4B, vocab_size=16), CFG, 22.5)
+    assert small.vllm_rescore and not any("forward pass" in n for n in small.notes)
+    # nothing re-scored: nothing reserved
+    none = plan_for_shape(shape(QWEN3_4B), CFG.with_overrides(["selection.max_rescore=0"]), 22.5)
+    assert not none.vllm_rescore
+
+
+def test_run_switches_auto_rescoring_to_forward_when_the_plan_says_so(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import submission.backends as backends
+    import submission.memory as memory
+    from submission.startup import plan_memory_for_run
+
+    monkeypatch.setattr(memory, "detect_gpu", lambda: (22.5, (8, 9)))
+    monkeypatch.setattr(backends, "installed", lambda name: True)
+    st = SimpleNamespace(cfg=CFG, info={}, chunk_size=8)
+    plan_memory_for_run(st, _write(tmp_path, QWEN3_4B))
+    assert st.info["memory_plan"]["vllm_rescore"] is False
+    assert st.cfg.selection.rescore_backend == "forward"  # the run never asks vLLM to re-score
+    assert st.info["engine_kwargs"]["max_num_batched_tokens"] == 8192
+
+
+# --- card sizes the command line can give -----------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0", "-inf"])
+def test_cli_bad_gpu_memory_exits_2_with_one_line(tmp_path, capsys, value):
+    model = _write(tmp_path, {**QWEN3_4B, "vocab_size": 16})
+    code = cli.main(["memory-plan", "--model", model, f"--gpu-memory-gib={value}"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "gpu_memory_gib" in err
+    with pytest.raises(InputError):
+        plan_for_shape(shape(QWEN3_4B), CFG, float(value))

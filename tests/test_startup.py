@@ -207,3 +207,114 @@ def test_unsloth_logits_switch_is_set_only_around_sampling_and_scoring(monkeypat
     trainer.backend = "peft"
     sampler.score([1, 2], [3], None)
     assert seen[-1] == (None, False)
+
+
+# --- a GPU that torch cannot use (CUDA 13 torch on a driver below 580) ----------------------------
+
+TASK = {"train": [{"input": [[0, 1]], "output": [[1, 0]]}], "test": [{"input": [[1, 1]]}]}
+
+
+def challenges_file(tmp_path: Path) -> Path:
+    path = tmp_path / "arc-agi_test_challenges.json"
+    path.write_text(json.dumps({"t1": TASK, "t2": TASK}))
+    return path
+
+
+def no_engine(monkeypatch) -> None:
+    """Nothing may build an engine, train or sample: the run must stop before."""
+    from submission import run as run_mod
+    from submission import workers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an engine was started on a GPU torch cannot use")
+
+    monkeypatch.setattr(run_mod, "build_engine", refuse)
+    monkeypatch.setattr(workers, "supervise", refuse)
+
+
+def cuda13_torch(monkeypatch, *, available: bool = False) -> None:
+    from submission import machine
+
+    monkeypatch.setattr(machine, "torch_build", lambda: {"version": "2.13.0", "cuda": "13.0"})
+    monkeypatch.setattr(machine, "torch_info", lambda: {
+        "version": "2.13.0", "cuda": "13.0", "cuda_available": available, "gpus": []})
+
+
+def test_supervisor_sees_a_cuda13_torch_on_a_570_driver_and_writes_placeholders_at_once(
+        tmp_path, monkeypatch, tiny_model):
+    from submission.kaggle import smoke_verdict
+    from submission.run import run
+
+    fake_machine(monkeypatch, [L4] * 4, driver="570.86.15", cuda="12.8")
+    cuda13_torch(monkeypatch)
+    no_engine(monkeypatch)
+    out = tmp_path / "submission.json"
+    report = run(challenges_file(tmp_path), tiny_model, out, tmp_path / "work",
+                 Config().with_overrides(["budget.workers=2"]))
+    assert report["fallbacks"]["gpu_unusable"] == 2
+    fault = next(f for f in report["faults"] if f["stage"] == "gpu")
+    assert "580" in fault["error"] and "570.86.15" in fault["error"]
+    assert json.loads((tmp_path / "work" / "run.json").read_text())["gpu_unusable"] == fault["error"]
+    sub = json.loads(out.read_text())
+    assert sorted(sub) == ["t1", "t2"]  # valid: every task answered with placeholders
+    problems = smoke_verdict(report)
+    assert any(p.startswith("gpu_unusable x2") for p in problems)  # a commit run fails
+
+
+def test_in_process_run_asks_torch_itself(tmp_path, monkeypatch, tiny_model):
+    """A CUDA 12.8 torch the driver should run, yet torch.cuda.is_available() is False."""
+    from submission import machine
+    from submission.run import run
+
+    fake_machine(monkeypatch, [T4], driver="570.86.15", cuda="12.8")
+    monkeypatch.setattr(machine, "torch_info", lambda: {
+        "version": "2.13.0+cu128", "cuda": "12.8", "cuda_available": False, "gpus": []})
+    no_engine(monkeypatch)
+    report = run(challenges_file(tmp_path), tiny_model, tmp_path / "s.json", tmp_path / "work",
+                 Config().with_overrides(["budget.workers=0"]))
+    assert report["fallbacks"]["gpu_unusable"] == 2
+    assert any("torch.cuda.is_available() is False" in f["error"] for f in report["faults"])
+
+
+def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkeypatch):
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from submission import workers
+
+    fake_machine(monkeypatch, [L4], driver="550.54.15", cuda="12.4")
+    cuda13_torch(monkeypatch, available=False)
+    sent = []
+    outbox = SimpleNamespace(send=sent.append)
+    workers.worker_main(3, {}, {"cfg": None}, None, outbox)  # returns before reading the job
+    assert sent and sent[0][0] == "unusable" and "580" in sent[0][1]
+    st = SimpleNamespace(faults=[], fallbacks=Counter())
+    h = workers.Handle(3, None, None, None)
+    info: dict = {}
+    workers._handle(sent[0], h, st, None, None, info, lambda h: None)
+    assert st.faults == [{"stage": "gpu", "worker": 3, "error": sent[0][1]}]
+    assert info["gpu_unusable"] == sent[0][1] and h.respawns == workers.MAX_RESPAWNS_PER_WORKER
+
+
+def test_usable_gpus_and_cpu_machines_are_not_flagged(monkeypatch):
+    from submission import machine
+    from submission.startup import gpu_unusable_reason
+
+    fake_machine(monkeypatch, [L4], driver="580.65.06", cuda="13.0")
+    cuda13_torch(monkeypatch, available=True)
+    assert gpu_unusable_reason(import_torch=False) is None
+    assert gpu_unusable_reason(import_torch=True) is None
+    monkeypatch.setattr(machine, "_run", lambda cmd: None)  # no nvidia-smi: a CPU machine
+    assert gpu_unusable_reason(import_torch=True) is None
+    fake_machine(monkeypatch, [L4], driver="580.65.06", cuda="13.0")
+    monkeypatch.setattr(machine, "torch_build", lambda: {"version": "2.13.0+cpu", "cuda": None})
+    assert "CPU build" in gpu_unusable_reason(import_torch=False)
+
+
+def test_torch_build_is_read_without_importing_torch():
+    from submission.machine import torch_build
+
+    import torch
+
+    b = torch_build()
+    assert b == {"version": torch.__version__, "cuda": torch.version.cuda}

@@ -1,6 +1,6 @@
 """transformers sampler and forward-pass scorer over the trainer's peft model.
 
-The fallback when vLLM is not installed or does not fit beside the trainer (memory plan), and the re-scorer that uses the weights
+The fallback when vLLM is absent or cannot fit (memory plan), and the re-scorer that uses the weights
 training used (on a GPU the trainer's 4-bit base; vLLM serves the 16-bit one). It swaps adapter
 weights into the one live peft model (`LoRATrainer.load_adapter_weights`); `adapter=None` runs the
 base model with the adapter disabled. Generation is one prompt at a time: slow, but exact and simple.
