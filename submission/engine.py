@@ -121,15 +121,18 @@ def build_engine(model_path: str | Path, cfg: Config,
     `engine_kwargs` from the memory plan). If vLLM fails to start, the transformers sampler takes
     its place and `info["vllm_start_error"]` says why."""
     from .backends.hf_sampler import HFSampler
+    from .backends.torch_settings import torch_settings, vllm_torch_settings
 
+    sampler_backend = choose_sampler_backend(cfg.sampling.backend)
+    before = torch_settings() if sampler_backend == "vllm" else {}  # before unsloth is imported
     trainer, tokenizer, info = load_trainer(model_path, cfg)
     fmt = get_format(cfg.model.format, tokenizer, model_dir=model_path)  # "auto": detected
     forward = HFSampler(trainer, stop_ids=fmt.stop_token_ids, pad_id=trainer.pad_id)
-    sampler_backend = choose_sampler_backend(cfg.sampling.backend)
     sampler: Sampler = forward
     if sampler_backend == "vllm":
         try:
-            sampler = start_vllm(model_path, cfg, fmt, engine_kwargs)
+            with vllm_torch_settings(before, info):
+                sampler = start_vllm(model_path, cfg, fmt, engine_kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM fails to start in many ways; all fall back
             # The run goes on with the transformers sampler (slower, same answers); counted by
             # the caller from info["vllm_start_error"] and shown in run.json.

@@ -318,3 +318,81 @@ def test_torch_build_is_read_without_importing_torch():
 
     b = torch_build()
     assert b == {"version": torch.__version__, "cuda": torch.version.cuda}
+
+
+# --- unsloth's process-wide torch settings around vLLM's start -----------------------------------
+
+FAKE_UNSLOTH = '''
+import os
+import torch._dynamo.config as dynamo
+import torch._inductor.config as inductor
+
+# as unsloth_zoo/patching_utils.py:250-299 and unsloth_zoo/__init__.py:319-322 do on import
+inductor.memory_planning = True
+inductor.memory_pool = "none"
+inductor.dce = True
+inductor.cuda.use_fast_math = True
+dynamo.suppress_errors = True
+dynamo.cache_size_limit = 1024
+dynamo.capture_scalar_outputs = True
+os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+'''
+
+
+def test_unsloth_torch_settings_are_reset_for_vllm_start_restored_and_recorded(tmp_path, monkeypatch):
+    import sys
+
+    import torch._dynamo.config as dynamo
+    import torch._inductor.config as inductor
+
+    from submission import engine as engine_mod
+    from submission.backends import hf_sampler
+    from submission.backends.torch_settings import torch_settings
+
+    (tmp_path / "fake_unsloth.py").write_text(FAKE_UNSLOTH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fake_unsloth", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    pristine = torch_settings()
+    seen = {}
+
+    def load_trainer(model_path, cfg):
+        import fake_unsloth  # noqa: F401 - the import changes the settings, as unsloth's does
+
+        return SimpleNamespace(pad_id=0), None, {"trainer_backend": "unsloth"}
+
+    def start_vllm(model_path, cfg, fmt, engine_kwargs=None):
+        seen.update(torch_settings())
+        dynamo.cache_size_limit = 2048  # vLLM sets one of them itself while it starts
+        return "vllm-sampler"
+
+    monkeypatch.setattr(engine_mod, "load_trainer", load_trainer)
+    monkeypatch.setattr(engine_mod, "start_vllm", start_vllm)
+    monkeypatch.setattr(engine_mod, "choose_sampler_backend", lambda requested: "vllm")
+    monkeypatch.setattr(engine_mod, "get_format", lambda *a, **k: SimpleNamespace(
+        name="fake", stop_token_ids=[0]))
+    monkeypatch.setattr(hf_sampler, "HFSampler", lambda trainer, **kw: "forward")
+    try:
+        eng = engine_mod.build_engine(tmp_path, Config())
+        after = torch_settings()
+    finally:
+        for name, value in pristine.items():  # leave the real torch settings as they were
+            section, key = name.split(".", 1)
+            target = inductor if section == "inductor" else dynamo
+            *path, last = key.split(".")
+            for part in path:
+                target = getattr(target, part)
+            setattr(target, last, value)
+    assert eng.sampler == "vllm-sampler"
+    assert seen == pristine  # vLLM compiled under torch's own settings
+    assert after["inductor.memory_planning"] is True and after["dynamo.suppress_errors"] is True
+    assert after["inductor.cuda.use_fast_math"] is True  # the trainer's back
+    assert after["dynamo.cache_size_limit"] == 2048  # what vLLM set is kept
+    rec = eng.info["torch_settings"]
+    assert rec["changed_by_trainer"]["inductor.memory_planning"] == [False, True]
+    assert set(rec["reset_for_vllm_start"]) >= {"inductor.memory_planning", "inductor.memory_pool",
+                                                "dynamo.suppress_errors", "dynamo.capture_scalar_outputs"}
+    kept = set(rec["kept_from_vllm"])  # recompile_limit is cache_size_limit's alias in torch 2.13
+    assert "dynamo.cache_size_limit" in kept <= {"dynamo.cache_size_limit", "dynamo.recompile_limit"}
+    assert rec["alloc_env"] == {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    json.dumps(rec)  # goes into run.json with the engine's info ("backends")
