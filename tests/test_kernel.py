@@ -413,11 +413,36 @@ def test_run_cell_gpu_check_can_be_skipped(monkeypatch, tmp_path):
 
 # --- the wheel builder's cells, with pip and the driver faked ----------------------------------
 
-def _builder_ns(monkeypatch, driver: str, fake) -> dict:
+VLLM_ASSETS = [f"vllm-0.32.0+{cu}-cp38-abi3-manylinux_2_28_{arch}.whl"
+               for cu in ("cu126", "cu128", "cu129") for arch in ("x86_64", "aarch64")]
+PYPI_VLLM = ["vllm-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl", "vllm-0.32.0-cp38-abi3-manylinux_2_28_aarch64.whl",
+             "vllm-0.32.0.tar.gz"]  # what `pip download --no-deps vllm==0.32.0` fetched from PyPI
+
+
+def _fake_index(release: bool = True):
+    """GitHub's release API (its asset list) and PyPI's JSON for vLLM 0.32.0, offline."""
+    def fetch(url):
+        if url == "https://api.github.com/repos/vllm-project/vllm/releases/tags/v0.32.0":
+            if not release:
+                raise OSError("HTTP Error 403: rate limit exceeded")
+            base = "https://github.com/vllm-project/vllm/releases/download/v0.32.0/"
+            return {"assets": [{"name": n, "browser_download_url": base + n} for n in VLLM_ASSETS]}
+        if url == "https://pypi.org/pypi/vllm/0.32.0/json":
+            return {"urls": [{"filename": n} for n in PYPI_VLLM]}
+        raise OSError(f"unexpected URL {url}")
+    return fetch
+
+
+def _builder_ns(monkeypatch, driver: str, fake, cuda: str | None = None, release: bool = True) -> dict:
     monkeypatch.setenv("ARC_DRIVER_VERSION", driver)
+    if cuda:
+        monkeypatch.setenv("ARC_DRIVER_CUDA", cuda)
+    else:
+        monkeypatch.delenv("ARC_DRIVER_CUDA", raising=False)
     monkeypatch.setattr(subprocess, "run", fake)
     ns: dict = {}
     exec(compile(code_cells("kaggle/wheelhouse/notebook.ipynb")[0], "driver", "exec"), ns)
+    ns["fetch_json"] = _fake_index(release)
     return ns
 
 
@@ -431,14 +456,14 @@ def _quiet(cmd, **kwargs):
 def test_builder_picks_the_build_for_the_driver(monkeypatch, driver, first):
     ns = _builder_ns(monkeypatch, driver, _quiet)
     assert ns["CANDIDATES"][0][0] == first
-    assert all(int(driver.split(".")[0]) >= b[2] for b in ns["CANDIDATES"])
+    assert all(int(driver.split(".")[0]) >= ns["MINOR_COMPAT"][b[1][0]] for b in ns["CANDIDATES"])
     if first != "cu130":
         assert "cu130" not in [b[0] for b in ns["CANDIDATES"]]  # CUDA 13 needs driver >= 580
         lines, extra = ns["variants"](ns["CANDIDATES"][0])[0]
         assert f"torch==2.13.0+{first}" in lines and extra == ["--extra-index-url",
                                                                f"https://download.pytorch.org/whl/{first}"]
-        assert any(r.startswith("vllm @ https://github.com/vllm-project/vllm/releases/download/v0.32.0/"
-                                f"vllm-0.32.0+{first}-") for r in lines)
+        assert f"vllm @ https://github.com/vllm-project/vllm/releases/download/v0.32.0/vllm-0.32.0+{first}" \
+               "-cp38-abi3-manylinux_2_28_x86_64.whl" in lines  # a name the release holds
         assert [r for r in lines if not r.startswith(("torch", "vllm"))] == \
             [r for r in requirement_lines() if not r.startswith(("torch", "vllm"))]
     else:
@@ -470,7 +495,7 @@ def test_builder_download_falls_back_and_writes_the_dataset_metadata(monkeypatch
     ns = _builder_ns(monkeypatch, "550.54.15", fake)
     exec(compile(code_cells("kaggle/wheelhouse/notebook.ipynb")[1], "download", "exec"), ns)
     assert ns["CANDIDATES"][0][0] == "cu126"  # driver 550: CUDA 12 by minor-version compatibility
-    assert ns["chosen"][0] == "cu128" and len(downloads) == 3  # two cu126 vLLM names, then cu128
+    assert ns["chosen"][0] == "cu128" and len(downloads) == 2  # the one cu126 name, then cu128
     meta = json.loads((wheels / "dataset-metadata.json").read_text())
     opts = load("kaggle/kernel.json")
     assert meta["id"] == opts["wheels_dataset"] and meta["title"] == ns["DATASET_TITLE"]
@@ -493,6 +518,97 @@ def test_builder_download_falls_back_and_writes_the_dataset_metadata(monkeypatch
     install = next(c for c in calls if "install" in c and "-r" in c)
     assert install[0].endswith("/bin/python") and "--no-index" in install
     assert install[install.index("--find-links") + 1] == str(wheels)
-    assert calls[calls.index(install) + 1] == requirement_lines()  # exactly what the kernel installs
+    assert "--no-deps" in install and install[install.index("-r") + 1] == str(wheels / "requirements.lock")
+    assert calls[calls.index(install) + 1] == ["torch==2.13.0+cu128"]  # exactly what the kernel installs
     probe = next(c for c in calls if "-c" in c)
     assert probe[0] == install[0] and "torch.cuda.is_available()" in probe[-1]
+
+
+def _smi(cmd, **kwargs):
+    """nvidia-smi on a Kaggle-like image: driver 570, CUDA 12.8."""
+    if cmd[:2] == ["nvidia-smi", "--query-gpu=driver_version"]:
+        return subprocess.CompletedProcess(cmd, 0, stdout="570.86.15\n570.86.15\n")
+    if cmd == ["nvidia-smi"]:
+        return subprocess.CompletedProcess(cmd, 0, stdout="| NVIDIA-SMI 570.86.15   Driver Version: "
+                                                          "570.86.15   CUDA Version: 12.8     |\n")
+    return subprocess.CompletedProcess(cmd, 0)
+
+
+def test_builder_prefers_the_cuda_build_nvidia_smi_reports(monkeypatch):
+    monkeypatch.delenv("ARC_DRIVER_VERSION", raising=False)
+    monkeypatch.delenv("ARC_DRIVER_CUDA", raising=False)
+    monkeypatch.setattr(subprocess, "run", _smi)
+    ns: dict = {}
+    exec(compile(code_cells("kaggle/wheelhouse/notebook.ipynb")[0], "driver", "exec"), ns)
+    assert ns["DRIVER"] == "570.86.15" and ns["DRIVER_CUDA"] == (12, 8)
+    assert [b[0] for b in ns["CANDIDATES"]] == ["cu128", "cu126", "cu129"]  # never PyPI's cu130
+    for driver, cuda, order in [("575.51.03", "12.9", ["cu129", "cu128", "cu126"]),
+                                ("580.65.06", "13.0", ["cu130", "cu129", "cu128", "cu126"]),
+                                ("580.65.06", "12.8", ["cu128", "cu126", "cu129", "cu130"])]:
+        ns = _builder_ns(monkeypatch, driver, _quiet, cuda=cuda)
+        assert [b[0] for b in ns["CANDIDATES"]] == order
+
+
+def test_builder_names_vllm_wheels_from_the_index_it_downloads_from(monkeypatch):
+    driver = code_cells("kaggle/wheelhouse/notebook.ipynb")[0]
+    assert "manylinux_2_35_x86_64" not in driver and "manylinux1_x86_64" not in driver  # no guessed names
+    ns = _builder_ns(monkeypatch, "570.86.15", _quiet, cuda="12.8")
+    base = "https://github.com/vllm-project/vllm/releases/download/v0.32.0/"
+    assert ns["vllm_wheels"]("0.32.0", "cu128") == [base + "vllm-0.32.0+cu128-cp38-abi3-manylinux_2_28_x86_64.whl"]
+    assert ns["vllm_wheels"]("0.32.0", "cu129", machine="aarch64") == [
+        base + "vllm-0.32.0+cu129-cp38-abi3-manylinux_2_28_aarch64.whl"]
+    ns = _builder_ns(monkeypatch, "570.86.15", _quiet, cuda="12.8", release=False)  # API refused
+    assert ns["vllm_wheels"]("0.32.0", "cu128") == [base + "vllm-0.32.0+cu128-cp38-abi3-manylinux_2_28_x86_64.whl"]
+    lines, extra = ns["variants"](ns["CANDIDATES"][0])[0]
+    assert "torch==2.13.0+cu128" in lines and extra == ["--extra-index-url", "https://download.pytorch.org/whl/cu128"]
+
+
+def _wheel(path: Path, files: dict) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return path
+
+
+# xformers 0.0.35 (PyPI, unsloth's dependency): xformers/cpp_lib.json as published
+XFORMERS_BUILD = {"version": {"cuda": 1208, "hip": None, "torch": "2.10.0+cu128", "python": "3.10.19"}}
+
+
+@pytest.mark.parametrize("built_for, kept", [("2.10.0+cu128", False), ("2.13.0+cu128", True)])
+def test_builder_drops_an_xformers_wheel_built_for_another_torch(monkeypatch, tmp_path, built_for, kept):
+    wheels = tmp_path / "wheels"
+    monkeypatch.setenv("ARC_WHEELS_DIR", str(wheels))
+    xformers = "xformers-0.0.35-py39-none-manylinux_2_28_x86_64.whl"
+
+    def fake(cmd, **kwargs):
+        cmd = [str(c) for c in cmd]
+        if "download" in cmd and "-r" in cmd:
+            (wheels / "torch-2.13.0+cu128-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+            (wheels / "unsloth-2026.10.7-py3-none-any.whl").write_bytes(b"")
+            build = {**XFORMERS_BUILD, "version": {**XFORMERS_BUILD["version"], "torch": built_for}}
+            _wheel(wheels / xformers, {"xformers/cpp_lib.json": json.dumps(build)})
+        if "download" in cmd and cmd[-1] == "pip":
+            (wheels / "pip-26.0-py3-none-any.whl").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    ns = _builder_ns(monkeypatch, "570.86.15", fake, cuda="12.8")
+    exec(compile(code_cells("kaggle/wheelhouse/notebook.ipynb")[1], "download", "exec"), ns)
+    lock = (wheels / "requirements.lock").read_text().split()
+    assert "torch==2.13.0+cu128" in lock and "unsloth==2026.10.7" in lock
+    assert not any(r.startswith("pip==") for r in lock)
+    assert ((wheels / xformers).exists(), "xformers==0.0.35" in lock) == (kept, kept)
+    readme = (wheels / "README.md").read_text()
+    assert ("Left out: " + xformers in readme) == (not kept) and "requirements.lock" in readme
+
+
+def test_install_cell_installs_the_builders_lock_without_resolving(monkeypatch, tmp_path):
+    house = tmp_path / "w"
+    house.mkdir()
+    (house / "torch-2.13.0+cu128-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+    (house / "requirements.lock").write_text("torch==2.13.0+cu128\nunsloth==2026.10.7\n")
+    cmds, reqs = _exec_install(monkeypatch, tmp_path, ARC_INPUT_ROOT=str(tmp_path))
+    assert len(cmds) == 1 and "--no-deps" in cmds[0] and "--no-index" in cmds[0]
+    assert cmds[0][cmds[0].index("-r") + 1] == str(house / "requirements.lock")
+    assert reqs == [["torch==2.13.0+cu128", "unsloth==2026.10.7"]]
