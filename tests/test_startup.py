@@ -396,3 +396,22 @@ def test_unsloth_torch_settings_are_reset_for_vllm_start_restored_and_recorded(t
     assert "dynamo.cache_size_limit" in kept <= {"dynamo.cache_size_limit", "dynamo.recompile_limit"}
     assert rec["alloc_env"] == {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}
     json.dumps(rec)  # goes into run.json with the engine's info ("backends")
+
+
+@pytest.mark.parametrize("mode, code", [("--smoke", 1), ("--full", 0)])
+def test_kaggle_commit_run_fails_and_the_rerun_keeps_placeholders(tmp_path, monkeypatch, tiny_model,
+                                                                  capsys, mode, code):
+    from submission import cli
+
+    fake_machine(monkeypatch, [L4] * 4, driver="570.86.15", cuda="12.8")
+    cuda13_torch(monkeypatch)
+    no_engine(monkeypatch)
+    root = tmp_path / "input"
+    (root / "comp").mkdir(parents=True)
+    (root / "comp" / "arc-agi_test_challenges.json").write_text(json.dumps({"t1": TASK}))
+    work = tmp_path / "working"
+    assert cli.main(["kaggle", "--input-root", str(root), "--working", str(work),
+                     "--model", str(tiny_model), mode]) == code
+    err = capsys.readouterr().err
+    assert json.loads((work / "submission.json").read_text()).keys() == {"t1"}
+    assert ("SMOKE RUN FAILED" in err and "gpu_unusable x1" in err) == (mode == "--smoke")
