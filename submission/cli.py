@@ -386,9 +386,14 @@ def cmd_memory_plan(args) -> int:
     if not (major.isdigit() and (minor.isdigit() or not minor)):
         raise InputError(f"expected MAJOR.MINOR such as 8.9, got {args.compute_capability!r}",
                          field="--compute-capability")
-    plan = plan_memory(args.model, _config(args), args.gpu_memory_gib,
-                       compute_capability=(int(major), int(minor or 0)),
-                       trainer_on_same_gpu=not args.no_trainer)
+    cc = (int(major), int(minor or 0))
+    if args.no_trainer:
+        plan = plan_memory(args.model, _config(args), args.gpu_memory_gib, compute_capability=cc,
+                           trainer_on_same_gpu=False)
+    else:  # the layout `run` would choose on that card, with vLLM installed there
+        from .startup import plan_layout
+
+        plan, _ = plan_layout(args.model, _config(args), args.gpu_memory_gib, cc, vllm_installed=True)
     print(json.dumps(plan.to_json()) if args.json else format_plan(plan))
     if not plan.fits:
         print(f"error: {plan.reason}", file=sys.stderr)

@@ -51,7 +51,8 @@ def plan_layout(model: Any, cfg: Any, gpu_gib: float, cc: tuple[int, int], *,
     `sampling.backend=auto`, vLLM beside the trainer when both fit (vLLM 0.32.0 runs on compute
     capability 7.5 too, memory.py), else the transformers sampler on the trainer alone (a 15 GiB
     T4 with a 4B model: every worker of a 2 x T4 box gets its own GPU this way); the plan's notes
-    say which and why. `sampling.backend=vllm` keeps vLLM (the plan may then not fit). Under
+    say which and why. `sampling.backend=vllm`, or vLLM sizes set by hand, keep vLLM (the plan
+    may then not fit). Under
     `selection.rescore_backend=auto`, a plan that re-scores in the forward pass sets it so."""
     from dataclasses import replace
 
@@ -61,7 +62,9 @@ def plan_layout(model: Any, cfg: Any, gpu_gib: float, cc: tuple[int, int], *,
     if requested == "transformers" or (requested == "auto" and not vllm_installed):
         return plan_memory(model, cfg, gpu_gib, compute_capability=cc, sampler="transformers"), cfg
     plan = plan_memory(model, cfg, gpu_gib, compute_capability=cc)
-    if plan.fits or requested == "vllm":
+    s = cfg.sampling
+    if plan.fits or requested == "vllm" or s.gpu_memory_utilization or s.max_num_batched_tokens:
+        # vLLM asked for, or sized by hand: refused with the numbers rather than replaced
         if not plan.vllm_rescore and cfg.selection.rescore_backend == "auto":
             cfg = replace(cfg, selection=replace(cfg.selection, rescore_backend="forward"))
         return plan, cfg

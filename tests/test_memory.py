@@ -319,3 +319,15 @@ def test_cli_bad_gpu_memory_exits_2_with_one_line(tmp_path, capsys, value):
     assert len(err.strip().splitlines()) == 1 and "gpu_memory_gib" in err
     with pytest.raises(InputError):
         plan_for_shape(shape(QWEN3_4B), CFG, float(value))
+
+
+def test_cli_plans_the_layout_run_would_choose_on_a_t4(tmp_path, capsys):
+    model = _write(tmp_path, QWEN3_4B)
+    code = cli.main(["memory-plan", "--model", model, "--gpu-memory-gib", "15", "--compute-capability", "7.5"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.startswith("FITS: 15.00 GiB GPU, compute capability 7.5, float16")
+    assert "sampler: transformers" in out and "do not fit one 15.00 GiB GPU together" in out
+    code = cli.main(["memory-plan", "--model", model, "--gpu-memory-gib", "15", "--compute-capability", "7.5",
+                     "--set", "sampling.backend=vllm"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out.startswith("DOES NOT FIT") and "Triton attention" in out

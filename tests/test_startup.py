@@ -117,8 +117,9 @@ def test_two_t4_give_each_worker_its_own_gpu_and_the_layout_that_fits(tmp_path, 
         from submission.memory import detect_gpu
 
         assert detect_gpu() == (15.0, (7, 5))
-    with pytest.raises(MemoryPlanError):  # vLLM forced: refused with the numbers, as asked
-        plan_memory_for_run(state(Config().with_overrides(["sampling.backend=vllm"])), model)
+    for forced in ("sampling.backend=vllm", "sampling.gpu_memory_utilization=0.5"):
+        with pytest.raises(MemoryPlanError):  # vLLM asked for or sized by hand: refused, not replaced
+            plan_memory_for_run(state(Config().with_overrides([forced])), model)
 
 
 def kaggle_gpus():
