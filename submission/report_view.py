@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
 TEMPLATE = "report.html.j2"
 OPEN_MAX = 8  # nested groups of at most this many entries start unfolded; longer ones folded
 BREAK_AFTER = "/_.,-=:"  # a long name or path may wrap after these characters
+LONG_WORD = 16  # characters: a shorter word never wraps inside
 # calibrate.py's figures: key -> (words, unit); a key not listed is shown by its name
 CALIBRATION_LABELS = {
     "train_tokens_per_s": ("training rate", "tokens/s"),
@@ -94,13 +96,15 @@ def render_report(data: dict[str, Any]) -> str:
 # ---- nested values -----------------------------------------------------------------------------
 
 def breakable(text: Any) -> Markup:
-    """Escaped text that may wrap after `BREAK_AFTER` characters (a path, a dotted or snake_case
-    name), so a long value wraps at its joints instead of one character per line."""
+    """Escaped text whose words longer than `LONG_WORD` may wrap after `BREAK_AFTER` characters
+    (a path, a dotted or snake_case name), so a long value wraps at its joints; short words
+    (`v_proj`) stay whole."""
     out = []
-    for ch in str(text):
-        out.append(str(escape(ch)))
-        if ch in BREAK_AFTER:
-            out.append("<wbr>")
+    for word in re.split(r"(\s+)", str(text)):
+        for ch in word:
+            out.append(str(escape(ch)))
+            if ch in BREAK_AFTER and len(word) > LONG_WORD:
+                out.append("<wbr>")
     return Markup("".join(out))
 
 
