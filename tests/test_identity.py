@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission import modelfiles
 from submission.config import Config
 from submission.grids import Pair, Task, as_grid
 from submission.modelfiles import model_identity, weight_digest
