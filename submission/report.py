@@ -1,11 +1,13 @@
 """Report: one self-contained HTML page of a run: summary, every task, attempt, candidate and second.
 
 Does: read a run's workdir (run.json, config.json, tasks/*.json and, when found, the challenges and
-solutions files), build plain JSON-like data from it (`build_report`), render that with the jinja2
-template in templates/ (`render_report`) and write the page (`write_report`). Works on a partial run
-(no run.json yet, some tasks missing) and on an older run's workdir: a missing or malformed field is
+solutions files), keep the records of the run's identity (records.py; the others are listed), build
+plain JSON-like data from them (`build_report`), render that with the jinja2 template in templates/
+(`report_view.render_report`) and write the page (`write_report`). Works on a partial run (no
+run.json yet, some tasks missing) and on an older run's workdir: a missing or malformed field is
 shown as absent, never an error. The page loads nothing from anywhere (no URLs, no external files).
-Does not: run, re-score or re-select anything; scores come from scoring.py.
+Does not: run, re-score or re-select anything; scores come from scoring.py, policy scores from
+select.py.
 """
 
 from __future__ import annotations
