@@ -3,7 +3,9 @@
 `check_model_weights` reads every `*.safetensors` header and makes sure the file holds exactly the
 tensor data the header promises, so a truncated or corrupt file is a clean InputError naming it
 instead of a loader's traceback (possibly inside a worker process). `model_identity` says which
-model answers came from, so a rerun with another model does not reuse them. Neither loads weights.
+model answers came from, so a rerun with another model does not reuse them: it hashes every byte
+of every weight file once, and keeps the digests in a cache file keyed by each file's path, size,
+inode, mtime and ctime, so a large model is read in full once per workdir. Neither loads weights.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 CONTENT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json") + INDEX_FILES  # fingerprinted by content
-SAMPLE_BYTES = 1 << 16  # bytes hashed at each end of a weight file: cheap, catches retrained weights
+HASH_CHUNK = 1 << 24  # bytes read per step while hashing a weight file
 # bytes per element of the byte-sized safetensors dtypes (sub-byte dtypes are not size-checked)
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
@@ -34,28 +36,80 @@ def weight_files(model_dir: str | Path) -> list[Path]:
     return sorted({p for pattern in WEIGHT_PATTERNS for p in d.glob(pattern) if p.is_file()})
 
 
-def model_identity(model_dir: str | Path) -> dict[str, str]:
+def model_identity(model_dir: str | Path, cache: str | Path | None = None) -> dict[str, str]:
     """{"path": resolved directory, "fingerprint": sha256 hex} of a model directory.
 
     The fingerprint covers the content of config.json, the tokenizer and index files, and every
-    weight file's name, size and first and last 64 KiB. Two directories with equal fingerprints
+    weight file's name, size and sha256 of all its bytes. Two directories with equal fingerprints
     hold the same model for every purpose this package has; the path is kept as well, so that a
-    record says where its answers came from."""
+    record says where its answers came from. `cache` (a JSON file, e.g. in the workdir) keeps the
+    weight files' digests between runs (`weight_digest`)."""
     d = Path(model_dir).resolve()
     if not d.is_dir():
         raise InputError("not a model directory", file=str(model_dir))
+    known = _read_cache(cache)
     h = hashlib.sha256()
     for name in CONTENT_FILES:
         p = d / name
         if p.is_file():
             content = _read(p, None)
             h.update(f"{name}\0{len(content)}\0".encode() + content)
+    entries = {}
     for p in weight_files(d):
-        size = _size(p)
-        head = _read(p, min(size, SAMPLE_BYTES))
-        tail = _read(p, min(size, SAMPLE_BYTES), offset=max(0, size - SAMPLE_BYTES))
-        h.update(f"{p.name}\0{size}\0{hashlib.sha256(head + tail).hexdigest()}\0".encode())
+        entries[str(p)] = entry = weight_digest(p, known.get(str(p)))
+        h.update(f"{p.name}\0{entry['size']}\0{entry['sha256']}\0".encode())
+    if cache is not None and any(known.get(k) != v for k, v in entries.items()):
+        _write_cache(Path(cache), {**known, **entries})
     return {"path": str(d), "fingerprint": h.hexdigest()}
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    """What says a file is unchanged since it was hashed: size, inode, mtime and ctime in ns
+    (ctime cannot be set back by a program, so a rewrite that restores the mtime is still seen)."""
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror or err}", file=str(path)) from err
+    return {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns}
+
+
+def weight_digest(path: Path, cached: Any = None) -> dict[str, Any]:
+    """{"sha256": digest of every byte, **_stamp(path)}; `cached` (an earlier result) is reused
+    when the file's stamp is unchanged, else the file is read in full."""
+    stamp = _stamp(path)
+    if isinstance(cached, dict) and isinstance(cached.get("sha256"), str) and all(
+            cached.get(k) == v for k, v in stamp.items()):
+        return {"sha256": cached["sha256"], **stamp}
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(HASH_CHUNK):
+                h.update(chunk)
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror or err}", file=str(path)) from err
+    after = _stamp(path)
+    if after != stamp:  # written while it was read: the digest may mix old and new bytes
+        raise InputError("changed while it was being read", file=str(path))
+    return {"sha256": h.hexdigest(), **stamp}
+
+
+def _read_cache(cache: str | Path | None) -> dict[str, Any]:
+    """The digest cache's entries by file path; empty when absent or unreadable (then every file
+    is hashed again and the cache rewritten)."""
+    if cache is None:
+        return {}
+    try:
+        data = json.loads(Path(cache).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(cache: Path, entries: dict[str, Any]) -> None:
+    from .files import write_json_atomic
+
+    write_json_atomic(cache, entries)  # OSError (a full disk) is the caller's, as for any output
 
 
 def _read(path: Path, n: int | None, offset: int = 0) -> bytes:

@@ -32,10 +32,11 @@ from .errors import AdapterError, SubmissionError
 from .faults import inject
 from .grids import Task, grid_to_list
 from .paths import task_file_name
+from .records import task_digest
 from .rescore import rescore
 from .sample import GenRequest, answer_budget, build_views, collect_samples
 from .search import search
-from .select import POLICIES, Sample, grid_key, pool, rank, select_two, to_record
+from .select import POLICIES, Sample, candidate_records, grid_key, pool, select_two
 from .files import write_json_atomic
 from .ttt_data import build_ttt_data
 from .watchdog import Beat
@@ -138,7 +139,7 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
     from .backends import resolve_dtype
 
     out = adapter_dir(state, task.id)
-    reused = _finished_adapter(out, state)
+    reused = _finished_adapter(out, state, task)
     if reused is not None:
         rec.update(reused, ttt_reused=True)
         state.fallbacks["ttt_adapter_reused"] += 1
@@ -173,7 +174,7 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
     path = engine.trainer.save(out, dtype=resolve_dtype(state.cfg.model.dtype))
     inject(task.id, "saved", state.workdir, path)
     check_adapter(path)
-    write_json_atomic(path / DONE, {"config": _ttt_identity(state), "ttt": rec["ttt"],
+    write_json_atomic(path / DONE, {"config": _ttt_identity(state, task), "ttt": rec["ttt"],
                                     "ttt_data": rec["ttt_data"]})
     return engine.new_adapter(task.id, path)
 
@@ -181,12 +182,14 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
 DONE = "ttt_done.json"  # written last: the adapter is complete and checked
 
 
-def _ttt_identity(state: Sink) -> dict[str, Any]:
-    """What an adapter depends on: the model and TTT config sections, and the model itself."""
-    return {**state.cfg.to_json(("model", "ttt")), "model_identity": state.identity.get("model")}
+def _ttt_identity(state: Sink, task: Task) -> dict[str, Any]:
+    """What an adapter depends on: the model and TTT config sections, the model itself and the
+    task's content."""
+    return {**state.cfg.to_json(("model", "ttt")), "model_identity": state.identity.get("model"),
+            "task_digest": task_digest(task)}
 
 
-def _finished_adapter(path: Path, state: Sink) -> dict[str, Any] | None:
+def _finished_adapter(path: Path, state: Sink, task: Task) -> dict[str, Any] | None:
     import json
 
     try:
@@ -194,7 +197,7 @@ def _finished_adapter(path: Path, state: Sink) -> dict[str, Any] | None:
         check_adapter(path)
     except (OSError, ValueError, AdapterError):
         return None
-    if done.get("config") != _ttt_identity(state):
+    if done.get("config") != _ttt_identity(state, task):
         return None
     return {"ttt": done["ttt"], "ttt_data": done["ttt_data"]}
 
@@ -341,8 +344,8 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
     rescored = sum(len(c.rescore_logprobs or []) for c in top)  # all pairs, not only those listed
     entry = {"test_index": test_index, "samples": len(samples), "rescored_pairs": rescored,
              "unparsed": sum(1 for s in samples if s.grid is None),
-             "candidates": [to_record(c) for c in rank(cands, cfg.selection.policy,
-                                                       poe_offset=cfg.selection.poe_offset)[:8]]}
+             "candidates": candidate_records(cands, cfg.selection.policy,
+                                             poe_offset=cfg.selection.poe_offset)}
     if state.all_policies:
         entry["attempts_by_policy"] = {p: [grid_to_list(g) for g in a] for p, a in by_policy.items()}
     rec.setdefault("tests", []).append(entry)

@@ -1,11 +1,13 @@
 """Report: one self-contained HTML page of a run: summary, every task, attempt, candidate and second.
 
 Does: read a run's workdir (run.json, config.json, tasks/*.json and, when found, the challenges and
-solutions files), build plain JSON-like data from it (`build_report`), render that with the jinja2
-template in templates/ (`render_report`) and write the page (`write_report`). Works on a partial run
-(no run.json yet, some tasks missing) and on an older run's workdir: a missing or malformed field is
+solutions files), keep the records of the run's identity (records.py; the others are listed), build
+plain JSON-like data from them (`build_report`), render that with the jinja2 template in templates/
+(`report_view.render_report`) and write the page (`write_report`). Works on a partial run (no
+run.json yet, some tasks missing) and on an older run's workdir: a missing or malformed field is
 shown as absent, never an error. The page loads nothing from anywhere (no URLs, no external files).
-Does not: run, re-score or re-select anything; scores come from scoring.py.
+Does not: run, re-score or re-select anything; scores come from scoring.py, policy scores from
+select.py.
 """
 
 from __future__ import annotations
@@ -18,30 +20,29 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from jinja2 import ChainableUndefined, Environment, FileSystemLoader, Undefined, select_autoescape
-from markupsafe import Markup
-
 from .errors import InputError, SubmissionError
+from .config import ANSWER_SECTIONS
+from .records import IDENTITY_KEY, identity_mismatch, task_digest
+from .report_view import PALETTE, ReportTemplateMissing, grid_svg, is_grid, render_report
+from .report_view import finite as _num
 from .scoring import load_solutions, score_submission
+from .select import POLICIES, from_record, policy_scores
+from .tasks import parse_task
 
-PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
-           "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
+__all__ = ["PALETTE", "NotARunError", "ReportTemplateMissing", "build_report", "grid_svg",
+           "is_grid", "load_records", "render_report", "run_dir", "write_report"]
+
 STAGES = {"ttt_s": "TTT", "sample_s": "sampling", "rescore_s": "re-scoring", "select_s": "selection"}
 RUN_INFO_KEYS = ("model", "workdir", "scratch", "engine_kwargs")
 SHOWN_RUN_KEYS = {"config", "backends", "seconds", "tasks", "resumed", "fallbacks", "faults",
                   "per_task", "calibration", "memory_plan", "challenges", "solutions",
                   "time_budget_s", *RUN_INFO_KEYS}
 SHOWN_TASK_KEYS = {"timing", "fallbacks", "plan", "ttt", "ttt_data", "attempts", "tests", "views",
-                   "config", "faults", "task_id", "id", "ttt_reused", "model"}
-TEMPLATE = "report.html.j2"
+                   "config", "faults", "task_id", "id", "ttt_reused", "model", "task_digest"}
 
 
 class NotARunError(SubmissionError):
     """The report's directory holds none of the files a run writes."""
-
-
-class ReportTemplateMissing(SubmissionError):
-    """The page template is not installed beside this module."""
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -60,20 +61,6 @@ def _d(x: Any) -> dict:
 
 def _l(x: Any) -> list:
     return x if isinstance(x, list) else []
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return None
-    return float(x)
-
-
-def is_grid(g: Any) -> bool:
-    """A non-empty rectangular list of lists of ints 0-9."""
-    return (isinstance(g, list) and bool(g) and all(isinstance(r, list) and r for r in g)
-            and len({len(r) for r in g}) == 1
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9
-                    for r in g for v in r))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -113,10 +100,53 @@ def _find_solutions(challenges: Path | None, run: dict) -> Path | None:
     return None
 
 
-def load_records(rdir: Path, run: dict) -> tuple[dict[str, dict], list[dict[str, str]]]:
+def run_identity(run: dict, config: dict) -> dict[str, Any]:
+    """The identity the run's records carry (records.IDENTITY_PARTS keys): the answer-relevant
+    sections of run.json's config (else config.json's, written when the run started) and
+    run.json's model. A part the workdir does not record is left out, so it is not compared."""
+    want: dict[str, Any] = {}
+    cfg = _d(run.get("config")) or config
+    if all(isinstance(cfg.get(k), dict) for k in ANSWER_SECTIONS):
+        want[IDENTITY_KEY] = json.loads(json.dumps({k: cfg[k] for k in ANSWER_SECTIONS}))
+    if "model" in run:
+        want["model"] = run["model"]
+    return want
+
+
+def _digests(chal: dict[str, dict], path: Path | None) -> dict[str, str]:
+    """records.task_digest of every challenge that parses (a task that does not is not compared)."""
+    out = {}
+    for tid, obj in chal.items():
+        try:
+            out[tid] = task_digest(parse_task(tid, obj, file=str(path)))
+        except InputError:
+            continue
+    return out
+
+
+def load_records(rdir: Path, run: dict, want: dict[str, Any] | None = None,
+                 digests: dict[str, str] | None = None
+                 ) -> tuple[dict[str, dict], list[dict[str, str]], list[dict[str, Any]]]:
     """Per-task records by task id: run.json's `per_task`, updated by any tasks/*.json written after
-    run.json (a run still going, or killed). Returns (records, unreadable files with reasons)."""
-    records = {k: v for k, v in _d(run.get("per_task")).items() if isinstance(v, dict)}
+    run.json (a run still going, or killed). Only records of the run's identity `want` (and of the
+    task's current content, `digests`, where a record carries a task digest) count; the others are
+    listed apart. Returns (records, unreadable files with reasons, records not from this run)."""
+    want, digests = want or {}, digests or {}
+
+    def differs(tid: str, rec: dict, keys: dict[str, Any]) -> list[str]:
+        check = dict(keys)
+        if tid in digests and "task_digest" in rec:  # records before task digests: not compared
+            check["task_digest"] = digests[tid]
+        return identity_mismatch(rec, check)
+
+    records, foreign = {}, []
+    for tid, rec in _d(run.get("per_task")).items():
+        if isinstance(rec, dict):  # run.json's copies carry no config or model: the run's own
+            why = differs(tid, rec, {})
+            if why:
+                foreign.append({"task": tid, "file": "run.json", "differs": why})
+            else:
+                records[tid] = rec
     run_path = rdir / "run.json"
     run_mtime = run_path.stat().st_mtime if run_path.exists() else -math.inf
     bad: list[dict[str, str]] = []
@@ -130,9 +160,12 @@ def load_records(rdir: Path, run: dict) -> tuple[dict[str, dict], list[dict[str,
             continue
         tid = rec.get("task_id") or rec.get("id")
         tid = tid if isinstance(tid, str) else path.stem
-        if tid not in records or path.stat().st_mtime > run_mtime:
+        why = differs(tid, rec, want)
+        if why:
+            foreign.append({"task": tid, "file": str(path), "differs": why})
+        elif tid not in records or path.stat().st_mtime > run_mtime:
             records[tid] = rec
-    return records, bad
+    return records, bad, foreign
 
 
 def _load_challenges(path: Path | None, notes: list[str]) -> dict[str, dict]:
@@ -157,15 +190,19 @@ def _stage_times(timing: dict) -> list[tuple[str, float]]:
     return known + other
 
 
-def _candidate_scores(c: dict, poe_offset: float) -> dict[str, float | None]:
-    """Scores of a recorded candidate under each policy (the formulas of select.py)."""
-    count = _num(c.get("count"))
-    lps = [_num(x) for x in _l(c.get("rescore_logprobs"))]
-    lps = [-math.inf if x is None else x for x in lps]
-    poe = sum(x + poe_offset for x in lps) if lps else None
-    nll = count - sum(-x for x in lps) / len(lps) if lps and count is not None else None
-    return {"vote": count, "poe": poe if poe is None or math.isfinite(poe) else None,
-            "count-nll": nll if nll is None or math.isfinite(nll) else None}
+def _candidate_scores(entry: dict, poe_offset: float) -> list[dict[str, float | None]]:
+    """Per recorded candidate of one test input, its score under every policy: as recorded when
+    the run wrote them (select.candidate_records, over the whole pool), else computed by
+    select.policy_scores from the recorded candidates, without "vote" (its transform groups were
+    not recorded)."""
+    cands = [c for c in _l(entry.get("candidates")) if isinstance(c, dict)]
+    if cands and all(isinstance(c.get("scores"), dict) for c in cands):
+        return [{p: _num(c["scores"].get(p)) for p in POLICIES} for c in cands]
+    parsed = [from_record(c, i) for i, c in enumerate(cands)]
+    ok = [c for c in parsed if c is not None]
+    computed = iter(policy_scores(ok, poe_offset=poe_offset))
+    return [{p: None if p == "vote" or s is None else _num(s[p]) for p in POLICIES}
+            for s in (next(computed) if c is not None else None for c in parsed)]
 
 
 def _by_index(tests: Any) -> dict[int, dict]:
@@ -204,7 +241,8 @@ def build_task(tid: str, rec: dict, challenge: dict, truths: list | None, faults
         right += ok
         by_policy = {p: _l(a)[:2] for p, a in _d(entry.get("attempts_by_policy")).items()}
         cands = []
-        for c in (x for x in _l(entry.get("candidates")) if isinstance(x, dict)):
+        scores = _candidate_scores(entry, poe_offset)
+        for c, sc in zip((x for x in _l(entry.get("candidates")) if isinstance(x, dict)), scores):
             g = c.get("grid")
             picked = {p: k + 1 for p, a in by_policy.items() for k, x in enumerate(a) if _same(x, g)}
             lps = [_num(x) for x in _l(c.get("rescore_logprobs"))]
@@ -213,7 +251,7 @@ def build_task(tid: str, rec: dict, challenge: dict, truths: list | None, faults
                           "mean_rescore": (sum(x for x in lps if x is not None) / len(lps)
                                            if lps and None not in lps else None),
                           "from_base": bool(c.get("from_base")),
-                          "scores": _candidate_scores(c, poe_offset), "picked": picked,
+                          "scores": sc, "picked": picked,
                           "right": _same(g, truth) if truth is not None else None})
         policies = [{"name": p, "right": any(_same(g, truth) for g in a) if truth is not None
                      else None} for p, a in by_policy.items()]
@@ -289,11 +327,15 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
     if not finished:
         notes.append("no run.json: the run is still going or was killed; showing the finished tasks")
     config = _d(run.get("config")) or _d(_read(rdir / "config.json")[0])
-    records, unreadable = load_records(rdir, run)
     ch_path = Path(challenges) if challenges else _find_challenges(workdir, rdir, run)
     if challenges and not ch_path.is_file():
         raise InputError("file not found", file=str(ch_path))
     chal = _load_challenges(ch_path, notes)
+    want = run_identity(run, config)
+    records, unreadable, foreign = load_records(rdir, run, want, _digests(chal, ch_path))
+    if "model" not in want:
+        notes.append("the run's model is not recorded here: records are matched to the run by "
+                     "config and task content only")
     sol_path = Path(solutions) if solutions else _find_solutions(ch_path, run)
     sols: dict[str, list] = {}
     if sol_path is not None:
@@ -337,6 +379,7 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
         "challenges": str(ch_path) if ch_path else None, "solutions": str(sol_path) if sols else None,
         "tasks_total": len(chal) or _num(run.get("tasks")) or len(records), "tasks": tasks,
         "missing": [t for t in chal if t not in records], "unreadable": unreadable,
+        "foreign": foreign,
         "resumed": run.get("resumed"),
         "scores": _scores(records, sols) if sols else None, "counts": counts,
         "fallbacks": [{"kind": k, "count": v, "tasks": by_fb.get(k, [])}
@@ -361,78 +404,6 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
         "config": config, "policy": sel.get("policy"), "other": {k: v for k, v in run.items() if k not in SHOWN_RUN_KEYS},
         "palette": PALETTE,
     }
-
-
-# ---- rendering -------------------------------------------------------------------------------
-
-def render_report(data: dict[str, Any]) -> str:
-    """The HTML page of `build_report`'s data."""
-    tdir = Path(__file__).parent / "templates"
-    if not (tdir / TEMPLATE).is_file():
-        raise ReportTemplateMissing(f"report template missing: {tdir / TEMPLATE}")
-    env = Environment(loader=FileSystemLoader(str(tdir)), autoescape=select_autoescape(["j2", "html"]),
-                      undefined=ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(grid=grid_svg, loss=loss_svg, secs=_secs, num=_fmt,
-                       pretty=lambda x: json.dumps(x, indent=1, sort_keys=True, default=str))
-    return env.get_template(TEMPLATE).render(r=data)
-
-
-def grid_svg(g: Any, max_px: int = 240) -> Markup:
-    """A grid as inline SVG: one path per colour (runs of equal cells merged) plus 1-px cell lines;
-    cells of 8 to 24 px, so a 30x30 grid stays readable."""
-    if not is_grid(g):
-        return Markup('<span class="nogrid">no grid</span>')
-    h, w = len(g), len(g[0])
-    cell = max(8, min(24, max_px // max(h, w)))
-    runs: dict[int, list[str]] = defaultdict(list)
-    for y, row in enumerate(g):
-        x = 0
-        while x < w:
-            n = 1
-            while x + n < w and row[x + n] == row[x]:
-                n += 1
-            runs[row[x]].append(f"M{x} {y}h{n}v1h-{n}z")
-            x += n
-    paths = "".join(f'<path fill="{PALETTE[c]}" d="{"".join(d)}"/>' for c, d in sorted(runs.items()))
-    lines = "".join([f"M0 {y}H{w}" for y in range(1, h)] + [f"M{x} 0V{h}" for x in range(1, w)])
-    grid = f'<path class="gl" d="{lines}"/>' if lines else ""
-    return Markup(f'<svg class="grid" width="{w * cell}" height="{h * cell}" viewBox="0 0 {w} {h}" '
-                  f'shape-rendering="crispEdges"><title>{h}x{w}</title>{paths}{grid}</svg>')
-
-
-def loss_svg(losses: list[float]) -> Markup:
-    """A TTT loss curve (one point per logged step) as a small inline SVG."""
-    if len(losses) < 2:
-        return Markup("")
-    lo, hi = min(losses), max(losses)
-    span = (hi - lo) or 1.0
-    pts = " ".join(f"{i * 200 / (len(losses) - 1):.1f},{4 + 52 * (hi - v) / span:.1f}"
-                   for i, v in enumerate(losses))
-    return Markup(f'<svg class="loss" width="240" height="72" viewBox="-4 0 208 60">'
-                  f'<title>TTT loss per step: {hi:.3g} max, {lo:.3g} min</title>'
-                  f'<polyline points="{pts}"/></svg>')
-
-
-def _secs(x: Any) -> str:
-    x = _num(x)
-    if x is None:
-        return "–"
-    if x < 120:
-        return f"{x:.1f} s"
-    return f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.1f} h"
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if isinstance(x, Undefined):
-        x = None
-    if isinstance(x, bool) or x is None:
-        return "–" if x is None else str(x).lower()
-    v = _num(x)
-    if v is None:
-        return str(x)
-    if v == int(v) and abs(v) < 1e15:
-        return str(int(v))
-    return f"{v:.1f}" if 100 <= abs(v) < 1e15 else f"{v:.{digits}g}"
 
 
 def write_report(workdir: str | Path, *, solutions: str | Path | None = None,

@@ -35,6 +35,8 @@ from .submit import build_submission
 from .tasks import load_tasks_lenient, read_json_object
 from .watchdog import Watchdog, WatchdogInterrupt
 
+WEIGHT_DIGESTS = "weight_digests.json"  # in the workdir: each weight file is read in full once
+
 
 class Run:
     """State of one run: outputs, per-task records, fallback counters and faults."""
@@ -47,8 +49,8 @@ class Run:
         self.cfg, self.out, self.workdir = cfg, Path(out), Path(workdir)
         self.scratch = Path(scratch) if scratch is not None else self.workdir
         # a stored task is reused only if the answer-relevant config and the model both match
-        self.identity = {"config": cfg.to_json(ANSWER_SECTIONS),
-                         "model": model_identity(model) if model is not None else None}
+        self.identity = {"config": cfg.to_json(ANSWER_SECTIONS), "model": model_identity(
+            model, cache=self.workdir / WEIGHT_DIGESTS) if model is not None else None}
         self.all_policies = all_policies
         (self.workdir / "tasks").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.workdir / "config.json", cfg.to_dict())
@@ -62,7 +64,7 @@ class Run:
         self.answers: dict[str, list[list[Any]]] = {}
         self.records: dict[str, dict[str, Any]] = {}
         for i in ids:
-            rec = load_task_record(self.workdir, i, self.identity, self.counts[i]) if i in self.tasks else None
+            rec = load_task_record(self.workdir, self.tasks[i], self.identity) if i in self.tasks else None
             if rec is not None:
                 self.records[i] = rec
                 self.answers[i] = rec["attempts"]
@@ -88,7 +90,7 @@ class Run:
 
     def finish_task(self, task: Task, record: dict[str, Any]) -> None:
         """Store a finished task's record (resume point), then rewrite submission.json."""
-        store_record(self, task.id, record)
+        store_record(self, task, record)
         self.accept(task.id, record)
 
     def accept(self, task_id: str, record: dict[str, Any]) -> None:

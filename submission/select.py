@@ -2,7 +2,8 @@
 
 Does: merge identical grids (same shape and cells) into `Candidate`s; rank them by MIT-style
 two-level voting ("vote"), ARChitects product of experts ("poe") or NVARC count minus mean NLL
-("count-nll"); return at most two distinct grids; summarise a candidate as a JSON-ready dict.
+("count-nll"), each by a score computed here only (`policy_scores`, which the report shows too);
+return at most two distinct grids; summarise a candidate as a JSON-ready dict and read it back.
 Does not: sample, invert augmentations, compute re-scoring log-probabilities (the caller fills
 `Candidate.rescore_logprobs`) or fill missing attempts with fallbacks (the caller does and counts).
 Everything is deterministic: every ordering ends in explicit tie-breaks.
@@ -16,11 +17,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .grids import Grid, grid_to_list
+from .tasks import validate_grid
 
 POLICIES = ("vote", "poe", "count-nll")
 VOTE_TOP_K = 3  # candidates kept per transform group in two-level voting
+RECORDED_CANDIDATES = 8  # candidates a task record lists per test input, best first
 
 
 def grid_key(grid: Grid) -> bytes:
@@ -138,9 +141,29 @@ def _count_nll_score(c: Candidate) -> float | None:
     return None if lps is None else c.count - sum(-lp for lp in lps) / len(lps)
 
 
+def _scores(candidates: Sequence[Candidate], policy: str, poe_offset: float) -> list[float | None]:
+    """What `policy` ranks by, per candidate (higher first; None: nothing to rank by)."""
+    if policy == "vote":
+        return list(_vote_scores(candidates))
+    score_fn: Callable[[Candidate], float | None] = (
+        (lambda c: _poe_score(c, poe_offset)) if policy == "poe" else _count_nll_score)
+    return [score_fn(c) for c in candidates]
+
+
+def policy_scores(candidates: Sequence[Candidate], *,
+                  poe_offset: float = 3.0) -> list[dict[str, float | None]]:
+    """Per candidate, the score every policy ranks it by: "vote" the transform groups whose top
+    `VOTE_TOP_K` hold it, "poe" the sum of re-scoring logprobs plus `poe_offset`, "count-nll" the
+    count minus the mean re-scoring NLL (None without re-scoring). Votes depend on the other
+    candidates: pass the whole pool."""
+    per_policy = {p: _scores(candidates, p, poe_offset) for p in POLICIES}
+    return [{p: per_policy[p][i] for p in POLICIES} for i in range(len(candidates))]
+
+
 def rank(candidates: Sequence[Candidate], policy: str, *,
          poe_offset: float = 3.0) -> list[Candidate]:
-    """Candidates best first under `policy`; ties by (count desc, best_logprob desc, first_seen asc).
+    """Candidates best first under `policy` (by `policy_scores`); ties by (count desc,
+    best_logprob desc, first_seen asc).
 
     For "poe" and "count-nll", candidates without re-scoring logprobs come after all re-scored
     ones, in count order.
@@ -148,17 +171,11 @@ def rank(candidates: Sequence[Candidate], policy: str, *,
     if policy not in POLICIES:
         raise ConfigError(f"unknown selection policy {policy!r}; choose one of {', '.join(POLICIES)}")
     cands = list(candidates)
-    if policy == "vote":
-        scores = _vote_scores(cands)
-        order = sorted(range(len(cands)), key=lambda i: (-scores[i], _tiebreak(cands[i])))
-        return [cands[i] for i in order]
-    score_fn: Callable[[Candidate], float | None] = (
-        (lambda c: _poe_score(c, poe_offset)) if policy == "poe" else _count_nll_score)
-    scored = [(score_fn(c), c) for c in cands]
-    with_score = sorted(((s, c) for s, c in scored if s is not None),
-                        key=lambda sc: (-sc[0], _tiebreak(sc[1])))
-    without = sorted((c for s, c in scored if s is None), key=_tiebreak)
-    return [c for _, c in with_score] + without
+    scores = _scores(cands, policy, poe_offset)
+    scored = sorted((i for i, s in enumerate(scores) if s is not None),
+                    key=lambda i: (-scores[i], _tiebreak(cands[i])))
+    unscored = sorted((i for i, s in enumerate(scores) if s is None), key=lambda i: _tiebreak(cands[i]))
+    return [cands[i] for i in scored + unscored]
 
 
 def select_two(candidates: Sequence[Candidate], policy: str, *,
@@ -182,9 +199,10 @@ def _json_float(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def to_record(c: Candidate) -> dict[str, Any]:
-    """JSON-ready summary (strict JSON: non-finite floats become None)."""
-    return {
+def to_record(c: Candidate, scores: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """JSON-ready summary (strict JSON: non-finite floats become None), with the candidate's
+    `policy_scores` when given."""
+    rec = {
         "grid": grid_to_list(c.grid),
         "count": int(c.count),
         "views": sorted(int(v) for v in c.views),
@@ -193,3 +211,35 @@ def to_record(c: Candidate) -> dict[str, Any]:
         else [_json_float(x) for x in c.rescore_logprobs],
         "from_base": bool(c.from_base),
     }
+    if scores is not None:
+        rec["scores"] = {p: None if v is None else _json_float(v) for p, v in scores.items()}
+    return rec
+
+
+def from_record(rec: dict[str, Any], first_seen: int = 0) -> Candidate | None:
+    """The Candidate a `to_record` summary describes (its transform groups are not recorded),
+    or None when the summary has no grid or count."""
+    count = rec.get("count")
+    try:
+        grid = validate_grid(rec.get("grid"))
+    except InputError:
+        return None
+    if type(count) is not int:
+        return None
+    lps = rec.get("rescore_logprobs")
+    lps = [math.nan if not isinstance(x, (int, float)) or isinstance(x, bool) else float(x)
+           for x in lps] if isinstance(lps, list) else None
+    best = rec.get("best_logprob")
+    return Candidate(grid=grid, count=count, views=set(), groups=set(),
+                     best_logprob=float(best) if isinstance(best, (int, float)) else -math.inf,
+                     first_seen=first_seen, from_base=bool(rec.get("from_base")),
+                     rescore_logprobs=lps or None)
+
+
+def candidate_records(candidates: Sequence[Candidate], policy: str, *, poe_offset: float = 3.0,
+                      limit: int = RECORDED_CANDIDATES) -> list[dict[str, Any]]:
+    """The first `limit` candidates of `rank(policy)` as `to_record` summaries, each with its
+    score under every policy (computed over all `candidates`)."""
+    scores = {c.key(): s for c, s in zip(candidates, policy_scores(candidates, poe_offset=poe_offset))}
+    return [to_record(c, scores[c.key()])
+            for c in rank(candidates, policy, poe_offset=poe_offset)[:limit]]

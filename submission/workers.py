@@ -229,7 +229,7 @@ class WorkerSink:
     def finish_task(self, task, record: dict[str, Any]) -> None:
         from .records import store_record
 
-        store_record(self, task.id, record)
+        store_record(self, task, record)
         self.outbox.send(("done", task.id, record, *self.take_counts()))
 
 

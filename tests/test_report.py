@@ -14,12 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from submission.cli import main
-from submission.config import Config
+from submission.config import ANSWER_SECTIONS, Config
 from submission.errors import InputError
 from submission.report import (PALETTE, NotARunError, build_report, grid_svg, render_report,
                                run_dir, write_report)
 from submission.scoring import score_submission
+from submission import select as S
+from submission.records import task_digest
 from submission.select import Candidate, rank
+from submission.tasks import parse_task
 
 A = [[1, 2], [3, 4]]
 B = [[5, 5], [5, 5]]
@@ -33,6 +36,7 @@ CHALLENGES = {
     "t_unsolved": {"train": [{"input": C, "output": D}], "test": [{"input": C}]},
 }
 SOLUTIONS = {"t_solved": [B], "t_partly": [A, C], "t_unsolved": [D]}
+MODEL = {"path": "/models/m", "fingerprint": "f00d"}
 
 
 def cand(grid, count, lps=None, from_base=False):
@@ -45,7 +49,8 @@ def record(attempts, tests, **extra):
            "fallbacks": {}, "plan": {"expected_s": 10.0, "ttt_s": 5.0}, "views": 8,
            "ttt": {"steps": 4, "planned_steps": 4, "samples": 8, "first_loss": 2.0,
                    "final_loss": 0.5, "seconds": 2.0, "stopped_by_deadline": False},
-           "attempts": attempts, "tests": tests, "config": {"model": {}}, "model": {"path": "/m"}}
+           "attempts": attempts, "tests": tests, "config": Config().to_json(ANSWER_SECTIONS),
+           "model": MODEL}
     rec.update(extra)
     return rec
 
@@ -89,12 +94,13 @@ def make_run(root: Path, *, recs=None, with_run_json=True, layout="dry-run", run
         run = {"config": cfg, "backends": {"workers": 2, "killed": [
                    {"worker": 1, "reason": "stage 'ttt' past its deadline", "tasks": ["t_partly"]}]},
                "seconds": 42.0, "time_budget_s": 100.0, "tasks": 3, "resumed": 0,
-               "model": {"path": "/models/m", "fingerprint": "f00d"}, "workdir": str(rdir),
+               "model": MODEL, "workdir": str(rdir),
                "fallbacks": {"bad_task": 0, "attempt_placeholder": 1, "attempt_from_base_model": 1,
                              "ttt_failed": 1, "view_demos_dropped": 2},
                "faults": [{"task": "t_unsolved", "stage": "ttt", "error": "RuntimeError('oom')"},
                           {"tasks": ["t_partly", "t_solved"], "stage": "chunk", "error": "boom"}],
-               "per_task": {i: {k: v for k, v in recs[i].items() if k != "config"} for i in ids}}
+               "per_task": {i: {k: v for k, v in recs[i].items() if k not in ("config", "model")}
+                            for i in ids}}
         run.update(run_extra or {})
         (rdir / "run.json").write_text(json.dumps(run))
     return root
@@ -177,6 +183,89 @@ def test_candidate_scores_follow_select_policies(tmp_path):
     assert t["candidates"][0]["scores"]["count-nll"] == pytest.approx(5 - 1.5)
 
 
+def test_candidate_scores_are_what_select_ranks_by(tmp_path):
+    """Every shown policy score is select.policy_scores over the whole pool (votes: transform
+    groups whose top 3 hold the grid, not the sample count), and ranks as select.rank does."""
+    rng = np.random.default_rng(7)
+    grids = [[[k]] for k in range(10)]
+    samples = [S.Sample(view=i, group=int(rng.integers(0, 6)), grid=np.array(grids[k], np.uint8),
+                        logprob=float(-rng.random()))
+               for i, k in enumerate(rng.choice(10, size=60, p=np.arange(10, 0, -1) / 55))]
+    cands = S.pool(samples)
+    for c in cands[:6]:
+        c.rescore_logprobs = [float(-rng.random() * 3) for _ in range(2)]
+    expect = {c.key(): sc for c, sc in zip(cands, S.policy_scores(cands, poe_offset=1.5))}
+    recs = records()
+    entry = recs["t_solved"]["tests"][0]
+    entry["candidates"] = S.candidate_records(cands, "vote", poe_offset=1.5)
+    wd = make_run(tmp_path, recs=recs)
+    cfg = json.loads((wd / "run" / "config.json").read_text())
+    shown = by_id(build_report(wd))["t_solved"]["tests"][0]["candidates"]
+    assert len(shown) == S.RECORDED_CANDIDATES < len(cands)  # votes need the whole pool
+    assert cfg["selection"]["poe_offset"] != 1.5  # the run's stored scores, not recomputed
+    for c in shown:
+        want = expect[S.grid_key(np.array(c["grid"], np.uint8))]
+        assert c["scores"] == pytest.approx(want), c["grid"]
+    assert any(c["scores"]["vote"] != c["count"] for c in shown)  # votes are not counts
+    for policy in S.POLICIES:
+        order = [S.grid_key(c.grid) for c in S.rank(cands, policy, poe_offset=1.5)]
+        ranked = sorted(shown, key=lambda c: order.index(S.grid_key(np.array(c["grid"], np.uint8))))
+        values = [c["scores"][policy] for c in ranked]
+        scored = [v for v in values if v is not None]
+        assert values[:len(scored)] == scored and scored == sorted(scored, reverse=True), policy
+    # A record from before scores were stored: poe and count-nll from select.py, no vote.
+    for c in entry["candidates"]:
+        del c["scores"]
+    shown = by_id(build_report(make_run(tmp_path / "old", recs=recs)))["t_solved"]["tests"][0]
+    offset = Config().selection.poe_offset
+    for c in shown["candidates"]:
+        cand = S.from_record({"grid": c["grid"], "count": c["count"], "rescore_logprobs":
+                              next(x["rescore_logprobs"] for x in entry["candidates"]
+                                   if x["grid"] == c["grid"])})
+        want = S.policy_scores([cand], poe_offset=offset)[0]
+        assert c["scores"]["vote"] is None
+        assert c["scores"]["poe"] == pytest.approx(want["poe"])
+        assert c["scores"]["count-nll"] == pytest.approx(want["count-nll"])
+
+
+def test_records_of_another_run_are_listed_not_scored(tmp_path):
+    """Only records of the run's identity (answer config, model, task content) are shown and
+    scored; the others are listed as not from this run."""
+    recs = records()
+    for tid, rec in recs.items():
+        rec["task_digest"] = task_digest(parse_task(tid, CHALLENGES[tid], file="c"))
+    other_model = dict(recs["t_unsolved"], attempts=[[D]], model={"path": "/models/other"})
+    cfg = Config().with_overrides(["selection.policy=poe"]).to_json(ANSWER_SECTIONS)
+    other_config = dict(recs["t_partly"], attempts=[[A], [C]], config=cfg)
+    wd = make_run(tmp_path, recs=recs, ids_in_run=["t_solved"])
+    tdir = run_dir(wd) / "tasks"
+    (tdir / "t_unsolved.json").write_text(json.dumps(other_model))
+    (tdir / "t_partly.json").write_text(json.dumps(other_config))
+    data = build_report(wd)
+    assert [t["id"] for t in data["tasks"]] == ["t_solved"]
+    assert data["missing"] == ["t_partly", "t_unsolved"]
+    assert {f["task"]: f["differs"] for f in data["foreign"]} == {"t_partly": ["config"],
+                                                                 "t_unsolved": ["model"]}
+    assert data["scores"]["all"]["task_mean"] == pytest.approx(1 / 3)  # both would be right
+    html = render_report(data)
+    assert "Not from this run (2)" in html and html.count('<article class="task"') == 1
+    # One grid cell of t_solved changes under the same id: its record is not this task's.
+    changed = json.loads(json.dumps(CHALLENGES))
+    changed["t_solved"]["train"][0]["input"][0][0] = 9
+    (wd / "data" / "arc-agi_evaluation_challenges.json").write_text(json.dumps(changed))
+    data = build_report(wd)
+    assert data["tasks"] == [] and {f["task"]: f["differs"] for f in data["foreign"]} == {
+        "t_solved": ["task"], "t_partly": ["config"], "t_unsolved": ["model"]}
+    # A later run with another model, still going (no new run.json): its records are apart too.
+    wd2 = make_run(tmp_path / "going", recs=records())
+    newer = dict(records()["t_unsolved"], attempts=[[D]], model={"path": "/models/other"})
+    (run_dir(wd2) / "tasks" / "t_unsolved.json").write_text(json.dumps(newer))
+    old = time.time() - 100
+    os.utime(run_dir(wd2) / "run.json", (old, old))
+    tasks = by_id(build_report(wd2))
+    assert tasks["t_unsolved"]["status"] == "unsolved"  # run.json's own record, not the newer one
+
+
 def test_page_self_contained_and_complete(tmp_path):
     path = write_report(make_run(tmp_path))
     assert path == tmp_path / "report.html"
@@ -191,7 +280,7 @@ def test_page_self_contained_and_complete(tmp_path):
                     'id="config"', 'data-filter="fellback"', 'data-sort="time"'):
         assert section in html
     assert "stage &#39;ttt&#39; past its deadline" in html  # worker kill listed
-    assert "/models/m" in html and 'id="run-info"' in html
+    assert "/models/m" in html.replace("<wbr>", "") and 'id="run-info"' in html
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
 
 
@@ -289,9 +378,9 @@ def test_new_run_fields_are_shown(tmp_path):
     assert [f["kind"] for f in data["faults"]] == ["hang"]
     t = by_id(data)["t_solved"]
     assert t["losses"] == [3.0, 2.0, 1.5, 0.7] and t["other"] == {"lenient_counts": {"rows": 2}}
-    html = render_report(data)
-    for text in ('id="calibration"', "1234.5", 'id="memory-plan"', "0.62", "rows_trimmed",
-                 "lenient_counts", "<polyline"):
+    html = render_report(data).replace("<wbr>", "")
+    for text in ('id="calibration"', "training rate", "1,234 tokens/s", 'id="memory-plan"', "0.62",
+                 "rows_trimmed", "lenient_counts", "<polyline"):
         assert text in html, text
     assert "<script>x" not in html and "&lt;script&gt;x" in html  # escaped
 

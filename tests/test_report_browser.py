@@ -8,6 +8,7 @@ reason, when no chromium binary is found (`.ci/run` installs Debian's `chromium`
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -50,6 +51,47 @@ CLICKS = """<script>
 </body>"""
 
 
+# Opens every <details>, then measures each summary panel at the window's width: how far its
+# content overflows (scrollWidth - clientWidth), its widest text node, how far any text reaches
+# past the panel's edges, and the fewest characters per line of any text node of 12 or more characters
+# (a squeezed column wraps one character per line).
+LAYOUT = """<script>
+(function () {
+  Array.prototype.forEach.call(document.querySelectorAll("details"), function (d) { d.open = true; });
+  var out = [];
+  Array.prototype.forEach.call(document.querySelectorAll("#summary > .panel"), function (p) {
+    var box = p.getBoundingClientRect(), widest = 0, worst = "", past = -1e9, texts = 0;
+    var perLine = 1e9, squeezed = "";
+    var walk = document.createTreeWalker(p, NodeFilter.SHOW_TEXT, null);
+    for (var n = walk.nextNode(); n; n = walk.nextNode()) {
+      var text = n.textContent.trim();
+      if (!text) continue;
+      var r = document.createRange();
+      r.selectNodeContents(n);
+      var tops = {};
+      Array.prototype.forEach.call(r.getClientRects(), function (q) {
+        texts += 1;
+        tops[Math.round(q.top)] = 1;
+        if (q.width > widest) { widest = q.width; worst = text.slice(0, 40); }
+        past = Math.max(past, q.right - box.right, box.left - q.left);
+      });
+      var lines = Object.keys(tops).length;
+      if (text.length >= 12 && lines && text.length / lines < perLine) {
+        perLine = text.length / lines; squeezed = text.slice(0, 40);
+      }
+    }
+    out.push([p.id, p.scrollWidth - p.clientWidth, Math.round(widest), p.clientWidth,
+              Math.ceil(past), perLine.toFixed(1), texts, JSON.stringify(worst), JSON.stringify(squeezed)].join("\\t"));
+  });
+  var pre = document.createElement("pre");
+  pre.id = "layout";
+  pre.textContent = out.join("\\n");
+  document.body.appendChild(pre);
+})();
+</script>
+</body>"""
+
+
 @pytest.fixture(scope="module")
 def run_report(tmp_path_factory, engine):
     """A dry-run's workdir (data/, run/, submission.json) on 3 public tasks with the tiny model."""
@@ -62,6 +104,32 @@ def run_report(tmp_path_factory, engine):
     run(challenges, None, wd / "submission.json", wd / "run", SMALL.with_overrides(["budget.workers=0", "budget.calibrate=false", "ttt.max_samples=4", "sampling.n_views=2", "selection.rescore_augmentations=2", "selection.max_rescore=2", "sampling.dfs_max_paths=2"]),
         all_policies=True, engine=engine)
     return wd, write_report(wd), list(tasks)
+
+
+@pytest.fixture(scope="module")
+def panels_page(run_report, engine, tiny_model, tmp_path_factory):
+    """The same run's report with the Run, Backends and Calibration panels a dry-run fills: a
+    calibration measured on the engine (calibrate.py), the engine arguments and memory plan that
+    `plan_memory_for_run` records on this machine, and the backends nested as the worker path
+    records them (workers.py: per-worker engine info and calibrations)."""
+    from types import SimpleNamespace
+
+    from submission.calibrate import calibrate
+    from submission.startup import plan_memory_for_run
+
+    wd = tmp_path_factory.mktemp("panels") / "w"
+    shutil.copytree(run_report[0], wd)
+    cal = {"source": "measured", **calibrate(engine, SMALL, steps=2, side=4)}
+    state = SimpleNamespace(cfg=SMALL, info={}, chunk_size=SMALL.sampling.max_loras)
+    plan_memory_for_run(state, tiny_model)
+    assert "lora_target_modules" in state.info["engine_kwargs"]
+    run_json = wd / "run" / "run.json"
+    run = json.loads(run_json.read_text())
+    run.update(state.info, calibration=cal, backends={
+        "workers": 1, "worker_info": {"0": run["backends"], "ready": True}, "killed": [],
+        "calibrations": {"0": cal}})
+    run_json.write_text(json.dumps(run))
+    return wd, write_report(wd), cal
 
 
 def slowest(data: dict) -> list[str]:
@@ -84,8 +152,8 @@ def console(proc: subprocess.CompletedProcess) -> list[str]:
     return [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
 
 
-def dom(tmp: Path, url: str) -> str:
-    proc = chromium(tmp, "--dump-dom", url)
+def dom(tmp: Path, url: str, *args: str) -> str:
+    proc = chromium(tmp, *args, "--dump-dom", url)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert console(proc) == []
     assert re.search(r"<html[^>]*data-errors", proc.stdout) is None  # window.onerror's record
@@ -156,3 +224,32 @@ def test_screenshot(run_report, tmp_path):
     assert console(proc) == []
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_summary_panels_fit_their_width_at_1400px(panels_page, tmp_path):
+    """Nested run and backend values wrap inside their panel: no panel needs a horizontal
+    scrollbar, no text node is wider than its panel or reaches past it, none is squeezed to a
+    few characters per line; the calibration figures are labelled in words with units."""
+    wd, page, cal = panels_page
+    probe = tmp_path / "layout.html"
+    probe.write_text(page.read_text().replace("</body>", LAYOUT))
+    html = dom(tmp_path, probe.as_uri(), "--window-size=1400,3000")
+    rows = [ln.split("\t") for ln in re.search(r'<pre id="layout">(.*?)</pre>', html, re.S)
+            .group(1).splitlines()]
+    panels = {r[0]: r[1:] for r in rows}
+    assert {"run-info", "backends", "calibration", "memory-plan", "config"} <= set(panels)
+    for pid, (overflow, widest, width, past, per_line, texts, worst, squeezed) in panels.items():
+        assert int(texts) > 0, pid
+        assert int(overflow) <= 0, (pid, overflow)  # no horizontal scrollbar
+        assert int(widest) <= int(width) and int(past) <= 0, (pid, widest, width, past, worst)
+        assert float(per_line) >= 5, (pid, per_line, squeezed)
+    text = re.sub(r"<[^>]+>", "", re.search(r'<div class="panel" id="calibration">(.*?)</div>\s*'
+                                             r'<div class="panel"', page.read_text(), re.S).group(1))
+    for words in ("training rate", "sampling rate", "generate call", "tokens/s"):
+        assert words in text, words
+    assert "generate_call_s" not in text and "score_forward_logprob" not in text
+    assert {"generate_call_s", "train_tokens_per_s"} <= set(cal)  # the figures were there
+    shot = tmp_path / "panels.png"
+    proc = chromium(tmp_path, "--hide-scrollbars", "--window-size=1400,2400",
+                    f"--screenshot={shot}", page.as_uri())
+    assert proc.returncode == 0 and shot.stat().st_size > 20_000

@@ -213,3 +213,35 @@ def test_to_record_is_json_ready() -> None:
     rec = S.to_record(unscored)
     assert rec["rescore_logprobs"] is None and rec["best_logprob"] is None
     json.dumps(rec, allow_nan=False)
+
+
+def test_policy_scores_are_what_rank_orders_by() -> None:
+    """Vote scores count transform groups whose top 3 hold the grid, not samples."""
+    a = cand([[1]], 4, group_counts={0: 4}, first=0, rescore=[-1.0, -1.0])
+    b = cand([[2]], 3, group_counts={0: 3}, first=1, rescore=[-0.5, -0.2])
+    c = cand([[3]], 2, group_counts={0: 2}, first=2)
+    d = cand([[4]], 3, group_counts={0: 1, 1: 1, 2: 1}, first=3, rescore=[-3.0, -0.1])
+    scores = S.policy_scores([a, b, c, d], poe_offset=1.0)
+    assert [s["vote"] for s in scores] == [1, 1, 1, 2]  # d is 4th in group 0
+    assert scores[0]["poe"] == 0.0 and scores[2]["poe"] is None and scores[2]["count-nll"] is None
+    assert scores[3]["count-nll"] == pytest.approx(3 - 1.55)
+    for policy in S.POLICIES:
+        ranked = S.rank([a, b, c, d], policy, poe_offset=1.0)
+        by = {x.key(): s[policy] for x, s in zip([a, b, c, d], scores)}
+        values = [by[x.key()] for x in ranked]
+        scored = [v for v in values if v is not None]
+        assert values[:len(scored)] == scored == sorted(scored, reverse=True), policy
+
+
+def test_candidate_records_carry_every_policy_score_and_read_back() -> None:
+    a = cand([[1]], 4, group_counts={0: 4}, first=0, rescore=[-1.0, math.nan])
+    b = cand([[2, 2]], 3, group_counts={0: 1, 1: 1, 2: 1}, first=1, rescore=[-0.5, -0.2])
+    recs = S.candidate_records([a, b], "vote", limit=1)
+    assert [r["grid"] for r in recs] == [[[2, 2]]]  # 3 groups beat 1
+    assert recs[0]["scores"] == pytest.approx({"vote": 3, "poe": 5.3, "count-nll": 3 - 0.35})
+    json.dumps(S.candidate_records([a, b], "poe"), allow_nan=False)  # -inf poe of `a` -> None
+    back = S.from_record(json.loads(json.dumps(S.to_record(b))), first_seen=5)
+    assert back.grid.tolist() == [[2, 2]] and back.count == 3 and back.first_seen == 5
+    assert back.rescore_logprobs == [-0.5, -0.2] and back.best_logprob == -1.0
+    assert S.from_record({"grid": [[1, 11]], "count": 1}) is None
+    assert S.from_record({"grid": [[1]], "count": "3"}) is None
