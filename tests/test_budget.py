@@ -910,3 +910,144 @@ def test_planning_a_chunk_costs_the_same_with_a_hundred_or_ten_thousand_tasks_le
         assert 0.0 < planner.scale(20.0, sched.remaining) < 1.0
         per_chunk[n] = calls["n"]
     assert per_chunk[100] == per_chunk[10_000] > 0
+
+
+# ---------------------------------------------------------------- the plan in the pipeline
+
+
+class _Sink:
+    """What process_chunk reports to, in memory."""
+
+    def __init__(self, cfg: Config, tmp: Path) -> None:
+        from collections import Counter
+
+        self.cfg, self.workdir, self.scratch = cfg, tmp, tmp
+        self.identity = {"config": cfg.to_json(), "model": None}
+        self.all_policies, self.fallbacks, self.faults = False, Counter(), []
+        self.records: dict = {}
+
+    def progress(self, stage, task_id) -> None:
+        pass
+
+    def finish_task(self, task, record) -> None:
+        self.records[task.id] = record
+
+
+A, B = np.zeros((2, 2), dtype=np.uint8), np.zeros((1, 1), dtype=np.uint8)  # same in every view
+
+
+def _fake_engine(cfg: Config, sleep_s: float = 0.0):
+    """No model: a task's three views answer A, B, A (A wins the vote); the re-scorer prefers B
+    (B wins count-nll) and takes `sleep_s` per call."""
+    import time as _time
+
+    from submission.engine import Engine
+    from submission.formats import build_tokenizer, get_format
+    from submission.sample import Generation
+
+    fmt = get_format("qwen-chat", build_tokenizer("qwen-chat"))
+    b_len = len(fmt.encode_answer(B))
+
+    class Sampler:
+        name = "fake"
+
+        def generate(self, requests):
+            return [[Generation(list(fmt.encode_answer(B if i % 3 == 1 else A)), -1.0)]
+                    for i, _ in enumerate(requests)]
+
+    class Scorer:
+        name = "fake-scorer"
+        calls = 0
+
+        def score_groups(self, groups, adapter):
+            Scorer.calls += 1
+            _time.sleep(sleep_s)
+            return [[-50.0 if len(a) > b_len else 0.0 for a in answers] for _, answers in groups]
+
+    return Engine(cfg=cfg, fmt=fmt, trainer=None, sampler=Sampler(), forward=Scorer()), Scorer
+
+
+def _chunk_setup(tmp_path, *sets: str, n_tasks: int = 2):
+    import time as _time
+
+    cfg = cfg_with("ttt.enabled=false", "sampling.dfs_threshold=0", "sampling.unsure_extra_views=0",
+                   "sampling.n_views=3", "selection.max_rescore=2",
+                   "selection.rescore_augmentations=2", "selection.rescore_backend=forward",
+                   "budget.time_budget_s=600", *sets)
+    tasks = [make_task(f"c{i}", 2) for i in range(n_tasks)]
+    planner = Planner(cfg, start=_time.monotonic(), workers=1)
+    sched = Scheduler(tasks, planner, chunk_size=n_tasks)
+    return cfg, tasks, planner, sched
+
+
+def test_no_time_left_answers_by_vote_never_placeholders(tmp_path):
+    from dataclasses import replace
+
+    from submission.grids import grid_to_list
+    from submission.pipeline import process_chunk
+
+    cfg, tasks, planner, sched = _chunk_setup(tmp_path)
+    a = sched.assign(0, planner.end + 1.0)  # assigned past the end: no time left to answer in
+    assert all(p.answer_s == 0.0 for p in a.plans.values())
+    engine, scorer = _fake_engine(cfg)
+    sink = _Sink(cfg, tmp_path)
+    process_chunk(engine, sink, tasks, a.plans)
+    assert scorer.calls == 0
+    for t in tasks:
+        rec = sink.records[t.id]
+        assert rec["attempts"] == [[grid_to_list(A), grid_to_list(B)]]  # vote's order
+        assert rec["fallbacks"] == {"rescore_out_of_time_vote": 1}
+        assert rec["tests"][0]["policy"] == "vote" and rec["tests"][0]["rescored_pairs"] == 0
+    assert sink.fallbacks["rescore_out_of_time_vote"] == 2
+    assert sink.fallbacks["attempt_placeholder"] == 0
+    # with time left, the same chunk is re-scored and count-nll puts B first
+    plans = {k: replace(p, answer_s=600.0) for k, p in a.plans.items()}
+    sink = _Sink(cfg, tmp_path)
+    process_chunk(engine, sink, tasks, plans)
+    assert scorer.calls == 2
+    assert all(r["attempts"] == [[grid_to_list(B), grid_to_list(A)]] for r in sink.records.values())
+    assert sink.fallbacks["rescore_out_of_time_vote"] == 0
+
+
+def test_a_rescorer_that_overruns_leaves_the_rest_of_the_chunk_to_vote(tmp_path):
+    from dataclasses import replace
+
+    from submission.grids import grid_to_list
+    from submission.pipeline import process_chunk
+
+    cfg, tasks, planner, sched = _chunk_setup(tmp_path, n_tasks=3)
+    a = sched.assign(0, 0.0 + planner.deadline - planner.cfg.budget.time_budget_s)
+    plans = {k: replace(p, answer_s=0.4) for k, p in a.plans.items()}  # less than one call takes
+    engine, scorer = _fake_engine(cfg, sleep_s=0.6)
+    sink = _Sink(cfg, tmp_path)
+    process_chunk(engine, sink, tasks, plans)
+    assert scorer.calls == 1  # the first task's call overran; nothing else was re-scored
+    first, *rest = (sink.records[t] for t in a.tasks)
+    assert first["attempts"] == [[grid_to_list(B), grid_to_list(A)]]
+    assert first["tests"][0]["rescored_pairs"] == 2 * 2
+    for rec in rest:
+        assert rec["attempts"] == [[grid_to_list(A), grid_to_list(B)]]
+        assert rec["fallbacks"] == {"rescore_out_of_time_vote": 1}
+    assert sink.fallbacks["attempt_placeholder"] == 0 and not sink.faults
+
+
+def test_the_record_says_the_plan_the_task_ran(tmp_path):
+    from submission.pipeline import process_chunk
+
+    cfg, tasks, planner, sched = _chunk_setup(
+        tmp_path, "sampling.n_views=1", "selection.max_rescore=1",
+        "selection.rescore_augmentations=1", "ttt.max_samples=2", n_tasks=1)
+    from dataclasses import replace
+
+    now = planner.deadline + 5.0  # out of time: every amount at its floor (scale 0)
+    assert planner.scale(now, sched.remaining) == 0.0
+    plan = planner.plan(sched.costs[tasks[0].id], now, sched.remaining)
+    engine, scorer = _fake_engine(cfg)
+    sink = _Sink(cfg, tmp_path)
+    process_chunk(engine, sink, tasks, {tasks[0].id: replace(plan, answer_s=600.0)})
+    rec = sink.records[tasks[0].id]
+    plan = rec["plan"]
+    assert (plan["max_samples"], plan["n_views"], plan["max_rescore"],
+            plan["rescore_augmentations"]) == (2, 1, 1, 1)
+    assert rec["views"] == 1 and rec["tests"][0]["samples"] == 1  # one view was sampled
+    assert rec["tests"][0]["rescored_pairs"] == 1  # one candidate under one augmentation
