@@ -274,7 +274,7 @@ MAX_DFS_PATHS = 64  # answers with p >= dfs_threshold: at most 1/threshold exist
 RESCORE_AUGMENTATIONS_LIMIT = 64  # twice the 32 the 2025 ARChitects scored under; each is a prefill
 MAX_STEPS = 1_000_000  # at >= 0.1 s per optimizer step of a 4B model, a million steps is days
 MAX_EPOCHS = 100  # MIT and NVARC make 1-2 passes; 100 passes over the same samples memorise them
-MAX_WORKERS = 64  # one process (and model copy) per GPU: no single machine has more GPUs
+MAX_WORKERS = 64  # one process and model copy per GPU; the largest single machines hold 8 to 16
 MIN_STALL_S = 10.0  # heartbeats come at most once a second (watchdog.Beat) and one long prefill
 # on a T4 takes seconds: a shorter allowance kills healthy work as hung
 MIN_TASK_CAP_S = 60.0  # one task loads its adapter, trains, samples and re-scores: a minute at least
