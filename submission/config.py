@@ -258,12 +258,35 @@ _CHOICES = {
     ("selection", "policy"): ("vote", "poe", "count-nll"),
     ("selection", "rescore_backend"): ("auto", "vllm", "forward"),
 }
-_POSITIVE = {("ttt", "r"), ("ttt", "lora_alpha"), ("ttt", "learning_rate"), ("ttt", "epochs"),
-             ("ttt", "max_samples"), ("ttt", "batch_size"), ("ttt", "grad_accum"),
-             ("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "max_num_seqs"),
+_POSITIVE = {("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "max_num_seqs"),
              ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "max_scale"),
              ("budget", "task_cap_s"), ("budget", "stall_s"), ("budget", "prior_train_tokens_per_s"),
              ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"), ("selection", "rescore_augmentations")}
+TRAIN_SECTIONS = ("ttt", "finetune")  # one training loop (train.py): the same rules for both
+_TRAIN_POSITIVE = ("r", "lora_alpha", "learning_rate", "epochs", "batch_size", "grad_accum")
+_POSITIVE |= {(s, n) for s in TRAIN_SECTIONS for n in _TRAIN_POSITIVE} | {("ttt", "max_samples")}
+
+# Sizes with an upper (or lower) bound: a value outside is a typo, not a plan. (lo, hi), inclusive.
+MAX_VIEWS = 256  # 8 D8 elements x 32 colour permutations; a task with two colours besides the
+# background has only 8 x 72 distinct views, and 256 views of ~3k tokens take minutes per test
+# input on an L4, several times a 120-task run's whole share per task
+MAX_DFS_PATHS = 64  # answers with p >= dfs_threshold: at most 1/threshold exist (they sum to 1)
+RESCORE_AUGMENTATIONS_LIMIT = 64  # twice the 32 the 2025 ARChitects scored under; each is a prefill
+MAX_STEPS = 1_000_000  # at >= 0.1 s per optimizer step of a 4B model, a million steps is days
+MAX_EPOCHS = 100  # MIT and NVARC make 1-2 passes; 100 passes over the same samples memorise them
+MAX_WORKERS = 64  # one process and model copy per GPU; the largest single machines hold 8 to 16
+MIN_STALL_S = 10.0  # heartbeats come at most once a second (watchdog.Beat) and one long prefill
+# on a T4 takes seconds: a shorter allowance kills healthy work as hung
+MIN_TASK_CAP_S = 60.0  # one task loads its adapter, trains, samples and re-scores: a minute at least
+_RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("sampling", "n_views"): (1, MAX_VIEWS), ("sampling", "unsure_extra_views"): (0, MAX_VIEWS),
+    ("sampling", "dfs_max_paths"): (1, MAX_DFS_PATHS),
+    ("selection", "rescore_augmentations"): (1, RESCORE_AUGMENTATIONS_LIMIT),
+    ("budget", "workers"): (0, MAX_WORKERS), ("budget", "stall_s"): (MIN_STALL_S, math.inf),
+    ("budget", "task_cap_s"): (MIN_TASK_CAP_S, math.inf),
+    **{(s, "max_steps"): (0, MAX_STEPS) for s in TRAIN_SECTIONS},
+    **{(s, "epochs"): (1, MAX_EPOCHS) for s in TRAIN_SECTIONS},
+}
 
 
 SEED_MAX = 2**32 - 1  # vLLM seeds numpy's legacy generator, which takes 0 .. 2**32 - 1
@@ -307,24 +330,27 @@ def _check(cfg: Config) -> None:
         if value not in choices:
             raise ConfigError(f"config {section}.{name}={_short(value)}: choose one of "
                               f"{', '.join(choices)}")
-    for section, name in _POSITIVE:
+    for section, name in sorted(_POSITIVE):
         if not getattr(getattr(cfg, section), name) > 0:  # also rejects NaN
             raise ConfigError(f"config {section}.{name} must be positive")
+    for (section, name), (lo, hi) in _RANGES.items():
+        value = getattr(getattr(cfg, section), name)
+        if not lo <= value <= hi:
+            span = f">= {lo:g}" if math.isinf(hi) else f"in {lo:g}..{hi:g}"
+            raise ConfigError(f"config {section}.{name}={_short(value)}: must be {span}")
     if not 0.0 <= cfg.sampling.gpu_memory_utilization <= 1.0:
         raise ConfigError("config sampling.gpu_memory_utilization must be in [0, 1] (0: auto)")
     if not (cfg.sampling.max_num_batched_tokens == 0
             or cfg.sampling.max_num_batched_tokens >= cfg.sampling.max_num_seqs):
         raise ConfigError("config sampling.max_num_batched_tokens must be 0 (auto) or >= "
                           "sampling.max_num_seqs (vLLM rejects fewer)")
-    if cfg.budget.workers < 0:
-        raise ConfigError("config budget.workers must be >= 0")
     if cfg.sampling.unsure_extra_views < 0 or not 0.0 <= cfg.sampling.unsure_agreement <= 1.0:
         raise ConfigError("config sampling.unsure_extra_views must be >= 0, unsure_agreement in [0, 1]")
-    if not 0.0 <= cfg.sampling.dfs_threshold < 1.0 or cfg.sampling.dfs_max_paths < 1:
-        raise ConfigError("config sampling.dfs_threshold must be in [0, 1), dfs_max_paths >= 1")
-    if cfg.sampling.n_samples < 0 or cfg.ttt.max_steps < 0:
-        raise ConfigError("config sampling.n_samples and ttt.max_steps must be >= 0")
-    for section in ("ttt", "finetune"):
+    if not 0.0 <= cfg.sampling.dfs_threshold < 1.0:
+        raise ConfigError("config sampling.dfs_threshold must be in [0, 1)")
+    if cfg.sampling.n_samples < 0:
+        raise ConfigError("config sampling.n_samples must be >= 0")
+    for section in TRAIN_SECTIONS:
         t = getattr(cfg, section)
         if not (0.0 <= t.lora_dropout < 1.0 and t.weight_decay >= 0.0
                 and 0.0 <= t.warmup_fraction <= 1.0 and t.max_grad_norm > 0.0):

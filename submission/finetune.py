@@ -244,16 +244,21 @@ def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow
 
 def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, cfg: Config) -> Path:
     """Merge a saved adapter into a full-precision copy of `base` and save it with the tokenizer.
-    Loading the base unquantized keeps the merge exact even when training ran on a 4-bit base."""
+    Loading the base unquantized keeps the merge exact even when training ran on a 4-bit base.
+    An adapter with fully trained modules on a tied base gives an untied model (config and
+    weights), which vLLM 0.32.0 then loads as such (model_executor/models/qwen3.py:313)."""
     import torch
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
     from .backends import resolve_dtype
+    from .backends.peft_loader import untie_embeddings
     from .tokenizer import copy_tokenizer_files
 
     dtype = resolve_dtype(cfg.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, local_files_only=True)
+    if PeftConfig.from_pretrained(str(adapter)).modules_to_save:
+        untie_embeddings(model)  # as trained (peft_loader.load_peft): lm_head and embeddings apart
     with torch.no_grad():
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     out = Path(out)

@@ -13,6 +13,7 @@ neither schedules nor writes submission.json.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 import zlib
@@ -95,6 +96,7 @@ def check_adapter(path: str | Path) -> None:
 def process_chunk(engine: Engine, state: Sink, chunk: Sequence[Task],
                   plans: dict[str, TaskPlan]) -> None:
     """Every stage for the tasks of `chunk`; each finished task goes to `state.finish_task`."""
+    start = time.monotonic()  # answers are due `TaskPlan.answer_s` after this
     cfgs = {t.id: planned_config(state.cfg, plans[t.id]) for t in chunk}
     records = {t.id: {"timing": {}, "fallbacks": {}, "plan": vars(plans[t.id]).copy()} for t in chunk}
     adapters = {}
@@ -116,11 +118,17 @@ def process_chunk(engine: Engine, state: Sink, chunk: Sequence[Task],
     for task in chunk:
         inject(task.id, "sample", state.workdir)
     samples = sample_chunk(engine, state, chunk, cfgs, adapters, records)
+    slowest = 0.0  # longest selection of one test input so far: what the next one may need
     for task in chunk:
         t0, rec = time.monotonic(), records[task.id]
         beat.at("rescore", task.id)
-        rec["attempts"] = [choose(engine, state, cfgs[task.id], task, i, samples[(task.id, i)],
-                                  adapters.get(task.id), rec) for i in range(task.n_test)]
+        rec["attempts"] = []
+        for i in range(task.n_test):
+            t1 = time.monotonic()
+            rec["attempts"].append(choose(engine, state, cfgs[task.id], task, i,
+                                          samples[(task.id, i)], adapters.get(task.id), rec,
+                                          due=start + plans[task.id].answer_s - slowest))
+            slowest = max(slowest, time.monotonic() - t1)
         rec["timing"]["select_s"] = time.monotonic() - t0
         state.finish_task(task, rec)
         if not state.cfg.budget.keep_adapters:
@@ -313,13 +321,21 @@ def max_tokens(view, fmt, max_len: int) -> int:
 
 
 def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int,
-           samples: list[Sample], adapter, rec: dict[str, Any]) -> list[list[list[int]]]:
-    """Pool, re-score the top candidates, select two attempts; fallbacks counted in `rec` and run."""
+           samples: list[Sample], adapter, rec: dict[str, Any],
+           due: float = math.inf) -> list[list[list[int]]]:
+    """Pool, re-score the top candidates, select two attempts; fallbacks counted in `rec` and run.
+    Past `due` (time.monotonic) nothing is re-scored and the attempts go by vote."""
     cands = pool(samples)
     top = cands[:cfg.selection.max_rescore]
     policies = POLICIES if state.all_policies else (cfg.selection.policy,)
+    policy = cfg.selection.policy
     t0 = time.monotonic()
-    if top and any(p != "vote" for p in policies):
+    scoring = bool(top) and any(p != "vote" for p in policies)
+    if scoring and t0 > due:  # out of time: the candidates still answer, ranked by vote
+        scoring, policy = False, "vote"
+        policies = tuple(dict.fromkeys(policies + (policy,)))
+        _count(state, rec, "rescore_out_of_time_vote")
+    if scoring:
         try:
             scorer = engine.scorer(cfg.selection.rescore_backend)
             rescore(task, test_index, top, engine.fmt, scorer, adapter,
@@ -334,7 +350,7 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
                                  "error": repr(exc)})
     rec["timing"]["rescore_s"] = rec["timing"].get("rescore_s", 0.0) + time.monotonic() - t0
     by_policy = {p: select_two(cands, p, poe_offset=cfg.selection.poe_offset) for p in policies}
-    chosen = by_policy[cfg.selection.policy]
+    chosen = by_policy[policy]
     keyed = {c.key(): c for c in cands}
     for g in chosen:
         if keyed[grid_key(g)].from_base and cfg.ttt.enabled:
@@ -344,8 +360,9 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
     rescored = sum(len(c.rescore_logprobs or []) for c in top)  # all pairs, not only those listed
     entry = {"test_index": test_index, "samples": len(samples), "rescored_pairs": rescored,
              "unparsed": sum(1 for s in samples if s.grid is None),
-             "candidates": candidate_records(cands, cfg.selection.policy,
-                                             poe_offset=cfg.selection.poe_offset)}
+             "candidates": candidate_records(cands, policy, poe_offset=cfg.selection.poe_offset)}
+    if policy != cfg.selection.policy:
+        entry["policy"] = policy
     if state.all_policies:
         entry["attempts_by_policy"] = {p: [grid_to_list(g) for g in a] for p, a in by_policy.items()}
     rec.setdefault("tests", []).append(entry)

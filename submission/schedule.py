@@ -17,9 +17,9 @@ once, then given up (fallback answers).
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .budget import Planner, TaskCost, TaskPlan
+from .budget import Planner, Remaining, TaskCost, TaskPlan
 from .grids import Task
 
 MAX_ATTEMPTS = 2  # first try plus one re-queue
@@ -57,6 +57,8 @@ class Scheduler:
         self.costs = {t.id: TaskCost.of(t) for t in tasks}
         full = {i: planner.full_seconds(c)[1] for i, c in self.costs.items()}
         self.queue: deque[str] = deque(sorted(full, key=lambda i: -full[i]))  # longest first
+        self.remaining = Remaining(self.costs.values())  # neither finished nor given up
+        self._left = set(self.costs)
         self.active: dict[int, Assignment] = {}
         self.attempts: Counter = Counter()
         self.finished: set[str] = set()
@@ -72,15 +74,17 @@ class Scheduler:
         base = max(self.planner.cfg.budget.stall_s, STALL_FACTOR * self.healthy_gap)
         return base * 2 ** max(0, max(self.attempts[i] for i in ids) - 1)
 
-    def _remaining_costs(self) -> list[TaskCost]:
-        ids = list(self.queue) + [t for a in self.active.values() for t in a.tasks if t not in a.done]
-        return [self.costs[i] for i in ids]
+    def _leave(self, task_id: str) -> None:
+        """`task_id` is finished or given up: it no longer counts in the remaining work."""
+        if task_id in self._left:
+            self._left.discard(task_id)
+            self.remaining.remove(self.costs[task_id])
 
     def assign(self, worker: int, now: float) -> Assignment | None:
         """The next chunk for an idle worker, or None when nothing is left or time is up."""
         if not self.queue or now >= self.planner.deadline:
             return None
-        remaining = self._remaining_costs()
+        remaining = self.remaining
         left = self.planner.deadline - now
         ids, plans, expected = [], {}, 0.0
         # A chunk is lost whole if the budget ends mid-way: chunks shrink to what is expected to
@@ -96,6 +100,8 @@ class Scheduler:
         for i in ids:
             self.attempts[i] += 1
         cap = self.planner.cfg.budget.task_cap_s * len(ids)
+        due = self.planner.answer_s(now, cap)  # the chunk's cap, not one task's
+        plans = {i: replace(p, answer_s=due) for i, p in plans.items()}
         a = Assignment(worker, ids, plans, now, now + cap, self.stall_allowance(ids), last_beat=now)
         self.active[worker] = a
         self.progress(worker, "ttt", ids[0], now)
@@ -115,6 +121,7 @@ class Scheduler:
         if a is not None and task_id in a.tasks:
             a.done.add(task_id)
         self.finished.add(task_id)
+        self._leave(task_id)
 
     def chunk_done(self, worker: int, now: float | None = None) -> list[str]:
         """The worker finished its chunk; tasks it did not report are failed like a crash. The
@@ -137,6 +144,7 @@ class Scheduler:
             else:
                 self.given_up[t] = reason
                 gave_up.append(t)
+                self._leave(t)
         return gave_up
 
     def observe(self, task_id: str, rec: dict) -> None:

@@ -17,8 +17,10 @@ DEFAULT_FORMAT = "qwen-chat"  # what `model.format=auto` builds: there is no mod
 
 def make_tiny_model(out_dir: str | Path, format_name: str = "qwen-chat", *, seed: int = 0,
                     hidden_size: int = 64, layers: int = 2, heads: int = 2, kv_heads: int = 1,
-                    max_positions: int = 8192, head_std: float = 0.5) -> Path:
-    """Write a random Qwen3 causal LM and its tokenizer to `out_dir`; returns the path."""
+                    max_positions: int = 8192, head_std: float = 0.5,
+                    tie_embeddings: bool = False) -> Path:
+    """Write a random Qwen3 causal LM and its tokenizer to `out_dir`; returns the path.
+    `tie_embeddings`: one matrix for embed_tokens and lm_head (as Qwen3-4B)."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -30,7 +32,7 @@ def make_tiny_model(out_dir: str | Path, format_name: str = "qwen-chat", *, seed
     cfg = Qwen3Config(
         vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=32, max_position_embeddings=max_positions, tie_word_embeddings=False,
+        head_dim=32, max_position_embeddings=max_positions, tie_word_embeddings=tie_embeddings,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32", rope_theta=10000.0)

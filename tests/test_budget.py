@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission.budget import (ANSWER_GUESS, MAX_RESCORE_AUGMENTATIONS, MIN_RESCORE, MIN_SAMPLES,
-                               MIN_VIEWS, PLAN_SHARE, RESCORE_GROWTH, TAIL_SHARE, Planner, TaskCost,
-                               TaskPlan)
+from submission.budget import (ANSWER_GUESS, MAX_RESCORE_AUGMENTATIONS, MIN_AUGMENTATIONS,
+                               MIN_RESCORE, MIN_SAMPLES, MIN_VIEWS, PLAN_SHARE, RESCORE_GROWTH,
+                               TAIL_SHARE, Planner, Remaining, TaskCost, TaskPlan)
 from submission.config import Config
 from submission.grids import Pair, Task
 from submission.schedule import CHUNK_SHARE, MAX_ATTEMPTS, STALL_FACTOR, Scheduler
@@ -718,12 +718,19 @@ def test_mini_simulation_hang_is_retried_and_finishes():
 # ---------------------------------------------------------------- re-scoring amounts
 
 
-def test_rescore_amounts_are_the_config_up_to_scale_one():
+def test_rescore_amounts_shrink_with_the_plan_up_to_scale_one():
     cfg = Config()
+    conf = cfg.selection.rescore_augmentations
     p = Planner(cfg, start=0.0, workers=1)
+    assert p.rescore_amounts(1.0) == (conf, cfg.selection.max_rescore)
+    assert p.rescore_amounts(0.0) == (MIN_AUGMENTATIONS, MIN_RESCORE)
+    assert p.rescore_amounts(0.5)[0] == round(conf * 0.5) < conf
+    prev = p.rescore_amounts(0.0)
     for s in np.linspace(0.0, 1.0, 21):
         augs, cands = p.rescore_amounts(float(s))
-        assert augs == cfg.selection.rescore_augmentations and cands == p.amounts(float(s))[2]
+        assert MIN_AUGMENTATIONS <= augs <= conf and cands == p.amounts(float(s))[2]
+        assert augs >= prev[0]
+        prev = (augs, cands)
 
 
 def test_rescore_amounts_grow_with_spare_time_within_caps():
@@ -761,11 +768,21 @@ def test_spare_time_plans_more_rescoring_and_prices_it():
         cfg.selection.rescore_augmentations, cfg.selection.max_rescore)
 
 
-def test_short_time_keeps_the_configured_augmentations():
+def test_short_time_shrinks_the_augmentations_and_prices_them():
     planner, costs = short_setup(workers=2, budget=600.0)
-    for t in np.linspace(0.0, planner.deadline, 7):
-        plan = planner.plan(costs[0], float(t), costs)
-        assert plan.rescore_augmentations == planner.cfg.selection.rescore_augmentations
+    plans = [planner.plan(costs[0], float(t), costs) for t in np.linspace(0.0, planner.deadline, 7)]
+    augs = [p.rescore_augmentations for p in plans]
+    assert all(a >= b for a, b in zip(augs, augs[1:]))
+    assert planner.cfg.selection.rescore_augmentations >= augs[0] > augs[-1] == MIN_AUGMENTATIONS
+    for t, plan in zip(np.linspace(0.0, planner.deadline, 7), plans):
+        assert plan.rescore_augmentations == planner.rescore_amounts(planner.scale(float(t), costs))[0]
+    c, scale = costs[0], planner.scale(0.0, costs)
+    ttt, total = planner.full_seconds(c, scale)
+    views = planner.amounts(scale)[1]
+    assert total - ttt == pytest.approx(
+        views * c.n_test * c.view_tokens / planner.rates["sample"]
+        + plans[0].max_rescore * plans[0].rescore_augmentations * c.n_test * c.view_tokens
+        / planner.rates["score"])
 
 
 def test_planned_config_carries_the_rescore_amounts():
@@ -781,3 +798,256 @@ def test_planned_config_carries_the_rescore_amounts():
     assert task_cfg.selection.rescore_augmentations == plan.rescore_augmentations == 32
     assert task_cfg.selection.max_rescore == plan.max_rescore
     assert planned_config(cfg, replace(plan, rescore_augmentations=8)).selection.rescore_augmentations == 8
+
+
+# ---------------------------------------------------------------- floors and the config
+
+
+SMALL_SETS = ("ttt.max_samples=2", "sampling.n_views=1", "selection.max_rescore=1",
+              "selection.rescore_augmentations=1")
+
+
+def test_floors_never_raise_what_the_config_asks_for():
+    from submission.pipeline import planned_config
+
+    cfg = cfg_with(*SMALL_SETS)
+    assert (2, 1, 1) < (MIN_SAMPLES, MIN_VIEWS, MIN_RESCORE) and MIN_AUGMENTATIONS > 1
+    p = Planner(cfg, start=0.0, workers=1)
+    for s in (0.0, 1e-6, 0.3, 1.0):
+        assert p.amounts(s) == (2, 1, 1)
+        assert p.rescore_amounts(s) == (1, 1)
+    c = TaskCost.of(make_task("a", 8))
+    for now in (0.0, p.deadline - 1.0, p.deadline + 5.0):  # plenty of time, almost none, none
+        plan = p.plan(c, now, [c])
+        assert (plan.max_samples, plan.n_views, plan.max_rescore, plan.rescore_augmentations) == (
+            2, 1, 1, 1)
+        used = planned_config(cfg, plan)  # what the task runs with: the record's plan
+        assert (used.ttt.max_samples, used.sampling.n_views, used.selection.max_rescore,
+                used.selection.rescore_augmentations) == (2, 1, 1, 1)
+    # a config between the floor and the usual size: the floor holds, never above the config
+    mid = Planner(cfg_with("ttt.max_samples=12", "sampling.n_views=6"), start=0.0, workers=1)
+    assert mid.amounts(0.0)[:2] == (MIN_SAMPLES, MIN_VIEWS)
+    assert mid.amounts(1.0)[:2] == (12, 6)
+
+
+def test_spare_time_views_stay_within_the_config_range():
+    from submission.config import MAX_VIEWS
+    from submission.pipeline import planned_config
+
+    cfg = cfg_with("sampling.n_views=200", "budget.max_scale=4", "budget.time_budget_s=43200")
+    p = Planner(cfg, start=0.0, workers=1)
+    assert p.amounts(4.0)[1] == MAX_VIEWS
+    c = TaskCost.of(make_task("a", 4))
+    plan = p.plan(c, 0.0, [c])
+    assert plan.n_views == MAX_VIEWS
+    assert planned_config(cfg, plan).sampling.n_views == MAX_VIEWS  # a valid config
+
+
+# ---------------------------------------------------------------- planning cost is flat
+
+
+def test_remaining_running_totals_follow_the_tasks_left():
+    tasks = [make_task(f"t{i}", 3 + i % 7, n_train=1 + i % 4, test_sides=(4,) * (1 + i % 3))
+             for i in range(30)]
+    costs = {t.id: TaskCost.of(t) for t in tasks}
+    rng = np.random.default_rng(0)
+    # remove in a random order; totals and maxima always match a fresh sum over the rest
+    left = Remaining(costs.values())
+    ids = list(costs)
+    for tid in rng.permutation(ids):
+        ids.remove(tid)
+        left.remove(costs[tid])
+        rest = [costs[i] for i in ids]
+        assert left.n == len(rest)
+        assert left.sample_tokens == pytest.approx(sum(c.sample_tokens for c in rest), abs=1e-6)
+        assert left.input_tokens == pytest.approx(sum(c.n_test * c.view_tokens for c in rest),
+                                                  abs=1e-6)
+        assert left.largest() == (None if not rest else (
+            max(c.sample_tokens for c in rest), max(c.n_test * c.view_tokens for c in rest)))
+
+
+def test_scheduler_remaining_excludes_finished_and_given_up_tasks():
+    sched, planner, tasks = sched_setup(8, chunk=2)
+    a = sched.assign(0, 0.0)
+    sched.task_done(0, a.tasks[0])
+    sched.task_done(0, a.tasks[0])  # reported twice: counted once
+    sched.fail(0, "killed")
+    b = sched.assign(0, 1.0)
+    sched.fail(0, "killed again")  # a.tasks[1] is given up now
+    left = [i for i in sched.costs if i not in sched.finished and i not in sched.given_up]
+    assert sched.remaining.n == len(left) == 6
+    assert sched.remaining.sample_tokens == pytest.approx(
+        sum(sched.costs[i].sample_tokens for i in left))
+    assert b.tasks[0] == a.tasks[1] and a.tasks[1] in sched.given_up
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_planning_a_chunk_costs_the_same_with_a_hundred_or_ten_thousand_tasks_left(monkeypatch,
+                                                                                  workers):
+    """Work is counted (calls to the planner's amounts: one per cost evaluation), not timed."""
+    calls = {"n": 0}
+    amounts = Planner.amounts
+
+    def counted(self, scale):
+        calls["n"] += 1
+        return amounts(self, scale)
+
+    per_chunk = {}
+    for n in (100, 10_000):
+        # every task alike, the time short: the bisection runs, the chunks are full
+        cfg = cfg_with(f"budget.time_budget_s={10 * n // workers}", f"budget.workers={workers}")
+        planner = Planner(cfg, start=0.0, workers=workers)
+        sched = Scheduler([make_task(f"t{i}", 8) for i in range(n)], planner, chunk_size=4)
+        monkeypatch.setattr(Planner, "amounts", counted)
+        calls["n"] = 0
+        a = sched.assign(0, 10.0)
+        for t in a.tasks:
+            sched.task_done(0, t)
+        sched.chunk_done(0, 20.0)
+        b = sched.assign(0, 20.0)
+        monkeypatch.setattr(Planner, "amounts", amounts)
+        assert len(a.tasks) == len(b.tasks) == 4
+        assert 0.0 < planner.scale(20.0, sched.remaining) < 1.0
+        per_chunk[n] = calls["n"]
+    assert per_chunk[100] == per_chunk[10_000] > 0
+
+
+# ---------------------------------------------------------------- the plan in the pipeline
+
+
+class _Sink:
+    """What process_chunk reports to, in memory."""
+
+    def __init__(self, cfg: Config, tmp: Path) -> None:
+        from collections import Counter
+
+        self.cfg, self.workdir, self.scratch = cfg, tmp, tmp
+        self.identity = {"config": cfg.to_json(), "model": None}
+        self.all_policies, self.fallbacks, self.faults = False, Counter(), []
+        self.records: dict = {}
+
+    def progress(self, stage, task_id) -> None:
+        pass
+
+    def finish_task(self, task, record) -> None:
+        self.records[task.id] = record
+
+
+A, B = np.zeros((2, 2), dtype=np.uint8), np.zeros((1, 1), dtype=np.uint8)  # same in every view
+
+
+def _fake_engine(cfg: Config, sleep_s: float = 0.0):
+    """No model: a task's three views answer A, B, A (A wins the vote); the re-scorer prefers B
+    (B wins count-nll) and takes `sleep_s` per call."""
+    import time as _time
+
+    from submission.engine import Engine
+    from submission.formats import build_tokenizer, get_format
+    from submission.sample import Generation
+
+    fmt = get_format("qwen-chat", build_tokenizer("qwen-chat"))
+    b_len = len(fmt.encode_answer(B))
+
+    class Sampler:
+        name = "fake"
+
+        def generate(self, requests):
+            return [[Generation(list(fmt.encode_answer(B if i % 3 == 1 else A)), -1.0)]
+                    for i, _ in enumerate(requests)]
+
+    class Scorer:
+        name = "fake-scorer"
+        calls = 0
+
+        def score_groups(self, groups, adapter):
+            Scorer.calls += 1
+            _time.sleep(sleep_s)
+            return [[-50.0 if len(a) > b_len else 0.0 for a in answers] for _, answers in groups]
+
+    return Engine(cfg=cfg, fmt=fmt, trainer=None, sampler=Sampler(), forward=Scorer()), Scorer
+
+
+def _chunk_setup(tmp_path, *sets: str, n_tasks: int = 2):
+    import time as _time
+
+    cfg = cfg_with("ttt.enabled=false", "sampling.dfs_threshold=0", "sampling.unsure_extra_views=0",
+                   "sampling.n_views=3", "selection.max_rescore=2",
+                   "selection.rescore_augmentations=2", "selection.rescore_backend=forward",
+                   "budget.time_budget_s=600", *sets)
+    tasks = [make_task(f"c{i}", 2) for i in range(n_tasks)]
+    planner = Planner(cfg, start=_time.monotonic(), workers=1)
+    sched = Scheduler(tasks, planner, chunk_size=n_tasks)
+    return cfg, tasks, planner, sched
+
+
+def test_no_time_left_answers_by_vote_never_placeholders(tmp_path):
+    from dataclasses import replace
+
+    from submission.grids import grid_to_list
+    from submission.pipeline import process_chunk
+
+    cfg, tasks, planner, sched = _chunk_setup(tmp_path)
+    a = sched.assign(0, planner.end + 1.0)  # assigned past the end: no time left to answer in
+    assert all(p.answer_s == 0.0 for p in a.plans.values())
+    engine, scorer = _fake_engine(cfg)
+    sink = _Sink(cfg, tmp_path)
+    process_chunk(engine, sink, tasks, a.plans)
+    assert scorer.calls == 0
+    for t in tasks:
+        rec = sink.records[t.id]
+        assert rec["attempts"] == [[grid_to_list(A), grid_to_list(B)]]  # vote's order
+        assert rec["fallbacks"] == {"rescore_out_of_time_vote": 1}
+        assert rec["tests"][0]["policy"] == "vote" and rec["tests"][0]["rescored_pairs"] == 0
+    assert sink.fallbacks["rescore_out_of_time_vote"] == 2
+    assert sink.fallbacks["attempt_placeholder"] == 0
+    # with time left, the same chunk is re-scored and count-nll puts B first
+    plans = {k: replace(p, answer_s=600.0) for k, p in a.plans.items()}
+    sink = _Sink(cfg, tmp_path)
+    process_chunk(engine, sink, tasks, plans)
+    assert scorer.calls == 2
+    assert all(r["attempts"] == [[grid_to_list(B), grid_to_list(A)]] for r in sink.records.values())
+    assert sink.fallbacks["rescore_out_of_time_vote"] == 0
+
+
+def test_a_rescorer_that_overruns_leaves_the_rest_of_the_chunk_to_vote(tmp_path):
+    from dataclasses import replace
+
+    from submission.grids import grid_to_list
+    from submission.pipeline import process_chunk
+
+    cfg, tasks, planner, sched = _chunk_setup(tmp_path, n_tasks=3)
+    a = sched.assign(0, 0.0 + planner.deadline - planner.cfg.budget.time_budget_s)
+    plans = {k: replace(p, answer_s=0.4) for k, p in a.plans.items()}  # less than one call takes
+    engine, scorer = _fake_engine(cfg, sleep_s=0.6)
+    sink = _Sink(cfg, tmp_path)
+    process_chunk(engine, sink, tasks, plans)
+    assert scorer.calls == 1  # the first task's call overran; nothing else was re-scored
+    first, *rest = (sink.records[t] for t in a.tasks)
+    assert first["attempts"] == [[grid_to_list(B), grid_to_list(A)]]
+    assert first["tests"][0]["rescored_pairs"] == 2 * 2
+    for rec in rest:
+        assert rec["attempts"] == [[grid_to_list(A), grid_to_list(B)]]
+        assert rec["fallbacks"] == {"rescore_out_of_time_vote": 1}
+    assert sink.fallbacks["attempt_placeholder"] == 0 and not sink.faults
+
+
+def test_the_record_says_the_plan_the_task_ran(tmp_path):
+    from submission.pipeline import process_chunk
+
+    cfg, tasks, planner, sched = _chunk_setup(
+        tmp_path, "sampling.n_views=1", "selection.max_rescore=1",
+        "selection.rescore_augmentations=1", "ttt.max_samples=2", n_tasks=1)
+    from dataclasses import replace
+
+    now = planner.deadline + 5.0  # out of time: every amount at its floor (scale 0)
+    assert planner.scale(now, sched.remaining) == 0.0
+    plan = planner.plan(sched.costs[tasks[0].id], now, sched.remaining)
+    engine, scorer = _fake_engine(cfg)
+    sink = _Sink(cfg, tmp_path)
+    process_chunk(engine, sink, tasks, {tasks[0].id: replace(plan, answer_s=600.0)})
+    rec = sink.records[tasks[0].id]
+    plan = rec["plan"]
+    assert (plan["max_samples"], plan["n_views"], plan["max_rescore"],
+            plan["rescore_augmentations"]) == (2, 1, 1, 1)
+    assert rec["views"] == 1 and rec["tests"][0]["samples"] == 1  # one view was sampled
+    assert rec["tests"][0]["rescored_pairs"] == 1  # one candidate under one augmentation

@@ -362,3 +362,67 @@ def test_hostile_config_files(tmp_path, name, text, needle):
     with pytest.raises(ConfigError, match=needle) as info:
         load_config(path)
     assert name in str(info.value)
+
+
+# --- absurd sizes and the finetune section ---------------------------------------------------
+
+ABSURD = [  # (override, what the message must name: field and the allowed range)
+    ("sampling.n_views=1000000", "1..256"), ("sampling.dfs_max_paths=1000000", "1..64"),
+    ("selection.rescore_augmentations=1000000", "1..64"), ("ttt.max_steps=1000000000", "0..1e+06"),
+    ("finetune.max_steps=1000000000", "0..1e+06"), ("ttt.epochs=100000000", "1..100"),
+    ("finetune.epochs=100000000", "1..100"), ("budget.workers=1000", "0..64"),
+    ("budget.stall_s=1e-300", ">= 10"), ("budget.task_cap_s=1e-9", ">= 60"),
+    ("sampling.unsure_extra_views=1000000", "0..256")]
+
+
+@pytest.mark.parametrize("item, allowed", ABSURD)
+def test_absurd_sizes_name_the_allowed_range(item, allowed):
+    key, value = item.split("=")
+    with pytest.raises(ConfigError) as info:
+        Config().with_overrides([item])
+    msg = str(info.value)
+    assert f"config {key}=" in msg and allowed in msg, msg
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=key):  # files too
+        Config.from_dict({section: {name: json.loads(value)}})
+
+
+def test_range_limits_themselves_are_accepted():
+    from submission.config import (MAX_DFS_PATHS, MAX_EPOCHS, MAX_STEPS, MAX_VIEWS, MAX_WORKERS,
+                                   MIN_STALL_S, MIN_TASK_CAP_S, RESCORE_AUGMENTATIONS_LIMIT)
+
+    cfg = Config().with_overrides([
+        f"sampling.n_views={MAX_VIEWS}", f"sampling.dfs_max_paths={MAX_DFS_PATHS}",
+        f"selection.rescore_augmentations={RESCORE_AUGMENTATIONS_LIMIT}",
+        f"ttt.max_steps={MAX_STEPS}", f"finetune.epochs={MAX_EPOCHS}",
+        f"budget.workers={MAX_WORKERS}", f"budget.stall_s={MIN_STALL_S}",
+        f"budget.task_cap_s={MIN_TASK_CAP_S}"])
+    assert cfg.sampling.n_views == MAX_VIEWS and cfg.budget.workers == MAX_WORKERS
+    for item in (f"sampling.n_views={MAX_VIEWS + 1}", f"budget.workers={MAX_WORKERS + 1}",
+                 f"budget.stall_s={MIN_STALL_S * 0.99}", f"ttt.epochs={MAX_EPOCHS + 1}"):
+        with pytest.raises(ConfigError):
+            Config().with_overrides([item])
+
+
+def test_absurd_size_on_the_cli_is_one_error_line(tmp_path, capsys):
+    from submission import cli
+
+    code = cli.main(["run", "--challenges", str(tmp_path / "c.json"), "--model", str(tmp_path),
+                     "--out", str(tmp_path / "o.json"), "--workdir", str(tmp_path / "w"),
+                     "--set", "sampling.n_views=1000000"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert "sampling.n_views=1000000" in err and "1..256" in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("field, value", [("grad_accum", "0"), ("learning_rate", "-1"), ("r", "0"),
+                                          ("lora_alpha", "0"), ("batch_size", "0"),
+                                          ("epochs", "0")])
+def test_finetune_is_validated_like_ttt(field, value):
+    for section in ("ttt", "finetune"):
+        with pytest.raises(ConfigError, match=f"config {section}.{field} must be positive"):
+            Config().with_overrides([f"{section}.{field}={value}"])
+    with pytest.raises(ConfigError, match=f"finetune.{field}"):
+        Config.from_dict({"finetune": {field: json.loads(value)}})

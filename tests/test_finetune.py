@@ -137,3 +137,94 @@ def test_finetune_full_modules_are_trained_and_merged(tmp_path, tiny_model):
     prompt = torch.tensor([[14, 11, 10, 1, 2, 15, 14, 12, 10]])
     with torch.no_grad():
         assert torch.allclose(merged(prompt).logits, lora(prompt).logits, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tied_finetune(tmp_path_factory):
+    """A tiny base with tied embeddings (as Qwen3-4B), fine-tuned with embed_tokens and lm_head
+    trained in full, and with lm_head alone."""
+    from submission.finetune import finetune
+    from submission.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("tied")
+    base = make_tiny_model(root / "base", tie_embeddings=True)
+    data = write_task_dir(root / "data", dict(list(load_dataset("arc-agi-2", "training").items())[:2]))
+    out = {}
+    for name, modules in (("both", "embed_tokens,lm_head"), ("head", "lm_head")):
+        cfg = FT.with_overrides([f"finetune.modules_to_save={modules}", "finetune.backend=peft",
+                                 "finetune.samples_per_task=1", "finetune.grad_accum=1"])
+        out[name] = finetune(base, str(data), root / name, cfg, log=lambda m: None)
+    return base, root, out
+
+
+PROMPT = [14, 11, 10, 1, 2, 15, 14, 12, 10]
+ANSWERS = ([3, 4, 10, 5, 15], [1, 10, 15], [7, 7, 7, 10, 2, 2, 2, 10, 15])
+
+
+def _answer_logprob(model, prompt, answer) -> float:
+    import torch
+
+    ids = torch.tensor([list(prompt) + list(answer)])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    return sum(float(lp[len(prompt) - 1 + i, t]) for i, t in enumerate(answer))
+
+
+def test_trained_embeddings_of_a_tied_base_are_untied_in_training_and_merge(tied_finetune):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from submission.backends.peft_loader import load_peft
+
+    base, root, reports = tied_finetune
+    assert json.loads((base / "config.json").read_text())["tie_word_embeddings"] is True
+    # training: lm_head has its own matrix and the config says so
+    cfg = FT.with_overrides(["finetune.modules_to_save=embed_tokens,lm_head"])
+    model, _, _ = load_peft(base, cfg, cfg.finetune)
+    inner = model.get_base_model()
+    assert inner.config.tie_word_embeddings is False
+    assert inner.lm_head.weight.data_ptr() != inner.get_input_embeddings().weight.data_ptr()
+    tied_base = AutoModelForCausalLM.from_pretrained(str(base))
+    for name, report in reports.items():
+        merged_dir = root / name / "model"
+        assert json.loads((merged_dir / "config.json").read_text())["tie_word_embeddings"] is False
+        weights = load_file(str(merged_dir / "model.safetensors"))
+        head, embed = weights["lm_head.weight"], weights["model.embed_tokens.weight"]
+        assert not torch.equal(head, embed)  # both saved, both as trained
+        assert not torch.equal(head, tied_base.lm_head.weight)
+        assert torch.equal(embed, tied_base.get_input_embeddings().weight) == (name == "head")
+        merged = AutoModelForCausalLM.from_pretrained(str(merged_dir))
+        lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)),
+                                         str(latest_checkpoint(root / name)))
+        for answer in ANSWERS:
+            assert _answer_logprob(merged, PROMPT, answer) == pytest.approx(
+                _answer_logprob(lora, PROMPT, answer), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_vllm_serves_the_merged_untied_model_as_peft_trained_it(tied_finetune):
+    """vLLM 0.32.0 (the CPU engine) scores answers under the merged model exactly as the peft
+    model that was trained does; a re-tied lm_head (the embeddings' matrix) would not."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from submission.backends.vllm_sampler import VLLMSampler
+
+    base, root, _ = tied_finetune
+    cfg = Config().with_overrides(["model.max_seq_len=512", "sampling.max_num_seqs=8"])
+    for name in ("both", "head"):
+        lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)),
+                                         str(latest_checkpoint(root / name))).eval()
+        retied = AutoModelForCausalLM.from_pretrained(str(root / name / "model")).eval()
+        retied.lm_head.weight = retied.get_input_embeddings().weight  # what a re-tie would serve
+        vllm = VLLMSampler(root / name / "model", cfg, stop_ids=[], enable_lora=False,
+                           dtype="float32")
+        try:
+            for answer in ANSWERS:
+                want = _answer_logprob(lora, PROMPT, answer)
+                assert vllm.score(PROMPT, answer, None) == pytest.approx(want, abs=1e-3)
+                assert abs(_answer_logprob(retied, PROMPT, answer) - want) > 1e-2
+        finally:
+            del vllm

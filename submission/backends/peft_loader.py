@@ -45,6 +45,8 @@ def load_peft(model_path: str | Path, cfg: Config, section: TTTConfig | None = N
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model.config.use_cache = False
+    if getattr(t, "modules_to_save", ()):  # trained in full: lm_head and embed_tokens apart
+        untie_embeddings(model)
     with torch.random.fork_rng(devices=[]):  # seeds LoRA A init without touching the global stream
         torch.manual_seed(t.seed)
         peft_model = get_peft_model(model, lora_config(t))
@@ -52,3 +54,33 @@ def load_peft(model_path: str | Path, cfg: Config, section: TTTConfig | None = N
     info = {"trainer_backend": "peft", "dtype": str(dtype).replace("torch.", ""),
             "load_in_4bit": four_bit, "device": "cuda" if has_cuda() else "cpu"}
     return peft_model, tokenizer, info
+
+
+def untie_embeddings(model: Any) -> bool:
+    """Give the output embedding (lm_head) its own copy of a matrix it shares with the input
+    embedding, and say so in the config (top level and text config, the two vLLM reads). For
+    `modules_to_save` on a tied base (Qwen3-4B): peft 0.21.2 trains a separate deep copy of each
+    module (utils/other.py:653) and only warns that the base ties them (tuners/tuners_utils.py:1454);
+    its merge unties the config only when it finds the two apart (tuners/tuners_utils.py:722-735).
+    Made explicit here, the model trained, the merged model and what vLLM loads are one untied
+    model. Returns whether anything was tied."""
+    import torch
+
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or inp is None:
+        return False
+    configs = [model.config]
+    if hasattr(model.config, "get_text_config"):
+        configs.append(model.config.get_text_config())
+    shared = out.weight.data_ptr() == inp.weight.data_ptr()
+    flagged = any(getattr(c, "tie_word_embeddings", False) for c in configs)
+    if not (shared or flagged):
+        return False
+    for c in configs:
+        c.tie_word_embeddings = False
+    if shared:
+        out.weight = torch.nn.Parameter(inp.weight.detach().clone(),
+                                        requires_grad=inp.weight.requires_grad)
+    if hasattr(model, "all_tied_weights_keys"):  # transformers 5: what tie_weights() would re-tie
+        model.all_tied_weights_keys = {}
+    return True
