@@ -136,8 +136,9 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
             h.proc.kill()
             h.proc.join(timeout=10)
     if "fatal" in info and not info["worker_info"].get("ready"):
-        raise WorkerStartError(info.pop("fatal_message", None)
+        raise WorkerStartError(info.get("fatal_message")
                                or f"no worker could start its engine: {info['fatal']}")
+    info.pop("fatal_message", None)
     skipped = sched.unfinished()
     if skipped:
         state.fallbacks["deadline_skipped_tasks"] += len(skipped)

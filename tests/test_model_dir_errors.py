@@ -169,3 +169,16 @@ def test_trainer_stops_on_a_non_finite_loss(tiny_model, tmp_path):
                          scaler=torch.amp.GradScaler("cpu"))
     with pytest.raises(NonFiniteLoss, match="at step 3 of 3"):
         scaled.train(samples, np.random.default_rng(0), cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["config_list", "unknown_model_type", "zero_heads"])
+def test_shrink_vocab_on_a_bad_model_dir_is_one_line(tmp_path, tiny_model, capsys, case):
+    from submission.cli import main
+
+    build, _, needle = CASES[case]
+    model = build(tiny_model, tmp_path / "model")
+    code = main(["shrink-vocab", "--model", str(model), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    _one_error_line(err, str(model), needle)
