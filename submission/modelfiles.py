@@ -27,10 +27,11 @@ CONTENT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
                  "special_tokens_map.json") + INDEX_FILES  # fingerprinted by content
 SAMPLE_BYTES = 1 << 16  # bytes hashed at each end of a weight file: cheap, catches retrained weights
 # bytes per element of the byte-sized safetensors dtypes (sub-byte dtypes are not size-checked)
-# Packages whose errors, raised while a model directory is read, mean the directory is bad.
+# Packages that parse a model directory's files and build the model from them: their errors,
+# raised while a directory is read, mean the directory is bad (torch: e.g. an embedding whose
+# padding row does not exist). Not torch.cuda: a GPU that fails is no fault of the files.
 MODEL_LIBRARIES = frozenset({"transformers", "tokenizers", "safetensors", "torch", "peft",
-                             "huggingface_hub", "accelerate", "bitsandbytes", "unsloth",
-                             "unsloth_zoo"})
+                             "huggingface_hub"})
 MESSAGE_CHARS = 300  # of a library's message in such an InputError
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
@@ -212,7 +213,7 @@ def raised_by_library(exc: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     module = str(tb.tb_frame.f_globals.get("__name__", ""))
-    return module.split(".")[0] in MODEL_LIBRARIES
+    return module.split(".")[0] in MODEL_LIBRARIES and not module.startswith("torch.cuda")
 
 
 @contextmanager

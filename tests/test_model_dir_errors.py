@@ -56,6 +56,12 @@ def test_reading_model_translates_only_library_errors(tmp_path):
     with pytest.raises(TypeError, match="ours"):  # raised here, not in a library: a bug
         with reading_model(tmp_path):
             raise TypeError("ours")
+    import torch
+
+    with pytest.raises((AssertionError, RuntimeError)) as err:  # a GPU problem, not the files'
+        with reading_model(tmp_path):
+            torch.cuda.current_device()  # this torch has no CUDA
+    assert not isinstance(err.value, InputError)
 
 
 # --- the run, both paths (slow: loads models) ----------------------------------------------------
