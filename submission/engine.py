@@ -82,10 +82,10 @@ class Engine:
 
 
 def check_model_dir(model_path: str | Path | None) -> Path:
-    """A local model directory with a config.json and intact weight files (InputError naming
-    the file otherwise; nothing is downloaded, no weight is loaded)."""
+    """A local model directory with a usable config.json and intact weight files (InputError
+    naming the file otherwise; nothing is downloaded, no weight is loaded)."""
     from .errors import InputError
-    from .modelfiles import check_model_weights
+    from .modelfiles import check_model_config, check_model_weights
 
     if model_path is None:
         raise InputError("no model directory given (--model)")
@@ -93,24 +93,34 @@ def check_model_dir(model_path: str | Path | None) -> Path:
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is not a model directory (no config.json); models are loaded "
                          "from local paths only", file=str(path))
+    check_model_config(path)
     check_model_weights(path)
     return path
 
 
 def load_trainer(model_path: str | Path, cfg: Config, section: TTTConfig | None = None
                  ) -> tuple[LoRATrainer, Any, dict[str, Any]]:
-    """(trainer, tokenizer, info) with the LoRA of `section` (default cfg.ttt) on unsloth or peft."""
+    """(trainer, tokenizer, info) with the LoRA of `section` (default cfg.ttt) on unsloth or peft.
+    What the libraries raise on a bad model directory is an InputError naming config.json (when
+    transformers cannot read the config) or the directory."""
+    from transformers import AutoConfig
+
+    from .modelfiles import reading_model
+
     t = section or cfg.ttt
     backend = choose_trainer_backend(t.backend)
     scaler = None
-    if backend == "unsloth":
-        from .backends.unsloth_loader import load_unsloth
+    with reading_model(Path(model_path) / "config.json", "its config"):
+        AutoConfig.from_pretrained(str(model_path), local_files_only=True)
+    with reading_model(model_path):
+        if backend == "unsloth":
+            from .backends.unsloth_loader import load_unsloth
 
-        model, tokenizer, info, scaler = load_unsloth(model_path, cfg, t)
-    else:
-        from .backends.peft_loader import load_peft
+            model, tokenizer, info, scaler = load_unsloth(model_path, cfg, t)
+        else:
+            from .backends.peft_loader import load_peft
 
-        model, tokenizer, info = load_peft(model_path, cfg, t)
+            model, tokenizer, info = load_peft(model_path, cfg, t)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return LoRATrainer(model, pad_id=pad_id, backend=backend, scaler=scaler), tokenizer, info
 
@@ -127,6 +137,7 @@ def build_engine(model_path: str | Path, cfg: Config,
     before = torch_settings() if sampler_backend == "vllm" else {}  # before unsloth is imported
     trainer, tokenizer, info = load_trainer(model_path, cfg)
     fmt = get_format(cfg.model.format, tokenizer, model_dir=model_path)  # "auto": detected
+    check_format_ids(fmt, trainer.model.get_input_embeddings().num_embeddings, model_path)
     forward = HFSampler(trainer, stop_ids=fmt.stop_token_ids, pad_id=trainer.pad_id)
     sampler: Sampler = forward
     if sampler_backend == "vllm":
@@ -140,6 +151,19 @@ def build_engine(model_path: str | Path, cfg: Config,
             sampler_backend = "transformers"
     info.update(sampler_backend=sampler_backend, format=fmt.name)
     return Engine(cfg=cfg, fmt=fmt, trainer=trainer, sampler=sampler, forward=forward, info=info)
+
+
+def check_format_ids(fmt: TextFormat, rows: int, model_path: str | Path) -> None:
+    """InputError naming config.json's vocab_size when a token id the format writes has no row
+    in the model's embedding (a model and a tokenizer that do not belong together)."""
+    from .errors import InputError
+
+    ids = {**fmt.id_of, **({fmt.bos: fmt.bos_id} if fmt.bos_id is not None else {})}
+    piece, top = max(ids.items(), key=lambda kv: kv[1])
+    if top >= rows:
+        raise InputError(f"vocab_size {rows} is below the tokenizer's ids: format {fmt.name} "
+                         f"writes {piece!r} as id {top}", file=str(Path(model_path) / "config.json"),
+                         field="vocab_size")
 
 
 def start_vllm(model_path: str | Path, cfg: Config, fmt: TextFormat,

@@ -42,3 +42,7 @@ class AdapterError(SubmissionError):
 
 class SamplerError(SubmissionError):
     """A sampling backend rejected or failed a request (vLLM's own errors, translated)."""
+
+
+class NonFiniteLoss(SubmissionError):
+    """A training step's loss is NaN or infinite (broken weights, or a diverging learning rate)."""

@@ -308,7 +308,17 @@ def _format_hint(model_dir: str | Path | None) -> str | None:
 
 
 def _single_token_id(tokenizer: Any, piece: str, fmt: str) -> int:
-    ids = tokenizer.encode(piece, add_special_tokens=False)
+    from .tokenizer import binding_error
+
+    try:
+        ids = tokenizer.encode(piece, add_special_tokens=False)
+    except Exception as err:
+        # A tokenizer that cannot encode the piece at all (NVARC's WordLevel without its unk
+        # token in the vocabulary, probed with the architects pieces) does not fit the format.
+        if not binding_error(err):
+            raise
+        raise FormatError(f"format {fmt}: piece {piece!r} cannot be encoded by this tokenizer "
+                          f"({err})") from err
     if len(ids) != 1:
         raise FormatError(f"format {fmt}: piece {piece!r} is {len(ids)} tokens {ids} in this "
                           "tokenizer, must be exactly one (shrink the vocabulary or pick another format)")

@@ -6,6 +6,8 @@ instead of a loader's traceback (possibly inside a worker process). `model_ident
 model answers came from, so a rerun with another model does not reuse them: it hashes every byte
 of every weight file once, and keeps the digests in a cache file keyed by each file's path, size,
 inode, mtime and ctime, so a large model is read in full once per workdir. Neither loads weights.
+`check_model_config` refuses a config.json the loaders would crash on, and `reading_model` turns
+what the model libraries raise while reading a directory into an InputError naming it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, SubmissionError
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -25,6 +29,12 @@ CONTENT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
                  "special_tokens_map.json") + INDEX_FILES  # fingerprinted by content
 HASH_CHUNK = 1 << 24  # bytes read per step while hashing a weight file
 # bytes per element of the byte-sized safetensors dtypes (sub-byte dtypes are not size-checked)
+# Packages that parse a model directory's files and build the model from them: their errors,
+# raised while a directory is read, mean the directory is bad (torch: e.g. an embedding whose
+# padding row does not exist). Not torch.cuda: a GPU that fails is no fault of the files.
+MODEL_LIBRARIES = frozenset({"transformers", "tokenizers", "safetensors", "torch", "peft",
+                             "huggingface_hub"})
+MESSAGE_CHARS = 300  # of a library's message in such an InputError
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                "I64": 8, "U64": 8, "F64": 8, "C64": 8}
@@ -218,3 +228,62 @@ def _tensor_span(name: str, info: Any, fail) -> tuple[int, int, str]:
             fail(f"tensor {name!r}: {dtype} {shape} needs {count * DTYPE_BYTES[dtype]} bytes, "
                  f"data_offsets span {offsets[1] - offsets[0]}")
     return offsets[0], offsets[1], name
+
+
+def check_model_config(model_dir: str | Path) -> dict[str, Any]:
+    """The model directory's config.json as a dict. InputError naming the file (and the field)
+    when it is not a JSON object, or when `vocab_size` is not a positive integer or not above
+    `pad_token_id` (top level or `text_config`): transformers would build an embedding whose
+    padding row does not exist (torch/nn/modules/sparse.py:155, "Padding_idx must be within
+    num_embeddings")."""
+    file = Path(model_dir) / "config.json"
+    try:
+        data = json.loads(_read(file, None).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise InputError(f"not valid JSON: {err}", file=str(file)) from err
+    if not isinstance(data, dict):
+        raise InputError(f"top level is {type(data).__name__}, expected a JSON object",
+                         file=str(file))
+    for prefix, section in (("", data), ("text_config.", data.get("text_config"))):
+        if not isinstance(section, dict) or "vocab_size" not in section:
+            continue
+        size, pad = section["vocab_size"], section.get("pad_token_id")
+        if type(size) is not int or size < 1:
+            raise InputError(f"vocab_size must be a positive integer, got {size!r}",
+                             file=str(file), field=f"{prefix}vocab_size")
+        if type(pad) is int and not 0 <= pad < size:
+            raise InputError(f"vocab_size {size} is below the tokenizer's ids: pad_token_id is "
+                             f"{pad} (every token id must be below vocab_size)", file=str(file),
+                             field=f"{prefix}vocab_size")
+    return data
+
+
+def raised_by_library(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside one of MODEL_LIBRARIES (its innermost frame is theirs;
+    errors of the Rust bindings surface in the Python frame that called them)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] in MODEL_LIBRARIES and not module.startswith("torch.cuda")
+
+
+@contextmanager
+def reading_model(file: str | Path, what: str = "the model") -> Iterator[None]:
+    """Inside the block, an error a model library raises while reading a model directory becomes
+    an InputError naming `file` with the library's message (on one line). Our own errors, errors
+    raised outside those libraries (bugs) and running out of memory pass through unchanged."""
+    try:
+        yield
+    except SubmissionError:
+        raise
+    except Exception as exc:
+        if (not raised_by_library(exc) or isinstance(exc, MemoryError)
+                or type(exc).__name__ == "OutOfMemoryError"):  # torch's CUDA OOM
+            raise
+        text = " ".join(str(exc).split())  # one line, however the library wrapped it
+        text = text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS - 3] + "..."
+        raise InputError(f"cannot load {what}: {type(exc).__name__}: {text}",
+                         file=str(file)) from exc

@@ -27,8 +27,20 @@ SPECIAL_FIELDS = ("bos_token", "eos_token", "pad_token", "unk_token")
 # Files a model directory may describe its tokenizer with (copied verbatim by copy_tokenizer_files).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
-                   "spiece.model", "tekken.json", "chat_template.jinja", "chat_template.json")
+                   "spiece.model", "tekken.json", "chat_template.jinja", "chat_template.json",
+                   "chat_template.j2")
 _OTHER_SOURCES = ("tokenizer.model", "vocab.json", "tekken.json", "spiece.model")
+
+
+def binding_error(err: BaseException) -> bool:
+    """Whether `err` is an error of the `tokenizers` binding itself: it converts every Rust error
+    into a plain `Exception` (bindings/python/src/error.rs, `ToPyResult`: `PyException::new_err`),
+    e.g. a WordLevel model whose unk token is not in its vocabulary encoding an unknown piece
+    (tokenizers/src/models/wordlevel/mod.rs, `Model::tokenize`: `Error::MissingUnkToken`,
+    "WordLevel error: Missing [UNK] token from the vocabulary"); transformers 5.17.0 passes it on
+    uncaught (tokenization_utils_tokenizers.py:1074, `self._tokenizer.encode_batch`). Subclasses
+    (TypeError, ...) are never binding errors."""
+    return type(err) is Exception
 
 
 def load_tokenizer(model_dir: str | Path, *, notes: list[str] | None = None) -> Any:
@@ -43,10 +55,10 @@ def load_tokenizer(model_dir: str | Path, *, notes: list[str] | None = None) -> 
     if any((path / name).is_file() for name in _OTHER_SOURCES):
         from transformers import AutoTokenizer
 
-        try:
+        from .modelfiles import reading_model
+
+        with reading_model(path, "the tokenizer"):
             return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot load the tokenizer: {err}", file=str(path)) from err
     raise InputError("no tokenizer files (tokenizer.json, or tokenizer.model / vocab.json + "
                      "merges.txt) in the model directory", file=str(path))
 
@@ -109,7 +121,9 @@ def _from_tokenizer_json(path: Path, notes: list[str]) -> Any:
         repaired = False
     try:
         backend = Tokenizer.from_str(json.dumps(data)) if repaired else Tokenizer.from_file(str(file))
-    except Exception as err:  # the Rust side raises a bare Exception on a malformed model
+    except Exception as err:
+        if not binding_error(err):  # a malformed model: the binding's plain Exception
+            raise
         raise InputError(f"not a valid tokenizers file: {err}", file=str(file)) from err
     size = backend.get_vocab_size(with_added_tokens=True)
     settings = tokenizer_settings(path)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .config import TTTConfig
+from .errors import NonFiniteLoss
 from .ttt_data import TrainSample
 
 IGNORE = -100
@@ -139,18 +140,26 @@ class LoRATrainer:
             chunk = [s for s in (samples[i] for i in idx) if s is not None]  # None: cannot fit
             tokens += sum(len(c.ids) for c in chunk)
             t0 = time.perf_counter()
-            last = self._step(chunk, params, opt, cfg)
-            losses.append(round(last, 5))
+            loss = self._step(chunk, params, opt, cfg)
             self.compute_s += time.perf_counter() - t0
             sched.step()
-            first = last if first is None else first
+            if math.isfinite(loss):
+                last = loss
+                losses.append(round(last, 5))
+                first = last if first is None else first
+            elif self.scaler is None or step + 1 == steps_total and first is None:
+                # The adapter is ruined (and no JSON holds the loss). With fp16 the scaler skips
+                # such an update (torch/amp/grad_scaler.py:371, found_inf), so only a run
+                # without any finite loss fails.
+                raise NonFiniteLoss(f"training loss is {loss} at step {step + 1} of {steps_total}: "
+                                    "the model's weights or the learning rate give non-finite values")
             if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
                 state = (opt.state_dict() if self.parallel is None
                          else self.parallel.optimizer_state(opt))
                 checkpoint(step + 1, {"optimizer": state, "scheduler": sched.state_dict()})
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{last:.3f}", refresh=False)
+                progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
             if on_step is not None:
                 on_step(step + 1 - begin)
         else:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import FormatError, InputError
 from .formats import _single_token_id, build_tokenizer, reduced_vocab
+from .modelfiles import check_model_config, reading_model
 from .tokenizer import load_tokenizer
 
 _EOS = {"qwen-chat": "<|im_end|>", "architects": "</s>"}
@@ -95,7 +96,9 @@ def shrink_vocab(model_dir: str | Path, format_name: str, out_dir: str | Path) -
     bos = keeps_bos(tokenizer, format_name)
     vocab, _ = reduced_vocab(format_name, bos=bos)
     kept = original_ids(tokenizer, format_name)
-    model = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype="auto")
+    check_model_config(src)
+    with reading_model(src):
+        model = AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True, dtype="auto")
     params_before = sum(p.numel() for p in model.parameters())
 
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()

@@ -142,7 +142,9 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
             h.proc.kill()
             h.proc.join(timeout=10)
     if "fatal" in info and not info["worker_info"].get("ready"):
-        raise WorkerStartError(f"no worker could start its engine: {info['fatal']}")
+        raise WorkerStartError(info.get("fatal_message")
+                               or f"no worker could start its engine: {info['fatal']}")
+    info.pop("fatal_message", None)
     skipped = sched.unfinished()
     if skipped:
         state.fallbacks["gpu_unusable" if "gpu_unusable" in info
@@ -195,6 +197,7 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
     elif kind == "fatal":  # the engine cannot start: retrying the same setup would fail again
         state.faults.append({"stage": "worker_start", "worker": h.wid, "error": msg[1]})
         info["fatal"] = msg[1]
+        info["fatal_message"] = msg[2] if len(msg) > 2 else None  # ours: said as in-process
         h.respawns = MAX_RESPAWNS_PER_WORKER
 
 
@@ -255,8 +258,11 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
         t0 = time.monotonic()
         engine = build_engine(job["model"], cfg, job["engine_kwargs"])
         engine.info["load_s"] = time.monotonic() - t0
-    except (SubmissionError, OSError, RuntimeError, ValueError) as exc:
-        outbox.send(("fatal", repr(exc)))
+    except SubmissionError as exc:  # a bad model directory (InputError naming the file), ...
+        outbox.send(("fatal", repr(exc), str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - anything else a model directory throws: reported,
+        outbox.send(("fatal", repr(exc), None))  # never a crash and respawn loop
         return
     engine.fallbacks = sink.fallbacks
     engine_started(sink, engine)

@@ -411,9 +411,11 @@ print("RESULT " + json.dumps(list(out[0].outputs[0].token_ids)))
 
 
 @pytest.mark.slow
-def test_vllm_serves_a_model_with_the_nvarc_tokenizer(tmp_path):
+@pytest.mark.parametrize("files", ["nvarc-like", "published"])
+def test_vllm_serves_a_model_with_the_nvarc_tokenizer(tmp_path, files):
     """vLLM 0.32 loads the directory's tokenizer itself (as the sampler passes `tokenizer=path`);
-    given token ids and detokenize=False it generates what transformers generates."""
+    given token ids and detokenize=False it generates what transformers generates. `published`:
+    NVARC's files exactly as published (published_nvarc.py)."""
     import importlib.util
     import os
     import subprocess
@@ -424,7 +426,12 @@ def test_vllm_serves_a_model_with_the_nvarc_tokenizer(tmp_path):
 
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed")
-    d = _nvarc_tiny_model(tmp_path / "m")
+    if files == "published":
+        from published_nvarc import published_nvarc_model
+
+        d = published_nvarc_model(tmp_path / "m")
+    else:
+        d = _nvarc_tiny_model(tmp_path / "m")
     fmt = get_format("auto", load_tokenizer(d), model_dir=d)
     prompt = fmt.encode_prompt([Pair(np.array([[1, 2]]), np.array([[3]]))], np.array([[4, 5]]))
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
