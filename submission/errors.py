@@ -42,3 +42,13 @@ class AdapterError(SubmissionError):
 
 class SamplerError(SubmissionError):
     """A sampling backend rejected or failed a request (vLLM's own errors, translated)."""
+
+
+class Interrupted(SubmissionError):
+    """The user stopped a run (Ctrl-C) after what finished was written; exit code 130."""
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control characters (newlines, escape codes) and lone surrogates are
+    written as Python escapes, so an error about a hostile task id stays one readable line."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)

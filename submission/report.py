@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,9 @@ from jinja2 import ChainableUndefined, Environment, FileSystemLoader, Undefined,
 from markupsafe import Markup
 
 from .errors import InputError, SubmissionError
+from .files import write_text_atomic
 from .scoring import load_solutions, score_submission
+from .tasks import read_json_object
 
 PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
            "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
@@ -50,7 +50,7 @@ def _read(path: Path) -> tuple[Any, str | None]:
     """(parsed JSON, None) or (None, why it could not be read)."""
     try:
         return json.loads(path.read_text(encoding="utf-8")), None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -293,7 +293,10 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
     ch_path = Path(challenges) if challenges else _find_challenges(workdir, rdir, run)
     if challenges and not ch_path.is_file():
         raise InputError("file not found", file=str(ch_path))
-    chal = _load_challenges(ch_path, notes)
+    if challenges:  # an explicitly given file that is bad: InputError naming it
+        chal = {k: v for k, v in read_json_object(ch_path).items() if isinstance(v, dict)}
+    else:
+        chal = _load_challenges(ch_path, notes)
     sol_path = Path(solutions) if solutions else _find_solutions(ch_path, run)
     sols: dict[str, list] = {}
     if sol_path is not None:
@@ -435,19 +438,28 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{v:.1f}" if 100 <= abs(v) < 1e15 else f"{v:.{digits}g}"
 
 
+def check_report_paths(data: dict[str, Any], out: Path, solutions: str | Path | None) -> None:
+    """InputError before writing if --out is a file the report reads or the run wrote (run.json,
+    config.json, a task record, the submission, the challenges or solutions file)."""
+    from .paths import Spot, check_paths
+
+    rdir = Path(data["run_dir"])
+    named = _d(_read(rdir / "run.json")[0]) if (rdir / "run.json").is_file() else {}
+    ins = [Spot("WORKDIR", rdir / "run.json", part="run.json in"),
+           Spot("WORKDIR", rdir / "config.json", part="config.json in"),
+           Spot("WORKDIR", rdir / "tasks", "dir", "tasks/ in"),
+           Spot("--challenges", data["challenges"]), Spot("--solutions", solutions or data["solutions"]),
+           Spot("the run's --out", named.get("submission") if isinstance(named.get("submission"), str)
+                else None)]
+    check_paths(ins, [Spot("--out", out)])
+
+
 def write_report(workdir: str | Path, *, solutions: str | Path | None = None,
                  out: str | Path | None = None, challenges: str | Path | None = None) -> Path:
     """Build and write the report (default `workdir/report.html`, atomically); returns its path."""
-    html = render_report(build_report(workdir, solutions=solutions, challenges=challenges))
+    data = build_report(workdir, solutions=solutions, challenges=challenges)
     out = Path(out) if out else Path(workdir) / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from other users and viewers
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    check_report_paths(data, out, solutions)
+    html = render_report(data)
+    write_text_atomic(out, html)
     return out

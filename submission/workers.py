@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ POLL_S = 0.5
 MAX_RESPAWNS_PER_WORKER = 3
 RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv")  # decided mid-run
 STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
+PARENT_POLL_S = 0.5  # how often a worker checks that its supervisor is still alive
+WORKER_NAME = "arc-worker-"
 
 
 class WorkerStartError(SubmissionError):
@@ -74,12 +78,12 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     job = {"model": str(model), "cfg": cfg.to_dict(), "challenges": str(state.challenges),
            "workdir": str(state.workdir), "scratch": str(state.scratch), "identity": state.identity,
            "all_policies": state.all_policies, "calibration": state.calibration,
-           "engine_kwargs": state.info.get("engine_kwargs")}
+           "engine_kwargs": state.info.get("engine_kwargs"), "supervisor": os.getpid()}
 
     def start(wid: int, respawns: int = 0) -> None:
         inbox_r, inbox_w = ctx.Pipe(duplex=False)
         out_r, out_w = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=worker_main, name=f"arc-worker-{wid}", daemon=False,
+        proc = ctx.Process(target=worker_main, name=f"{WORKER_NAME}{wid}", daemon=False,
                            args=(wid, worker_env(wid, gpus, state.workdir), job, inbox_r, out_w))
         proc.start()
         inbox_r.close()
@@ -187,6 +191,25 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
         h.respawns = MAX_RESPAWNS_PER_WORKER
 
 
+def stop_workers() -> None:
+    """Kill this process's worker processes at once (Ctrl-C ended the supervisor's loop)."""
+    for proc in mp.active_children():
+        if proc.name.startswith(WORKER_NAME):
+            proc.kill()
+            proc.join(timeout=10)
+
+
+def exit_with_supervisor(supervisor: int) -> None:
+    """In a worker: a daemon thread ends the process as soon as its supervisor is gone (the worker
+    is re-parented), not at its next pipe write, which may be minutes away in a long stage."""
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(PARENT_POLL_S)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
 def _send(conn: Connection, obj: Any) -> None:
     try:
         conn.send(obj)
@@ -227,6 +250,8 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
     """Entry of a worker process: build the engine once, measure the machine's rates, then
     process chunks until told to stop."""
     os.environ.update(env)  # before torch: CUDA_VISIBLE_DEVICES, the compile cache
+    exit_with_supervisor(job["supervisor"])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     from .budget import TaskPlan
     from .engine import build_engine
     from .pipeline import TTT_ERRORS, process_chunk
