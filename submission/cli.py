@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # vLLM logs to stdout by default (vllm/envs.py:854): stdout is each command's result alone
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         return COMMANDS[args.command](args)
     except Interrupted as exc:  # Ctrl-C in a run: what finished is written

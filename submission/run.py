@@ -34,6 +34,7 @@ from .startup import apply_rates, engine_started, plan_memory_for_run, start_rat
 from .files import write_json_atomic
 from .submit import build_submission
 from .tasks import load_tasks_lenient, read_json_object
+from .vllm_tmp import sweep
 from .watchdog import Watchdog, WatchdogInterrupt
 
 
@@ -134,9 +135,13 @@ def run(challenges: str | Path, model: str | Path | None, out: str | Path, workd
     if engine is None:
         check_model_dir(model)
     with workdir_lock(workdir):
-        return _run_locked(challenges, model, out, workdir, cfg, limit=limit,
-                           all_policies=all_policies, engine=engine, scratch=scratch,
-                           calibration=calibration, strict_load=strict_load)
+        sweep()  # temp directories of engines that were killed
+        try:
+            return _run_locked(challenges, model, out, workdir, cfg, limit=limit,
+                               all_policies=all_policies, engine=engine, scratch=scratch,
+                               calibration=calibration, strict_load=strict_load)
+        finally:
+            sweep()  # those of this run's killed workers
 
 
 def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, engine, scratch,
