@@ -4,9 +4,11 @@ every SubmissionError into a one-line message and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import Interrupted, SubmissionError, printable
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # vLLM logs to stdout by default (vllm/envs.py:854): stdout is each command's result alone
+    # vLLM logs to stdout by default (vllm/envs.py:854); stdout is each command's result alone
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         return COMMANDS[args.command](args)
@@ -220,6 +222,23 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # unreadable or unwritable paths given by the user
         _error(f"{exc.filename or ''}: {exc.strerror or exc}")
         return 2
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """While the pipeline runs, file descriptor 1 is stderr: whatever libraries print to stdout
+    (vLLM's log, unsloth's banner, C code, worker processes) goes there, and stdout holds only
+    the command's JSON result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _error(message: str) -> None:
@@ -294,8 +313,9 @@ def cmd_run(args) -> int:
     calibration = _calibration(args)
     check_run_paths(args.challenges, args.model, args.out, args.workdir, config=args.config,
                     calibration=args.calibration)
-    report = run(args.challenges, args.model, args.out, args.workdir, cfg, limit=args.limit,
-                 all_policies=args.selection == "all", calibration=calibration)
+    with _quiet_stdout():
+        report = run(args.challenges, args.model, args.out, args.workdir, cfg, limit=args.limit,
+                     all_policies=args.selection == "all", calibration=calibration)
     print(json.dumps({"submission": str(args.out), "tasks": report["tasks"],
                       "fallbacks": report["fallbacks"], "seconds": round(report["seconds"], 1)}))
     return 0
@@ -314,9 +334,11 @@ def cmd_dry_run(args) -> int:
            + [("--workdir", work / name, "file", f"{name} in") for name in
               ("submission.json", "score.json", *(f"submission.{p}.json" for p in POLICIES))])
     cfg = _config(args)
-    result = dry_run(args.dataset, args.split, args.limit, args.model, Path(args.workdir), cfg,
-                     all_policies=args.selection == "all", log=lambda m: print(m, file=sys.stderr),
-                     calibration=_calibration(args), explicit=_explicit_keys(args))
+    with _quiet_stdout():
+        result = dry_run(args.dataset, args.split, args.limit, args.model, Path(args.workdir), cfg,
+                         all_policies=args.selection == "all",
+                         log=lambda m: print(m, file=sys.stderr),
+                         calibration=_calibration(args), explicit=_explicit_keys(args))
     print(json.dumps(result))
     return 0
 
@@ -373,8 +395,10 @@ def cmd_kaggle(args) -> int:
     calibration = _calibration(args)
     print(f"{'FULL' if setup.full else 'SMOKE'} run: {setup.challenges} with {setup.model}, "
           f"{cfg.budget.workers} worker(s), budget {cfg.budget.time_budget_s:.0f} s", file=sys.stderr)
-    report = run(setup.challenges, setup.model, setup.out, setup.workdir, cfg, limit=setup.limit,
-                 scratch=setup.scratch, calibration=calibration, strict_load=not setup.full)
+    with _quiet_stdout():
+        report = run(setup.challenges, setup.model, setup.out, setup.workdir, cfg,
+                     limit=setup.limit, scratch=setup.scratch, calibration=calibration,
+                     strict_load=not setup.full)
     print(json.dumps({"submission": str(setup.out), "full": setup.full, "tasks": report["tasks"],
                       "fallbacks": report["fallbacks"], "seconds": round(report["seconds"], 1)}))
     if setup.full:

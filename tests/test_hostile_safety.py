@@ -25,7 +25,7 @@ from submission.files import write_json_atomic, write_text_atomic
 from submission.lock import LOCK_NAME, workdir_lock
 from submission.tasks import tasks_to_challenges
 from submission.vllm_tmp import PREFIX, engine_tmpdir, sweep
-from tests.test_hostile import (RATES, _one_error_line, fake_model, run_cli, small_task,
+from tests.test_hostile import (FAST, RATES, _one_error_line, fake_model, run_cli, small_task,
                                 write_challenges)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -395,3 +395,125 @@ def test_temp_files_of_a_killed_engine_are_swept(tmp_path):
     proc.wait()
     assert (d / "vllm_dist_0123").exists()  # what a SIGTERM leaves ...
     assert sweep(tmp_path) == [d] and not d.exists()  # ... the next run removes
+
+
+# --- end to end: Ctrl-C, a second run, a killed supervisor, vLLM's output and temp files ---------
+
+def _cli(tmp: Path, ch: Path, model: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """`run` (CPU-sized, as run_cli) started in its own session, so that a signal to its process
+    group reaches it and its workers as Ctrl-C in a terminal would."""
+    calibration = tmp.parent / f"{tmp.name}.calibration.json"
+    calibration.write_text(json.dumps(RATES))
+    argv = ["run", "--challenges", ch, "--model", model, "--out", tmp / "submission.json",
+            "--workdir", tmp / "work", "--calibration", calibration, *FAST, *extra]
+    return subprocess.Popen([sys.executable, "-m", "submission", *map(str, argv)], cwd=tmp,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat_file.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(what, timeout: float, proc: subprocess.Popen | None = None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (value := what()):
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_a_second_run_and_a_killed_supervisor(tmp_path, tiny_model):
+    """One workdir, worker processes: a second run is refused while the first holds the lock;
+    Ctrl-C (SIGINT to the process group) ends the first with exit 130, one line, run.json and a
+    submission holding every finished task; a SIGKILLed supervisor leaves no worker behind."""
+    from submission.submit import validate_submission
+
+    ids = [f"t{i:07d}" for i in range(8)]
+    ch = write_challenges(tmp_path / "challenges.json", ids)
+    work = tmp_path / "work"
+    first = _cli(tmp_path, ch, tiny_model, "--set", "budget.workers=1")
+    try:
+        _wait_for(lambda: (work / LOCK_NAME).is_file() and (work / LOCK_NAME).read_text(), 120, first)
+        second = run_cli(tmp_path, ch, tiny_model, "--set", "budget.workers=1", timeout=120)
+        assert second.returncode == 2, second.stderr[-3000:]
+        _one_error_line(second.stderr, "in use by another run", f"pid {first.pid} on host")
+        workers = _wait_for(lambda: _children(first.pid), 120, first)
+        _wait_for(lambda: list((work / "tasks").glob("*.json")), 600, first)
+        os.killpg(first.pid, signal.SIGINT)
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: interrupted: \d+ of 8 task\(s\) finished, kept in .*", last), last
+    _wait_for(lambda: not any(_alive(w) for w in workers), 10)
+    report = json.loads((work / "run.json").read_text())
+    sub = json.loads((tmp_path / "submission.json").read_text())
+    assert report["interrupted"] is True and validate_submission(sub, {i: 1 for i in ids}) == []
+    finished = {json.loads(p.read_text())["task_id"] for p in (work / "tasks").glob("*.json")}
+    assert finished and set(report["per_task"]) >= finished
+    for task_id in finished:
+        rec = json.loads((work / "tasks" / f"{task_id}.json").read_text())
+        for entry, grids in zip(sub[task_id], rec["attempts"], strict=True):
+            assert [entry["attempt_1"], entry["attempt_2"]][:len(grids)] == grids[:2]
+
+    third = _cli(tmp_path, ch, tiny_model, "--set", "budget.workers=1")  # resumes, then is killed
+    try:
+        (worker,) = _wait_for(lambda: _children(third.pid), 120, third)
+        time.sleep(3)  # the worker is loading or training now
+        os.kill(third.pid, signal.SIGKILL)
+        third.wait(timeout=30)
+        gone = time.monotonic()
+        _wait_for(lambda: not _alive(worker), 10)
+        assert time.monotonic() - gone < 5
+    finally:
+        if third.poll() is None or any(_alive(w) for w in _children(third.pid)):
+            os.killpg(third.pid, signal.SIGKILL)
+        third.wait()
+    with workdir_lock(work):  # the dead supervisor's lock is taken over
+        pass
+
+
+@pytest.mark.slow
+def test_a_failed_vllm_start_keeps_stdout_json_and_leaves_no_temp_files(tmp_path, tiny_model):
+    """vLLM logs to stderr (stdout is the run's JSON summary alone), and the vllm_dist_* file of
+    a start that fails after the rendezvous (a KV cache that does not fit) is removed."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ch = write_challenges(tmp_path / "challenges.json", ["t0000001"])
+    proc = _cli(tmp_path, ch, tiny_model, "--set", "sampling.backend=vllm",
+                env={"TMPDIR": str(tmp), "VLLM_CPU_KVCACHE_SPACE": "100000"})
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)  # nothing else on stdout
+    assert summary["fallbacks"].get("vllm_start_failed") == 1, summary
+    assert "kv cache" in json.loads((tmp_path / "work" / "run.json").read_text())[
+        "backends"]["vllm_start_error"].lower()
+    assert "INFO" in err  # vLLM did log, to stderr
+    left = [p.name for p in tmp.rglob("*") if p.name.startswith(("vllm_dist_", PREFIX))]
+    assert left == [], left
