@@ -482,7 +482,9 @@ def test_ctrl_c_a_second_run_and_a_killed_supervisor(tmp_path, tiny_model):
         for entry, grids in zip(sub[task_id], rec["attempts"], strict=True):
             assert [entry["attempt_1"], entry["attempt_2"]][:len(grids)] == grids[:2]
 
-    third = _cli(tmp_path, ch, tiny_model, "--set", "budget.workers=1")  # resumes, then is killed
+    assert not (work / LOCK_NAME).exists()
+    (tmp_path / "third").mkdir()  # a fresh workdir: the first run's worker may have finished all
+    third = _cli(tmp_path / "third", ch, tiny_model, "--set", "budget.workers=1")
     try:
         (worker,) = _wait_for(lambda: _children(third.pid), 120, third)
         time.sleep(3)  # the worker is loading or training now
@@ -495,7 +497,7 @@ def test_ctrl_c_a_second_run_and_a_killed_supervisor(tmp_path, tiny_model):
         if third.poll() is None or any(_alive(w) for w in _children(third.pid)):
             os.killpg(third.pid, signal.SIGKILL)
         third.wait()
-    with workdir_lock(work):  # the dead supervisor's lock is taken over
+    with workdir_lock(tmp_path / "third" / "work"):  # the dead supervisor's lock is taken over
         pass
 
 
@@ -517,3 +519,31 @@ def test_a_failed_vllm_start_keeps_stdout_json_and_leaves_no_temp_files(tmp_path
     assert "INFO" in err  # vLLM did log, to stderr
     left = [p.name for p in tmp.rglob("*") if p.name.startswith(("vllm_dist_", PREFIX))]
     assert left == [], left
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_process_keeps_what_finished(tmp_path, tiny_model):
+    """budget.workers=0: the interrupt lands in the pipeline itself."""
+    from submission.submit import validate_submission
+
+    ids = [f"t{i:07d}" for i in range(8)]
+    ch = write_challenges(tmp_path / "challenges.json", ids)
+    work = tmp_path / "work"
+    proc = _cli(tmp_path, ch, tiny_model)
+    try:
+        _wait_for(lambda: list((work / "tasks").glob("*.json")), 600, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and out == "", err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("error: interrupted: ")
+    report = json.loads((work / "run.json").read_text())
+    finished = {json.loads(p.read_text())["task_id"] for p in (work / "tasks").glob("*.json")}
+    assert report["interrupted"] is True and set(report["per_task"]) >= finished
+    sub = json.loads((tmp_path / "submission.json").read_text())
+    assert validate_submission(sub, {i: 1 for i in ids}) == []
+    assert not (work / LOCK_NAME).exists()
