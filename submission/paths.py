@@ -1,9 +1,11 @@
-"""Safe file names for task ids, and a containment check for paths under a work directory.
+"""Safe file names for task ids, containment checks, and the one check of every command's paths
+(`check_paths`: no output on an input or on another output, no FIFO or directory where a file is
+read or written).
 
 Task ids come from the challenges file's JSON keys, so they can be any string: `../../x`, `/etc`,
 names with control characters or lone surrogates. Every per-task file or directory (records,
 adapters, fault markers) is named by `task_file_name`, never by the raw id. This module only
-computes names; it creates and deletes nothing.
+computes names and checks paths; it creates and deletes nothing.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ MAX_RESPAWNS_PER_WORKER = 3
 RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv")  # decided mid-run
 STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
 PARENT_POLL_S = 0.5  # how often a worker checks that its supervisor is still alive
+STOP_S = 5.0  # a worker told to stop (SIGTERM) that has not exited by then is killed
 WORKER_NAME = "arc-worker-"
 
 
@@ -192,11 +193,22 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
 
 
 def stop_workers() -> None:
-    """Kill this process's worker processes at once (Ctrl-C ended the supervisor's loop)."""
-    for proc in mp.active_children():
-        if proc.name.startswith(WORKER_NAME):
+    """Stop this process's worker processes now (Ctrl-C ended the supervisor's loop): SIGTERM,
+    which a worker turns into a normal exit (its semaphores and temp files are released, so the
+    resource tracker has nothing to warn about), then SIGKILL for any still alive after STOP_S."""
+    procs = [p for p in mp.active_children() if p.name.startswith(WORKER_NAME)]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + STOP_S
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
             proc.kill()
             proc.join(timeout=10)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def exit_with_supervisor(supervisor: int) -> None:
@@ -252,6 +264,7 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
     os.environ.update(env)  # before torch: CUDA_VISIBLE_DEVICES, the compile cache
     exit_with_supervisor(job["supervisor"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop_workers: exit, running the cleanups
     from .budget import TaskPlan
     from .engine import build_engine
     from .pipeline import TTT_ERRORS, process_chunk

@@ -59,6 +59,8 @@ def _collisions(t: Path) -> list[tuple[list[str], tuple[str, ...]]]:
         (run + ["--out", str(cfg), "--config", str(cfg)], ("--out", "--config")),
         (run + ["--out", str(cal), "--calibration", str(cal)], ("--out", "--calibration")),
         (run + ["--out", str(t / "w" / ".." / "cfg.json"), "--config", str(cfg)], ("--out", "--config")),
+        (run + ["--out", str(t / "hard.json"), "--config", str(cfg)], ("--out", "--config")),
+        (run + ["--out", str(t / "link.json"), "--calibration", str(cal)], ("--out", "--calibration")),
         (["run", "--challenges", str(ch), "--model", str(model), "--workdir", str(t),
           "--out", str(t / "sub.json"), "--config", str(t / "run.json")],
          ("run.json in --workdir", "--config")),
@@ -87,6 +89,8 @@ def test_every_command_refuses_outputs_onto_inputs(tmp_path, capsys, nothing_run
         (t / name).write_text("{}")
     write_challenges(t / "ch.json", ["t1"])
     (t / "cal.json").write_text(json.dumps(RATES))
+    os.link(t / "cfg.json", t / "hard.json")
+    (t / "link.json").symlink_to(t / "cal.json")
     (t / "w" / "report.html").write_text("<p>old</p>")
     before = _files(t)
     for argv, words in _collisions(t):
