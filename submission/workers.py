@@ -109,31 +109,33 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         _send(h.inbox, None if a is None else (a.tasks, {k: vars(p) for k, p in a.plans.items()}))
 
     bar = tqdm(total=len(state.pending), desc=f"tasks ({n} workers)", unit="task")
-    for wid in range(n):
-        start(wid)
-    while not sched.complete() and time.monotonic() < end:
-        now = time.monotonic()
-        for wid in sched.overdue(now):
-            if wid in handles:
-                kill(handles[wid], sched.active[wid].why(now))
-        for h in list(handles.values()):
-            if not h.proc.is_alive() and not h.outbox.poll():
-                kill(h, f"worker died (exit code {h.proc.exitcode})")
-            elif not h.ready and now - h.started > STARTUP_S:
-                kill(h, f"worker not ready {now - h.started:.0f} s after its start")
-        if not handles:
-            break
-        for conn in wait([h.outbox for h in handles.values()], timeout=POLL_S):
-            h = next(x for x in handles.values() if x.outbox is conn)
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                kill(h, f"worker pipe closed (exit code {h.proc.exitcode})")
-                continue
-            _handle(msg, h, state, sched, planner, info, give_work)
-            bar.n = len(sched.finished)
-            bar.refresh()
-    bar.close()
+    try:  # the bar is closed before any error line (Ctrl-C)
+        for wid in range(n):
+            start(wid)
+        while not sched.complete() and time.monotonic() < end:
+            now = time.monotonic()
+            for wid in sched.overdue(now):
+                if wid in handles:
+                    kill(handles[wid], sched.active[wid].why(now))
+            for h in list(handles.values()):
+                if not h.proc.is_alive() and not h.outbox.poll():
+                    kill(h, f"worker died (exit code {h.proc.exitcode})")
+                elif not h.ready and now - h.started > STARTUP_S:
+                    kill(h, f"worker not ready {now - h.started:.0f} s after its start")
+            if not handles:
+                break
+            for conn in wait([h.outbox for h in handles.values()], timeout=POLL_S):
+                h = next(x for x in handles.values() if x.outbox is conn)
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    kill(h, f"worker pipe closed (exit code {h.proc.exitcode})")
+                    continue
+                _handle(msg, h, state, sched, planner, info, give_work)
+                bar.n = len(sched.finished)
+                bar.refresh()
+    finally:
+        bar.close()
     for h in list(handles.values()):
         _send(h.inbox, None)
         h.proc.join(timeout=2)
