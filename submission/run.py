@@ -169,8 +169,8 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
 
             stop_workers()
         for task in state.pending:  # records a worker wrote that the supervisor did not read
-            rec = load_task_record(state.workdir, task.id, state.identity, state.counts[task.id])
-            if task.id not in state.records and rec is not None:
+            if task.id not in state.records and (rec := load_task_record(
+                    state.workdir, task.id, state.identity, state.counts[task.id])) is not None:
                 state.accept(task.id, rec)
         state.info["interrupted"] = True
         state.report(engine.info if engine else {}, time.monotonic() - state.start)
