@@ -189,7 +189,10 @@ def check_calibration(data: Any, where: str) -> dict[str, Any]:
 
 def load_calibration(path: str | Path) -> dict[str, Any]:
     """A calibration file written by `write_calibration` (gpu-check), checked."""
+    from .paths import regular_input
+
     p = Path(path)
+    regular_input(p, "--calibration")  # a FIFO would block the read
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:

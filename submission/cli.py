@@ -4,12 +4,14 @@ every SubmissionError into a one-line message and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import SubmissionError
+from .errors import Interrupted, SubmissionError, printable
 
 DEFAULT_DRY_RUN_TASKS = 3
 
@@ -201,22 +203,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # vLLM logs to stdout by default (vllm/envs.py:854); stdout is each command's result alone
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as exc:  # Ctrl-C in a run: what finished is written
+        _error(str(exc))
+        return 130
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
     except SubmissionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except RecursionError:  # a JSON input nested too deeply, read outside the checked loaders
-        print("error: an input file is nested too deeply", file=sys.stderr)
+        _error("an input file is nested too deeply")
         return 2
     except OSError as exc:  # unreadable or unwritable paths given by the user
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        _error(f"{exc.filename or ''}: {exc.strerror or exc}")
         return 2
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """While the pipeline runs, file descriptor 1 is stderr: whatever libraries print to stdout
+    (vLLM's log, unsloth's banner, C code, worker processes) goes there, and stdout holds only
+    the command's JSON result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _error(message: str) -> None:
+    """One line on stderr, whatever task ids or paths the message holds."""
+    print(f"error: {printable(message)}", file=sys.stderr)
+
+
+def _check(inputs: list, outputs: list) -> None:
+    """Every command's paths, before anything is read or written (paths.check_paths)."""
+    from .paths import Spot, check_paths
+
+    check_paths([Spot(*x) for x in inputs], [Spot(*x) for x in outputs])
 
 
 def cmd_export(args) -> int:
     from .tasks import export_kaggle, load_dataset
 
+    _check([], [("--out", args.out, "root")])
     tasks = load_dataset(args.dataset, args.split)
     if args.limit:
         tasks = dict(list(tasks.items())[:args.limit])
@@ -228,9 +268,11 @@ def cmd_export(args) -> int:
 def cmd_score(args) -> int:
     from .scoring import load_solutions, load_submission, score_submission
 
+    _check([("--submission", args.submission), ("--solutions", args.solutions)], [])
     report = score_submission(load_submission(args.submission), load_solutions(args.solutions))
     for task_id in report.missing:
-        print(f"warning: task {task_id} missing from {args.submission}; scored 0", file=sys.stderr)
+        print(printable(f"warning: task {task_id} missing from {args.submission}; scored 0"),
+              file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_json()))
     else:
@@ -245,10 +287,11 @@ def cmd_validate(args) -> int:
     from .submit import challenge_counts, validate_submission
     from .tasks import load_challenges
 
+    _check([("--submission", args.submission), ("--challenges", args.challenges)], [])
     problems = validate_submission(load_submission(args.submission),
                                    challenge_counts(load_challenges(args.challenges, solutions=None)))
     for p in problems:
-        print(p, file=sys.stderr)
+        print(printable(p), file=sys.stderr)
     print(f"{args.submission}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 0 if not problems else 2
 
@@ -256,6 +299,7 @@ def cmd_validate(args) -> int:
 def cmd_tiny_model(args) -> int:
     from .tiny import make_tiny_model
 
+    _check([], [("OUT", args.out, "root")])
     path = make_tiny_model(args.out, args.format, seed=args.seed)
     print(f"wrote a tiny RANDOM model ({args.format}) to {path}: untrained, for pipeline checks only")
     return 0
@@ -267,9 +311,11 @@ def cmd_run(args) -> int:
 
     cfg = _config(args)
     calibration = _calibration(args)
-    check_run_paths(args.challenges, args.model, args.out, args.workdir)
-    report = run(args.challenges, args.model, args.out, args.workdir, cfg, limit=args.limit,
-                 all_policies=args.selection == "all", calibration=calibration)
+    check_run_paths(args.challenges, args.model, args.out, args.workdir, config=args.config,
+                    calibration=args.calibration)
+    with _quiet_stdout():
+        report = run(args.challenges, args.model, args.out, args.workdir, cfg, limit=args.limit,
+                     all_policies=args.selection == "all", calibration=calibration)
     print(json.dumps({"submission": str(args.out), "tasks": report["tasks"],
                       "fallbacks": report["fallbacks"], "seconds": round(report["seconds"], 1)}))
     return 0
@@ -277,11 +323,22 @@ def cmd_run(args) -> int:
 
 def cmd_dry_run(args) -> int:
     from .dry_run import dry_run
+    from .select import POLICIES
 
+    work = Path(args.workdir)
+    _check([("--model", args.model, "dir"), ("--config", args.config),
+            ("--calibration", args.calibration)],
+           [("--workdir", work, "root"), ("--workdir", work / "data", "dir", "data/ in"),
+            ("--workdir", work / "run", "dir", "run/ in"),
+            ("--workdir", None if args.model else work / "tiny-model", "dir", "tiny-model/ in")]
+           + [("--workdir", work / name, "file", f"{name} in") for name in
+              ("submission.json", "score.json", *(f"submission.{p}.json" for p in POLICIES))])
     cfg = _config(args)
-    result = dry_run(args.dataset, args.split, args.limit, args.model, Path(args.workdir), cfg,
-                     all_policies=args.selection == "all", log=lambda m: print(m, file=sys.stderr),
-                     calibration=_calibration(args), explicit=_explicit_keys(args))
+    with _quiet_stdout():
+        result = dry_run(args.dataset, args.split, args.limit, args.model, Path(args.workdir), cfg,
+                         all_policies=args.selection == "all",
+                         log=lambda m: print(m, file=sys.stderr),
+                         calibration=_calibration(args), explicit=_explicit_keys(args))
     print(json.dumps(result))
     return 0
 
@@ -289,11 +346,13 @@ def cmd_dry_run(args) -> int:
 def cmd_show_prompt(args) -> int:
     from .show_prompt import format_text, show_prompt
 
+    _check([("--model", args.model, "dir"), ("--challenges", args.challenges),
+            ("--solutions", args.solutions)], [])
     result, warnings = show_prompt(args.model, args.challenges, args.task,
                                    test_index=args.test_index, solutions=args.solutions,
                                    format_name=args.format)
     for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {printable(w)}", file=sys.stderr)
     print(json.dumps(result) if args.json else
           format_text(result, model_dir=args.model, task_id=args.task, test_index=args.test_index))
     return 0
@@ -302,6 +361,7 @@ def cmd_show_prompt(args) -> int:
 def cmd_shrink_vocab(args) -> int:
     from .vocab import shrink_vocab
 
+    _check([("--model", args.model, "dir")], [("--out", args.out, "dir")])
     report = shrink_vocab(args.model, args.format, args.out)
     print(json.dumps(report))
     return 0
@@ -311,7 +371,7 @@ def cmd_finetune(args) -> int:
     from .finetune import finetune
     from .paths import check_finetune_paths
 
-    check_finetune_paths(args.model, args.out)
+    check_finetune_paths(args.model, args.out, config=args.config, data=args.data)
     if args.samples_per_task:
         args.set.append(f"finetune.samples_per_task={args.samples_per_task}")
     report = finetune(args.model, args.data, args.out, _config(args), allow_eval=args.allow_eval,
@@ -329,13 +389,16 @@ def cmd_kaggle(args) -> int:
 
     setup = resolve(input_root=args.input_root, working=args.working, model=args.model,
                     full=args.full, smoke_tasks=args.smoke_tasks, workers=args.workers)
-    check_run_paths(setup.challenges, setup.model, setup.out, setup.workdir, setup.scratch)
+    check_run_paths(setup.challenges, setup.model, setup.out, setup.workdir, setup.scratch,
+                    config=args.config, calibration=args.calibration)
     cfg = kaggle_config(_config(args), setup, budget_s=args.time_budget, explicit=_explicit_keys(args))
     calibration = _calibration(args)
     print(f"{'FULL' if setup.full else 'SMOKE'} run: {setup.challenges} with {setup.model}, "
           f"{cfg.budget.workers} worker(s), budget {cfg.budget.time_budget_s:.0f} s", file=sys.stderr)
-    report = run(setup.challenges, setup.model, setup.out, setup.workdir, cfg, limit=setup.limit,
-                 scratch=setup.scratch, calibration=calibration)
+    with _quiet_stdout():
+        report = run(setup.challenges, setup.model, setup.out, setup.workdir, cfg,
+                     limit=setup.limit, scratch=setup.scratch, calibration=calibration,
+                     strict_load=not setup.full)
     print(json.dumps({"submission": str(setup.out), "full": setup.full, "tasks": report["tasks"],
                       "fallbacks": report["fallbacks"], "seconds": round(report["seconds"], 1)}))
     if setup.full:
@@ -345,7 +408,7 @@ def cmd_kaggle(args) -> int:
         print(f"SMOKE RUN FAILED: {len(problems)} problem(s) in {setup.workdir / 'run.json'}:",
               file=sys.stderr)
         for p in problems:
-            print(f"  {p}", file=sys.stderr)
+            print(f"  {printable(p)}", file=sys.stderr)
         return 1
     print("smoke run: every stage worked", file=sys.stderr)
     return 0
@@ -356,6 +419,10 @@ def cmd_gpu_check(args) -> int:
     from .gpu_check import gpu_check
     from .kaggle import find_model
 
+    out = Path(args.out)
+    _check([("--model", args.model, "dir"), ("--config", args.config)],
+           [("--out", out, "root"), ("--out", out / "gpu_check.json", "file", "gpu_check.json in"),
+            ("--out", out / "calibration.json", "file", "calibration.json in")])
     model = args.model or find_model(args.input_root)
     if model is None:
         raise InputError(f"no model directory (config.json + *.safetensors + tokenizer.json) under "
@@ -382,6 +449,7 @@ def cmd_memory_plan(args) -> int:
     from .errors import InputError
     from .memory import format_plan, plan_memory
 
+    _check([("--model", args.model, "dir"), ("--config", args.config)], [])
     major, _, minor = args.compute_capability.partition(".")
     if not (major.isdigit() and (minor.isdigit() or not minor)):
         raise InputError(f"expected MAJOR.MINOR such as 8.9, got {args.compute_capability!r}",

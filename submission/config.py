@@ -167,10 +167,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The raw nested dict of a JSON or TOML config file (ConfigError if unreadable)."""
+    from .paths import regular_input
+    from .tasks import _DuplicateKey, _no_duplicates
+
     p = Path(path)
+    regular_input(p, "--config")
     try:
         text = p.read_text()
-        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+        # a repeated key is refused as in challenge files (TOML refuses it itself)
+        data = (tomllib.loads(text) if p.suffix == ".toml"
+                else json.loads(text, object_pairs_hook=_no_duplicates))
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config file {p}: duplicate key {exc.args[0]!r}") from exc
     except (OSError, ValueError) as exc:  # ValueError: bad JSON/TOML, an integer over the digit limit
         raise ConfigError(f"config file {p}: {exc}") from exc
     except RecursionError as exc:

@@ -46,3 +46,13 @@ class SamplerError(SubmissionError):
 
 class NonFiniteLoss(SubmissionError):
     """A training step's loss is NaN or infinite (broken weights, or a diverging learning rate)."""
+
+
+class Interrupted(SubmissionError):
+    """The user stopped a run (Ctrl-C) after what finished was written; exit code 130."""
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control characters (newlines, escape codes) and lone surrogates are
+    written as Python escapes, so an error about a hostile task id stays one readable line."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)

@@ -1,6 +1,6 @@
 """Durable file writes shared by every stage (the lowest floor: imports nothing of the package).
 
-`write_json_atomic` is how every output is written (submission.json, records, run.json, configs):
+`write_json_atomic` / `write_text_atomic` are how every output file is written (submission.json, records, run.json, configs):
 a reader sees the old file or the whole new one, never a torn write. This module reads nothing.
 """
 
@@ -13,13 +13,20 @@ from pathlib import Path
 
 
 def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write obj as compact JSON so that a reader sees the old file or the whole new one:
-    temp file in the same directory, flush + fsync, os.replace. Creates parent directories."""
-    path = Path(path)
+    """Write obj as compact JSON, atomically (`write_text_atomic`)."""
     text = json.dumps(obj, separators=(",", ":"), allow_nan=False)  # fails before any write
+    write_text_atomic(path, text)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text so that a reader sees the old file or the whole new one: temp file in the same
+    directory, flush + fsync, os.replace. Creates parent directories. The file gets the mode a
+    plain open() would give (0666 less the umask), not mkstemp's 0600."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -36,3 +43,16 @@ def write_json_atomic(path: str | Path, obj: object) -> None:
             pass  # some filesystems cannot fsync a directory; the file itself is already synced
         finally:
             os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not atomic, but nothing else here is)
+    os.umask(mask)
+    return mask

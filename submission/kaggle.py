@@ -4,8 +4,8 @@ run, and write `/kaggle/working/submission.json`. No network: HF_HUB_OFFLINE is 
 (submission.json, run.json, task records, gpu-check output) go to `/kaggle/working`, which Kaggle
 keeps and caps; adapters go to a scratch directory with room (`ARC_SCRATCH`, default
 /tmp/arc-scratch). A smoke run must show that every stage worked: `smoke_verdict` lists what did
-not. The pipeline itself is run.py / workers.py; this module only resolves paths and settings and
-judges a smoke run's report.
+not (a smoke run that processed no task checked nothing: it fails). The pipeline itself is
+run.py / workers.py; this module only resolves paths and settings and judges a smoke run's report.
 """
 
 from __future__ import annotations
@@ -62,13 +62,19 @@ def is_competition_rerun() -> bool:
 
 
 def find_model(root: str | Path = INPUT_ROOT) -> Path | None:
-    """The attached model: the shallowest directory under `root` holding config.json and weights."""
+    """The attached model: the directory under `root` holding config.json, weights and
+    tokenizer.json (a copy nested inside it does not count). InputError naming two of them when
+    there are several: the user passes --model."""
     found = []
     for cfg in Path(root).rglob("config.json"):
         d = cfg.parent
         if any(d.glob("*.safetensors")) and (d / "tokenizer.json").exists():
             found.append(d)
-    return min(found, key=lambda d: (len(d.parts), str(d))) if found else None
+    outer = sorted(d for d in found if not any(o != d and d.is_relative_to(o) for o in found))
+    if len(outer) > 1:
+        raise InputError(f"{len(outer)} model directories under {root}, e.g. {outer[0]} and "
+                         f"{outer[1]}; pass --model", file=str(outer[0]), field="--model")
+    return outer[0] if outer else None
 
 
 def gpu_count() -> int:
@@ -124,6 +130,10 @@ def smoke_verdict(report: dict[str, Any], *, require_answers: bool = True) -> li
     problems = []
     fallbacks = report.get("fallbacks") or {}
     per_task = report.get("per_task") or {}
+    resumed = report.get("resumed") or 0
+    if len(per_task) <= resumed:  # nothing trained, sampled or scored: nothing was checked
+        problems.append(f"no stage ran: {report.get('tasks', 0)} task(s) in the test file, "
+                        f"{resumed} reused from an earlier run, none processed")
     for key, meaning in STAGE_FAILURES.items():
         n = fallbacks.get(key) or 0
         if not n:

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError, SubmissionError
+from .files import write_text_atomic
 from .config import ANSWER_SECTIONS
 from .records import IDENTITY_KEY, identity_mismatch, task_digest
 from .report_view import PALETTE, ReportTemplateMissing, grid_svg, is_grid, render_report
 from .report_view import finite as _num
 from .scoring import load_solutions, score_submission
 from .select import POLICIES, from_record, policy_scores
-from .tasks import parse_task
+from .tasks import parse_task, read_json_object
 
 __all__ = ["PALETTE", "NotARunError", "ReportTemplateMissing", "build_report", "grid_svg",
            "is_grid", "load_records", "render_report", "run_dir", "write_report"]
@@ -51,7 +50,7 @@ def _read(path: Path) -> tuple[Any, str | None]:
     """(parsed JSON, None) or (None, why it could not be read)."""
     try:
         return json.loads(path.read_text(encoding="utf-8")), None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -330,7 +329,10 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
     ch_path = Path(challenges) if challenges else _find_challenges(workdir, rdir, run)
     if challenges and not ch_path.is_file():
         raise InputError("file not found", file=str(ch_path))
-    chal = _load_challenges(ch_path, notes)
+    if challenges:  # an explicitly given file that is bad: InputError naming it
+        chal = {k: v for k, v in read_json_object(ch_path).items() if isinstance(v, dict)}
+    else:
+        chal = _load_challenges(ch_path, notes)
     want = run_identity(run, config)
     records, unreadable, foreign = load_records(rdir, run, want, _digests(chal, ch_path))
     if "model" not in want:
@@ -406,19 +408,28 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
     }
 
 
+def check_report_paths(data: dict[str, Any], out: Path, solutions: str | Path | None) -> None:
+    """InputError before writing if --out is a file the report reads or the run wrote (run.json,
+    config.json, a task record, the submission, the challenges or solutions file)."""
+    from .paths import Spot, check_paths
+
+    rdir = Path(data["run_dir"])
+    named = _d(_read(rdir / "run.json")[0]) if (rdir / "run.json").is_file() else {}
+    ins = [Spot("WORKDIR", rdir / "run.json", part="run.json in"),
+           Spot("WORKDIR", rdir / "config.json", part="config.json in"),
+           Spot("WORKDIR", rdir / "tasks", "dir", "tasks/ in"),
+           Spot("--challenges", data["challenges"]), Spot("--solutions", solutions or data["solutions"]),
+           Spot("the run's --out", named.get("submission") if isinstance(named.get("submission"), str)
+                else None)]
+    check_paths(ins, [Spot("--out", out)])
+
+
 def write_report(workdir: str | Path, *, solutions: str | Path | None = None,
                  out: str | Path | None = None, challenges: str | Path | None = None) -> Path:
     """Build and write the report (default `workdir/report.html`, atomically); returns its path."""
-    html = render_report(build_report(workdir, solutions=solutions, challenges=challenges))
+    data = build_report(workdir, solutions=solutions, challenges=challenges)
     out = Path(out) if out else Path(workdir) / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from other users and viewers
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    check_report_paths(data, out, solutions)
+    html = render_report(data)
+    write_text_atomic(out, html)
     return out

@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 from .budget import Planner
 from .config import ANSWER_SECTIONS, Config
 from .engine import Engine, build_engine, check_model_dir
+from .errors import InputError, Interrupted
 from .grids import Task
+from .lock import workdir_lock
 from .modelfiles import model_identity
 from .pipeline import TTT_ERRORS as CHUNK_ERRORS
 from .pipeline import process_chunk
@@ -33,6 +35,7 @@ from .startup import (apply_rates, engine_started, plan_memory_for_run, start_ra
 from .files import write_json_atomic
 from .submit import build_submission
 from .tasks import load_tasks_lenient, read_json_object
+from .vllm_tmp import sweep
 from .watchdog import Watchdog, WatchdogInterrupt
 
 WEIGHT_DIGESTS = "weight_digests.json"  # in the workdir: each weight file is read in full once
@@ -43,7 +46,8 @@ class Run:
 
     def __init__(self, challenges: str | Path, out: str | Path, workdir: str | Path, cfg: Config,
                  *, model: str | Path | None = None, scratch: str | Path | None = None,
-                 limit: int | None = None, all_policies: bool = False) -> None:
+                 limit: int | None = None, all_policies: bool = False,
+                 strict_load: bool = True) -> None:
         self.start = time.monotonic()
         self.challenges = Path(challenges)
         self.cfg, self.out, self.workdir = cfg, Path(out), Path(workdir)
@@ -52,9 +56,13 @@ class Run:
         self.identity = {"config": cfg.to_json(ANSWER_SECTIONS), "model": model_identity(
             model, cache=self.workdir / WEIGHT_DIGESTS) if model is not None else None}
         self.all_policies = all_policies
+        self.tasks, bad = load_tasks_lenient(challenges)
+        if strict_load and bad and not self.tasks:  # e.g. a solutions file given as challenges
+            first = next(iter(bad))
+            raise InputError(f"none of its {len(bad)} task(s) loads (is it a challenges file?); "
+                             f"first: {bad[first]}", file=str(challenges))
         (self.workdir / "tasks").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.workdir / "config.json", cfg.to_dict())
-        self.tasks, bad = load_tasks_lenient(challenges)
         raw = read_json_object(challenges)
         ids = list(raw)
         self.counts = {i: _raw_test_count(raw[i]) for i in ids}  # every task, so the file validates
@@ -105,6 +113,7 @@ class Run:
                   "time_budget_s": self.cfg.budget.time_budget_s,
                   "tasks": len(self.counts), "resumed": self.resumed,
                   "model": self.identity["model"], "workdir": str(self.workdir),
+                  "submission": str(self.out),
                   "scratch": str(self.scratch), "calibration": self.calibration, **self.info,
                   "fallbacks": dict(self.fallbacks), "faults": self.faults,
                   "lenient_parses": sum(r.get("lenient_parses", 0) for r in self.records.values()),
@@ -117,16 +126,31 @@ class Run:
 def run(challenges: str | Path, model: str | Path | None, out: str | Path, workdir: str | Path,
         cfg: Config, *, limit: int | None = None, all_policies: bool = False,
         engine: Engine | None = None, scratch: str | Path | None = None,
-        calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+        calibration: dict[str, Any] | None = None, strict_load: bool = True) -> dict[str, Any]:
     """Run the tasks of `challenges`; returns the run report (also saved as workdir/run.json).
     With `engine` (or budget.workers == 0) everything runs in this process; otherwise in
     `budget.workers` supervised worker processes. Adapters go under `scratch` (default: the
     workdir). `calibration` (rates measured on this machine, calibrate.py) replaces the start-up
-    measurement."""
+    measurement. One run per workdir (lock.py). `strict_load`: InputError when no task of the
+    file loads (off only where placeholders must be written anyway: the competition rerun).
+    Ctrl-C: run.json is written with the finished tasks (submission.json always holds them) and
+    `Interrupted` is raised."""
     if engine is None:
         check_model_dir(model)
+    with workdir_lock(workdir):
+        sweep()  # temp directories of engines that were killed
+        try:
+            return _run_locked(challenges, model, out, workdir, cfg, limit=limit,
+                               all_policies=all_policies, engine=engine, scratch=scratch,
+                               calibration=calibration, strict_load=strict_load)
+        finally:
+            sweep()  # those of this run's killed workers
+
+
+def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, engine, scratch,
+                calibration, strict_load) -> dict[str, Any]:
     state = Run(challenges, out, workdir, cfg, model=model, scratch=scratch, limit=limit,
-                all_policies=all_policies)
+                all_policies=all_policies, strict_load=strict_load)
     if calibration is not None:
         state.calibration = {"source": "file", **calibration}
     if state.pending and engine is None and stop_for_unusable_gpu(
@@ -139,12 +163,26 @@ def run(challenges: str | Path, model: str | Path | None, out: str | Path, workd
         return report
     if engine is None:
         plan_memory_for_run(state, model)
-    if engine is None and cfg.budget.workers > 0:
-        from .workers import supervise
+    try:
+        if engine is None and cfg.budget.workers > 0:
+            from .workers import supervise
 
-        info = supervise(state, model)
-    else:
-        info = run_here(state, model, engine)
+            info = supervise(state, model)
+        else:
+            info = run_here(state, model, engine)
+    except KeyboardInterrupt:  # stop the workers; keep what finished
+        if engine is None and cfg.budget.workers > 0:
+            from .workers import stop_workers
+
+            stop_workers()
+        for task in state.pending:  # records a worker wrote that the supervisor did not read
+            if task.id not in state.records and (rec := load_task_record(
+                    state.workdir, task.id, state.identity, state.counts[task.id])) is not None:
+                state.accept(task.id, rec)
+        state.info["interrupted"] = True
+        state.report(engine.info if engine else {}, time.monotonic() - state.start)
+        raise Interrupted(f"interrupted: {len(state.records)} of {len(state.counts)} task(s) "
+                          f"finished, kept in {state.out} and {state.workdir / 'run.json'}") from None
     report = state.report(info, time.monotonic() - state.start)
     html_report(state.workdir, challenges=challenges)
     return report

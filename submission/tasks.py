@@ -154,7 +154,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 
 def read_json_object(path: str | Path) -> dict:
     """The top-level JSON object of a file; InputError (naming the file) on any problem."""
+    from submission.paths import regular_input
+
     file = str(path)
+    regular_input(path)  # a FIFO would block the read
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -293,11 +296,30 @@ def export_kaggle(tasks: Mapping[str, Task], out_dir: str | Path,
     return challenges, None
 
 
+COMPETITIONS = ("arc-prize-2026-arc-agi-2", "arc-prize-2025", "arc-prize-2024")  # Kaggle slugs
+
+
+def competition_mount(root: str | Path, path: str | Path) -> bool:
+    """Whether `path` lies directly in a competition's data folder under `root`:
+    ROOT/<slug>/ (until 2025) or ROOT/competitions/<slug>/ (2026)."""
+    parts = Path(path).relative_to(root).parts[:-1]
+    return any(parts in ((slug,), ("competitions", slug)) for slug in COMPETITIONS)
+
+
 def find_kaggle_challenges(root: str | Path = "/kaggle/input",
                            name: str = "arc-agi_test_challenges.json") -> Path | None:
-    """The first (sorted) file called `name` anywhere under root, or None."""
+    """The file called `name` under root, or None. With several, the one in the competition's
+    data folder; InputError naming two of them if that does not decide."""
     root = Path(root)
     if not root.is_dir():
         return None
     matches = sorted(p for p in root.rglob(name) if p.is_file())
+    if len(matches) > 1:
+        mounted = [p for p in matches if competition_mount(root, p)]
+        if len(mounted) != 1:
+            a, b = (mounted or matches)[:2]
+            raise InputError(f"{len(matches)} files named {name} under {root}, e.g. {a} and {b}, "
+                             f"and not exactly one in a competition folder "
+                             f"({', '.join(COMPETITIONS)}); pass the one to use", file=str(a))
+        return mounted[0]
     return matches[0] if matches else None

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -32,6 +34,9 @@ POLL_S = 0.5
 MAX_RESPAWNS_PER_WORKER = 3
 RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv")  # decided mid-run
 STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
+PARENT_POLL_S = 0.5  # how often a worker checks that its supervisor is still alive
+STOP_S = 5.0  # a worker told to stop (SIGTERM) that has not exited by then is killed
+WORKER_NAME = "arc-worker-"
 
 
 class WorkerStartError(SubmissionError):
@@ -79,12 +84,12 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     job = {"model": str(model), "cfg": cfg.to_dict(), "challenges": str(state.challenges),
            "workdir": str(state.workdir), "scratch": str(state.scratch), "identity": state.identity,
            "all_policies": state.all_policies, "calibration": state.calibration,
-           "engine_kwargs": state.info.get("engine_kwargs")}
+           "engine_kwargs": state.info.get("engine_kwargs"), "supervisor": os.getpid()}
 
     def start(wid: int, respawns: int = 0) -> None:
         inbox_r, inbox_w = ctx.Pipe(duplex=False)
         out_r, out_w = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=worker_main, name=f"arc-worker-{wid}", daemon=False,
+        proc = ctx.Process(target=worker_main, name=f"{WORKER_NAME}{wid}", daemon=False,
                            args=(wid, worker_env(wid, gpus, state.workdir, state.scratch), job,
                                  inbox_r, out_w))
         proc.start()
@@ -110,31 +115,33 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         _send(h.inbox, None if a is None else (a.tasks, {k: vars(p) for k, p in a.plans.items()}))
 
     bar = tqdm(total=len(state.pending), desc=f"tasks ({n} workers)", unit="task")
-    for wid in range(n):
-        start(wid)
-    while not sched.complete() and time.monotonic() < end and "gpu_unusable" not in info:
-        now = time.monotonic()
-        for wid in sched.overdue(now):
-            if wid in handles:
-                kill(handles[wid], sched.active[wid].why(now))
-        for h in list(handles.values()):
-            if not h.proc.is_alive() and not h.outbox.poll():
-                kill(h, f"worker died (exit code {h.proc.exitcode})")
-            elif not h.ready and now - h.started > STARTUP_S:
-                kill(h, f"worker not ready {now - h.started:.0f} s after its start")
-        if not handles:
-            break
-        for conn in wait([h.outbox for h in handles.values()], timeout=POLL_S):
-            h = next(x for x in handles.values() if x.outbox is conn)
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                kill(h, f"worker pipe closed (exit code {h.proc.exitcode})")
-                continue
-            _handle(msg, h, state, sched, planner, info, give_work)
-            bar.n = len(sched.finished)
-            bar.refresh()
-    bar.close()
+    try:  # the bar is closed before any error line (Ctrl-C)
+        for wid in range(n):
+            start(wid)
+        while not sched.complete() and time.monotonic() < end and "gpu_unusable" not in info:
+            now = time.monotonic()
+            for wid in sched.overdue(now):
+                if wid in handles:
+                    kill(handles[wid], sched.active[wid].why(now))
+            for h in list(handles.values()):
+                if not h.proc.is_alive() and not h.outbox.poll():
+                    kill(h, f"worker died (exit code {h.proc.exitcode})")
+                elif not h.ready and now - h.started > STARTUP_S:
+                    kill(h, f"worker not ready {now - h.started:.0f} s after its start")
+            if not handles:
+                break
+            for conn in wait([h.outbox for h in handles.values()], timeout=POLL_S):
+                h = next(x for x in handles.values() if x.outbox is conn)
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    kill(h, f"worker pipe closed (exit code {h.proc.exitcode})")
+                    continue
+                _handle(msg, h, state, sched, planner, info, give_work)
+                bar.n = len(sched.finished)
+                bar.refresh()
+    finally:
+        bar.close()
     for h in list(handles.values()):
         _send(h.inbox, None)
         h.proc.join(timeout=2)
@@ -201,6 +208,36 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
         h.respawns = MAX_RESPAWNS_PER_WORKER
 
 
+def stop_workers() -> None:
+    """Stop this process's worker processes now (Ctrl-C ended the supervisor's loop): SIGTERM,
+    which a worker turns into a normal exit (its semaphores and temp files are released, so the
+    resource tracker has nothing to warn about), then SIGKILL for any still alive after STOP_S."""
+    procs = [p for p in mp.active_children() if p.name.startswith(WORKER_NAME)]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + STOP_S
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=10)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_with_supervisor(supervisor: int) -> None:
+    """In a worker: a daemon thread ends the process as soon as its supervisor is gone (the worker
+    is re-parented), not at its next pipe write, which may be minutes away in a long stage."""
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(PARENT_POLL_S)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
 def _send(conn: Connection, obj: Any) -> None:
     try:
         conn.send(obj)
@@ -241,6 +278,9 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
     """Entry of a worker process: build the engine once, measure the machine's rates, then
     process chunks until told to stop."""
     os.environ.update(env)  # before torch: CUDA_VISIBLE_DEVICES, the compile cache
+    exit_with_supervisor(job["supervisor"])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop_workers: exit, running the cleanups
     from .budget import TaskPlan
     from .engine import build_engine
     from .pipeline import TTT_ERRORS, process_chunk

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from submission import cli
 from submission.config import Config
+from submission.errors import InputError
 from submission.errors import InputError
 from submission.kaggle import (SAFETY_MARGIN_S, SCRATCH, SMOKE_TASKS, STAGE_FAILURES, KaggleSetup,
                                find_model, gpu_count, is_competition_rerun, kaggle_config, resolve,
@@ -55,13 +57,16 @@ def make_input_root(root: Path, *, challenges: bool = True, model: bool = True) 
 # ---------------------------------------------------------------- find_model
 
 
-def test_find_model_picks_shallowest_complete_dir(tmp_path):
-    deep = make_model(tmp_path / "models" / "org" / "name" / "1")
+def test_find_model_picks_the_outer_dir_and_refuses_two(tmp_path):
     shallow = make_model(tmp_path / "models" / "org" / "m")
     make_model(tmp_path / "models" / "org" / "m" / "sub")  # deeper copy inside
     assert find_model(tmp_path) == shallow
-    assert find_model(tmp_path / "models" / "org" / "name") == deep
     assert find_model(str(tmp_path)) == shallow  # a str root works too
+    deep = make_model(tmp_path / "models" / "org" / "name" / "1")
+    assert find_model(tmp_path / "models" / "org" / "name") == deep
+    with pytest.raises(InputError, match="2 model directories") as info:
+        find_model(tmp_path)  # two unrelated models: no silent choice
+    assert str(shallow) in str(info.value) and str(deep) in str(info.value)
 
 
 def test_find_model_ignores_incomplete_dirs(tmp_path):
@@ -83,10 +88,29 @@ def test_find_model_accepts_sharded_weights(tmp_path):
     assert find_model(tmp_path) == d
 
 
-def test_find_model_tie_is_deterministic(tmp_path):
-    make_model(tmp_path / "b" / "m")
+def test_two_models_or_two_test_files_are_refused_naming_both(tmp_path, capsys):
+    b = make_model(tmp_path / "b" / "m")
     a = make_model(tmp_path / "a" / "m")
-    assert find_model(tmp_path) == a
+    root = make_input_root(tmp_path / "in", model=False)
+    shutil.copytree(tmp_path / "a", root / "a")
+    shutil.copytree(tmp_path / "b", root / "b")
+    assert cli.main(["kaggle", "--input-root", str(root), "--working", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "2 model directories" in err
+    assert str(root / "a" / "m") in err and str(root / "b" / "m") in err
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(InputError, match="model directories"):
+        find_model(tmp_path)
+    assert find_model(tmp_path / "a") == a and find_model(tmp_path / "b") == b
+    mounted = root / CHALLENGES_REL
+    for name in ("copy1", "copy2"):  # two test files, neither in a competition folder
+        (root / name).mkdir()
+        shutil.copy(mounted, root / name)
+    mounted.unlink()
+    assert cli.main(["kaggle", "--input-root", str(root), "--working", str(tmp_path / "w"),
+                     "--model", str(a)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "2 files named arc-agi_test_challenges.json" in err
 
 
 def test_find_model_none(tmp_path):
@@ -317,7 +341,14 @@ def clean_report() -> dict:
 
 def test_smoke_verdict_clean_run_has_no_problems():
     assert smoke_verdict(clean_report()) == []
-    assert smoke_verdict({}) == []
+
+
+def test_smoke_verdict_fails_a_run_that_processed_no_task():
+    (problem,) = smoke_verdict({"tasks": 0, "fallbacks": {}, "faults": [], "per_task": {}})
+    assert problem.startswith("no stage ran: 0 task(s)")
+    report = dict(clean_report(), resumed=2)  # every record reused: nothing was checked
+    assert smoke_verdict(report)[0].startswith("no stage ran: 120 task(s) in the test file, 2 reused")
+    assert smoke_verdict(dict(clean_report(), resumed=1)) == []
 
 
 @pytest.mark.parametrize("key", sorted(STAGE_FAILURES))

@@ -310,7 +310,14 @@ def test_find_kaggle_challenges(tmp_path):
     for sub in ("b/deep", "a"):
         (tmp_path / sub).mkdir(parents=True)
         (tmp_path / sub / "arc-agi_test_challenges.json").write_text("{}")
-    assert T.find_kaggle_challenges(tmp_path) == tmp_path / "a" / "arc-agi_test_challenges.json"
+    with pytest.raises(InputError, match="2 files named") as info:  # no silent choice
+        T.find_kaggle_challenges(tmp_path)
+    assert str(tmp_path / "a") in str(info.value) and str(tmp_path / "b" / "deep") in str(info.value)
+    for mount in ("arc-prize-2025", "competitions/arc-prize-2026-arc-agi-2"):
+        (tmp_path / mount).mkdir(parents=True)
+        (tmp_path / mount / "arc-agi_test_challenges.json").write_text("{}")
+        assert T.find_kaggle_challenges(tmp_path) == tmp_path / mount / "arc-agi_test_challenges.json"
+        (tmp_path / mount / "arc-agi_test_challenges.json").unlink()
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "other.json").write_text("{}")
     assert T.find_kaggle_challenges(tmp_path, "other.json") == tmp_path / "c" / "other.json"

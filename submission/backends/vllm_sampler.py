@@ -85,7 +85,10 @@ class VLLMSampler:
     def _start(self) -> Any:
         from vllm import LLM
 
-        return LLM(**self.kwargs)
+        from ..vllm_tmp import engine_tmpdir
+
+        with engine_tmpdir():  # vLLM's vllm_dist_* file: removed even after a failed start
+            return LLM(**self.kwargs)
 
     def _restart(self) -> None:
         """Drop the engine (its unfinished requests with it) and build a new one."""
