@@ -30,7 +30,7 @@ from .schedule import Scheduler
 
 POLL_S = 0.5
 MAX_RESPAWNS_PER_WORKER = 3
-RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv")  # decided mid-run
+RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv", "vllm_lost")  # decided mid-run
 STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
 
 
@@ -243,7 +243,6 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
     except (SubmissionError, OSError, RuntimeError, ValueError) as exc:
         outbox.send(("fatal", repr(exc)))
         return
-    engine.fallbacks = sink.fallbacks
     engine_started(sink, engine)
     try:
         cal = start_rates(sink, engine)
