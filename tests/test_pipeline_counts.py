@@ -78,7 +78,8 @@ def test_a_rejected_request_costs_only_its_own_task():
     assert [s.grid is not None for s in out[("good", 0)]] == [True, True]
     assert out[("bad", 0)] == []
     assert state.fallbacks == {"sample_requests_rejected": 1}
-    assert records["bad"]["fallbacks"] == {"sample_requests_rejected": 1} and records["good"]["fallbacks"] == {}
+    assert records["bad"]["fallbacks"] == {"sample_requests_rejected": 1}
+    assert records["good"]["fallbacks"] == {}
     assert [f["task"] for f in state.faults] == ["bad"] and "out of vocabulary" in state.faults[0]["error"]
 
 

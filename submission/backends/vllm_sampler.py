@@ -221,12 +221,13 @@ class VLLMSampler:
 
     def score_groups(self, groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
                      adapter: Adapter | None) -> list[list[float]]:
-        """Per group (prompt, answers): each answer's total log p after the prompt, in at most
-        three calls. First one answer per prompt (which computes and caches the prompt's blocks),
-        then all other answers, reading those blocks from the prefix cache. vLLM returns no
-        `prompt_logprobs` for positions served from the cache, so an answer whose hit reached past
-        its prompt's last token (it shares its first tokens with an answer already cached) is
-        scored again, whole, in a third call."""
+        """Per group (prompt, answers): each answer's total log p after the prompt, in three
+        rounds (each split where its KV would not fit at once, module docstring). First one answer
+        per prompt (which computes and caches the prompt's blocks), then all other answers,
+        reading those blocks from the prefix cache. vLLM computes no `prompt_logprobs` for
+        positions served from the cache, so an answer whose hit reached past its prompt's last
+        token (it shares its first tokens with an answer already cached) is scored again, whole,
+        in a third round."""
         jobs = [(g, j) for g, (_, answers) in enumerate(groups) for j in range(len(answers))]
         pairs = {(g, j): (list(groups[g][0]), list(groups[g][1][j])) for g, j in jobs}
         out: dict[tuple[int, int], float | None] = {}
