@@ -15,6 +15,13 @@ from .formats import TextFormat, get_format
 from .sample import Adapter, Sampler
 from .train import LoRATrainer
 
+# The engine's own fallback counter, and what it means for a Kaggle smoke run (kaggle.STAGE_FAILURES).
+VLLM_LOST = "vllm_rebuild_failed_use_transformers"
+FALLBACKS: dict[str, str | None] = {
+    VLLM_LOST: "vLLM failed and could not be rebuilt; this engine sampled with transformers from "
+               "then on",
+}
+
 
 @dataclass
 class Engine:
@@ -76,6 +83,14 @@ class Engine:
         if check.choice is None:
             return check
         return self.sampler if check.choice == "vllm" else forward
+
+    def sampler_lost(self, exc: BaseException) -> None:
+        """vLLM failed and could not be rebuilt: the transformers sampler takes its place for the
+        rest of this engine's life (counted; `info["vllm_lost"]` says why)."""
+        self.info["vllm_lost"] = f"{type(exc).__name__}: {exc}"[:2000]
+        self.info["sampler_backend"] = "transformers"
+        self.sampler = self.forward
+        self._count(VLLM_LOST)
 
     def _count(self, name: str) -> None:
         self.fallbacks[name] += 1

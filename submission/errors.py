@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+STRICT_ENV = "ARC_STRICT_FALLBACKS"  # "1" (the test suite sets it): see `reraise_unless_ours`
+
 
 class SubmissionError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -56,3 +60,15 @@ def printable(text: str) -> str:
     """`text` on one line: control characters (newlines, escape codes) and lone surrogates are
     written as Python escapes, so an error about a hostile task id stays one readable line."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+class SamplerLost(SamplerError):
+    """The sampler's engine failed and could not be rebuilt: the engine switches samplers."""
+
+
+def reraise_unless_ours(exc: BaseException) -> None:
+    """Called where a fast path falls back on a caught exception: under the strict switch
+    (ARC_STRICT_FALLBACKS=1) an exception that is not one of this package's re-raises, so a bug
+    fails a test instead of silently taking the slow path. Without it, nothing happens."""
+    if os.environ.get(STRICT_ENV) == "1" and not isinstance(exc, SubmissionError):
+        raise exc

@@ -9,6 +9,9 @@ Kinds and where they strike:
 - corrupt_adapter: after the adapter is saved (its weights overwritten with garbage)
 - enospc_record: when the task's record is written
 - hang_sample: inside the sampling stage, after its first finished request
+
+Engine faults are not tied to a task and strike every time: `ARC_INJECT_FAULTS="engine:kind"`.
+- vllm_rebuild: rebuilding the vLLM engine after a failed call fails (`engine_fault`)
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ ENV = "ARC_INJECT_FAULTS"
 POINTS = {"raise": "ttt", "kill": "ttt", "hang": "ttt", "raise_mid_ttt": "ttt_step",
           "enospc": "save", "corrupt_adapter": "saved", "enospc_record": "record",
           "hang_sample": "sample"}
+
+
+ENGINE_KINDS = ("vllm_rebuild",)
 
 
 class InjectedFault(SubmissionError):
@@ -59,3 +65,9 @@ def inject(task_id: str, point: str, workdir: str | Path, adapter_dir: str | Pat
         if kind == "corrupt_adapter" and adapter_dir is not None:
             (Path(adapter_dir) / "adapter_model.safetensors").write_bytes(b"\x00corrupt")
 
+
+
+def engine_fault(kind: str) -> None:
+    """Raise InjectedFault when `engine:kind` is configured (see the module docstring)."""
+    if kind in ENGINE_KINDS and kind in _wanted("engine"):
+        raise InjectedFault(f"injected engine failure ({kind})")

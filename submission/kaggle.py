@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import engine, pipeline, rescore
+from .backends import hf_sampler
 from .config import Config
 from .errors import InputError
 from .tasks import find_kaggle_challenges
@@ -30,7 +32,8 @@ SCRATCH = "/tmp/arc-scratch"  # adapters: local disk with room, outside the kept
 # ttt_adapter_reused (resume), ttt_samples_too_long / view_demos_dropped (long tasks are cut to fit),
 # ttt_cut_by_deadline (the per-task training allowance), unsure_inputs_resampled (spare time spent),
 # base_model_sampled_inputs / attempt_from_base_model / attempt_placeholder (the adapter found fewer
-# than two distinct answers), rescore_vllm_disagrees_use_forward (the checked fallback scorer).
+# than two distinct answers). The modules that define further counters decide each next to it,
+# in their FALLBACKS (a meaning: fails a smoke run; None: does not), merged here.
 # A test input with no parseable answer at all is judged separately (`require_answers`).
 STAGE_FAILURES = {
     "bad_task": "a task failed to load and got placeholder answers",
@@ -42,6 +45,9 @@ STAGE_FAILURES = {
     "vllm_start_failed": "vLLM did not start; sampling fell back to transformers",
     "rescore_failed": "re-scoring failed; the test input was ranked by counts alone",
     "record_write_failed": "a task record could not be written (no resume point)",
+    **{name: meaning for name, meaning in {**engine.FALLBACKS, **pipeline.FALLBACKS,
+                                            **rescore.FALLBACKS, **hf_sampler.FALLBACKS}.items()
+       if meaning},
 }
 
 

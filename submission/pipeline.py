@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .budget import TaskPlan
 from .config import Config
 from .engine import Engine
-from .errors import AdapterError, SubmissionError
+from .errors import AdapterError, SamplerError, SamplerLost, SubmissionError
 from .faults import inject
 from .grids import Task, grid_to_list
 from .paths import task_file_name
@@ -43,6 +43,16 @@ from .ttt_data import build_ttt_data
 from .watchdog import Beat
 
 TTT_ERRORS = (RuntimeError, OSError, ValueError, SubmissionError)  # torch OOM is a RuntimeError
+# Fallback counters of the sampling stage, and what each means for a Kaggle smoke run
+# (kaggle.STAGE_FAILURES): a meaning fails the smoke run, None is designed behaviour.
+VIEW_TOO_LONG = "views_too_long_dropped"
+REQUESTS_REJECTED = "sample_requests_rejected"
+FALLBACKS: dict[str, str | None] = {
+    VIEW_TOO_LONG: None,  # a test input too large for the context even with one demo
+    REQUESTS_REJECTED: "the sampler rejected a task's requests; the task got no answers from them",
+    # a budget decision, not a broken stage: re-scoring would have run past the task's due time
+    "rescore_out_of_time_vote": None,
+}
 
 
 class Sink(Protocol):
@@ -228,6 +238,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                                       shuffle_order=s.shuffle_order)
             if dropped:
                 state.fallbacks["view_demos_dropped"] += dropped
+            vs = fitting_views(state, records[task.id], vs)
             base_views[(task.id, i)] = vs[:2]
             adapter = adapters.get(task.id)
             if adapter is None and cfg.ttt.enabled and not s.base_model_fallback:
@@ -242,7 +253,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                                                temperature=s.temperature))
     t0 = time.monotonic()
     out: dict[tuple[str, int], list[Sample]] = {key: [] for key in base_views}
-    generate_into(engine, cfg, views, requests, out, records)
+    generate_into(engine, state, views, requests, out, records)
     views += resample_unsure(engine, state, chunk, cfgs, adapters, out, records)
     # Base-model answers where the adapter produced fewer than two distinct grids (own call: vLLM bug).
     need = [key for key, smp in out.items() if len(pool(smp)) < 2
@@ -250,7 +261,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
     base_req = [(v, GenRequest(v.prompt, None, max_tokens(v, fmt, cfg.model.max_seq_len)))
                 for key in need for v in base_views[key]]
     if base_req:
-        generate_into(engine, cfg, [(v, True) for v, _ in base_req], [r for _, r in base_req], out,
+        generate_into(engine, state, [(v, True) for v, _ in base_req], [r for _, r in base_req], out,
                       records)
         state.fallbacks["base_model_sampled_inputs"] += len(need)
     elapsed, total = time.monotonic() - t0, max(1, len(views) + len(base_req))
@@ -288,21 +299,48 @@ def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: di
                                 answer_tokens=answer_budget(task, i, fmt), extra=True,
                                 keep_background=s.keep_background, shuffle_order=s.shuffle_order,
                                 first_index=s.n_views)
+            vs = fitting_views(state, records[task.id], vs)
             state.fallbacks["unsure_inputs_resampled"] += 1
             for v in vs:
                 views.append((v, adapter is None))
                 requests.append(GenRequest(v.prompt, adapter, max_tokens(v, fmt, cfg.model.max_seq_len)))
-    generate_into(engine, cfg, views, requests, out, records)
+    generate_into(engine, state, views, requests, out, records)
     return views
 
 
-def generate_into(engine: Engine, cfg: Config, views: list, requests: list[GenRequest],
+def fitting_views(state: Sink, rec: dict[str, Any], views: list) -> list:
+    """The views whose prompt leaves room for one answer token in `model.max_seq_len`; the rest
+    are dropped, counted (vLLM refuses a prompt that does not, and with it every request of the
+    call: vllm/v1/engine/input_processor.py:574-601)."""
+    keep = [v for v in views if len(v.prompt) < state.cfg.model.max_seq_len]
+    for _ in range(len(views) - len(keep)):
+        _count(state, rec, VIEW_TOO_LONG)
+    return keep
+
+
+def generate_into(engine: Engine, state: Sink, views: list, requests: list[GenRequest],
                   out: dict[tuple[str, int], list[Sample]],
                   records: dict[str, dict[str, Any]]) -> None:
     """Answer search for `requests` (one per (view, from_base) of `views`); samples go to `out`,
-    and answers that parsed only leniently are counted in their task's record."""
-    gens = search(engine.sampler, requests, threshold=cfg.sampling.dfs_threshold,
-                  max_paths=cfg.sampling.dfs_max_paths, stop_ids=engine.fmt.stop_token_ids)
+    and answers that parsed only leniently are counted in their task's record. When the sampler
+    rejects the call, each task's requests go again on their own: a rejected request costs only
+    its own task (counted, and a fault)."""
+    try:
+        gens = _search(engine, state.cfg, requests)
+    except SamplerError:
+        gens = [[] for _ in requests]
+        by_task: dict[str, list[int]] = {}
+        for i, (v, _) in enumerate(views):
+            by_task.setdefault(v.task_id, []).append(i)
+        for task_id, idx in by_task.items():
+            try:
+                got = _search(engine, state.cfg, [requests[i] for i in idx])
+            except SamplerError as exc:
+                _count(state, records[task_id], REQUESTS_REJECTED)
+                state.faults.append({"task": task_id, "stage": "sample", "error": repr(exc)[:2000]})
+                continue
+            for i, g in zip(idx, got):
+                gens[i] = g
     fmt = engine.fmt
     for (v, from_base), g in zip(views, gens):
         before, fixes = fmt.lenient_parses, Counter(fmt.lenient_fixes)
@@ -313,6 +351,18 @@ def generate_into(engine: Engine, cfg: Config, views: list, requests: list[GenRe
             rec.setdefault("lenient_fixes", {})
             for k, n in (fmt.lenient_fixes - fixes).items():
                 rec["lenient_fixes"][k] = rec["lenient_fixes"].get(k, 0) + n
+
+
+def _search(engine: Engine, cfg: Config, requests: list[GenRequest]) -> list:
+    """`search` on the engine's sampler; if vLLM is lost for good (it could not be rebuilt), the
+    engine switches to the transformers sampler (counted) and the search runs again on it."""
+    kwargs = dict(threshold=cfg.sampling.dfs_threshold, max_paths=cfg.sampling.dfs_max_paths,
+                  stop_ids=engine.fmt.stop_token_ids)
+    try:
+        return search(engine.sampler, requests, **kwargs)
+    except SamplerLost as exc:
+        engine.sampler_lost(exc)
+        return search(engine.sampler, requests, **kwargs)
 
 
 def max_tokens(view, fmt, max_len: int) -> int:

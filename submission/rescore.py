@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .augment import sample_transforms
-from .errors import SamplerError
+from .errors import SamplerError, reraise_unless_ours
 from .formats import TextFormat
 from .grids import Task
 from .sample import Adapter, Sampler
@@ -36,9 +36,18 @@ Pair = tuple[list[int], list[int]]  # (prompt, answer) token ids
 CHECK_INPUTS = 2  # test inputs with two or more candidates compared before deciding
 CHECK_MAX_INPUTS = 6  # test inputs looked at, at most (a single candidate has no order to compare)
 MIN_RANK_CORR = 0.8  # Spearman correlation both orders must reach (inputs with 3+ candidates)
-# What a failing vLLM scoring call raises (its own errors arrive as SamplerError; a stale or
-# malformed output as RuntimeError, KeyError or TypeError); the check then keeps the forward pass.
-VLLM_SCORE_ERRORS = (SamplerError, RuntimeError, ValueError, KeyError, TypeError)
+# What a failing vLLM scoring call raises (vLLM's own errors and stale or malformed outputs arrive
+# as SamplerError; an engine failure as RuntimeError or ValueError); the check then keeps the
+# forward pass. Programming errors (KeyError, TypeError, ...) are not caught.
+VLLM_SCORE_ERRORS = (SamplerError, RuntimeError, ValueError)
+# This module's fallback counters, and what each means for a Kaggle smoke run
+# (kaggle.STAGE_FAILURES): a meaning fails the smoke run, None is designed behaviour.
+VLLM_FAILED = "rescore_vllm_failed_use_forward"
+VLLM_DISAGREES = "rescore_vllm_disagrees_use_forward"
+FALLBACKS: dict[str, str | None] = {
+    VLLM_FAILED: "vLLM re-scoring failed; the forward pass re-scored instead",
+    VLLM_DISAGREES: None,  # the check did its job: the orders differ, the forward pass is kept
+}
 
 
 class GroupScorer(Protocol):
@@ -171,7 +180,8 @@ class RankCheck:
         try:
             other = score_pairs(self.vllm, pairs, adapter)
         except VLLM_SCORE_ERRORS as exc:
-            self.count("rescore_vllm_failed_use_forward")
+            reraise_unless_ours(exc)
+            self.count(VLLM_FAILED)
             self._decide("forward", f"vLLM scoring failed: {type(exc).__name__}: {exc}"[:500])
             return trusted
         seconds["vllm"] += time.perf_counter() - t0
@@ -196,7 +206,7 @@ class RankCheck:
         agree = top2 == len(rows) and all(c >= MIN_RANK_CORR for c in corrs)
         speed = sec["forward"] / max(sec["vllm"], 1e-9)
         if not agree:
-            self.count("rescore_vllm_disagrees_use_forward")
+            self.count(VLLM_DISAGREES)
             self._decide("forward", f"candidate orders differ (same top two on {top2}/{len(rows)} "
                                     f"inputs, rank correlation {min(corrs, default=1.0):.2f})")
         elif speed <= 1.0:

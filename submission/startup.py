@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 
 def engine_started(state: Any, engine: "Engine") -> None:
-    """Count what the engine's start fell back on (vLLM that would not start)."""
+    """Count what the engine's start fell back on (vLLM that would not start), and send the
+    engine's own fallback counts (re-scoring, a lost vLLM) to this run's or worker's counts."""
+    engine.fallbacks = state.fallbacks
     if "vllm_start_error" in engine.info:
         state.fallbacks["vllm_start_failed"] += 1
         state.faults.append({"stage": "engine_start", "error": engine.info["vllm_start_error"]})

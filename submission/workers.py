@@ -32,7 +32,7 @@ from .schedule import Scheduler
 
 POLL_S = 0.5
 MAX_RESPAWNS_PER_WORKER = 3
-RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv")  # decided mid-run
+RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv", "vllm_lost")  # decided mid-run
 STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
 PARENT_POLL_S = 0.5  # how often a worker checks that its supervisor is still alive
 STOP_S = 5.0  # a worker told to stop (SIGTERM) that has not exited by then is killed
@@ -304,7 +304,6 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
     except Exception as exc:  # noqa: BLE001 - anything else a model directory throws: reported,
         outbox.send(("fatal", repr(exc), None))  # never a crash and respawn loop
         return
-    engine.fallbacks = sink.fallbacks
     engine_started(sink, engine)
     try:
         cal = start_rates(sink, engine)

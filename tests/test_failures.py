@@ -101,6 +101,53 @@ def test_vllm_that_fails_to_start_falls_back_and_the_run_goes_on(tiny_model, tmp
     assert own_adapter(report)
 
 
+def test_vllm_that_cannot_be_rebuilt_hands_over_to_transformers(engine, tmp_path, monkeypatch):
+    """A failed call left vLLM's engine needing a rebuild, and the rebuild fails (injected): the
+    engine samples with transformers from then on (counted), and every task of every later chunk
+    is answered with its own adapter instead of failing fast into placeholders."""
+    monkeypatch.setenv("ARC_INJECT_FAULTS", "engine:vllm_rebuild")
+    monkeypatch.setattr(engine, "sampler", engine.sampler)  # all restored afterwards
+    monkeypatch.setattr(engine, "info", dict(engine.info))
+    monkeypatch.setattr(engine.sampler, "_broken", True)
+    cfg = QUICK.with_overrides(["sampling.max_loras=1"])  # two chunks
+    report = run_here(engine, tmp_path, ["lost0001", "lost0002"], cfg)
+    assert engine.sampler is engine.forward and report["backends"]["sampler_backend"] == "transformers"
+    assert report["fallbacks"]["vllm_rebuild_failed_use_transformers"] == 1
+    assert "vllm_rebuild" in report["backends"]["vllm_lost"]
+    assert not any(f["stage"] in ("chunk", "sample") for f in report["faults"]), report["faults"]
+    assert set(report["per_task"]) == {"lost0001", "lost0002"} and own_adapter(report)
+    assert all(t["views"] > 0 for t in report["per_task"].values())
+
+
+def test_engine_fallback_counts_reach_run_json_in_process(engine, tmp_path, monkeypatch):
+    """The engine's own fallbacks (here the re-scoring check's: vLLM scoring fails) are counted in
+    run.json on the in-process path, as on the worker path."""
+    from submission import pipeline
+    from submission.errors import SamplerError
+    from submission.select import Sample
+
+    monkeypatch.setattr(engine, "_rescore_checked", False)
+    monkeypatch.setattr(engine, "_rank_check", None)
+
+    def fail(*args, **kwargs):
+        raise SamplerError("vLLM scoring failed (injected)")
+
+    monkeypatch.setattr(engine.sampler, "score_groups", fail)
+
+    def given(eng, state, chunk, cfgs, adapters, records):  # a random model's text rarely parses
+        return {(t.id, i): [Sample(view=v, group=0, grid=as_grid(np.full((2, 2), v)), logprob=-1.0)
+                            for v in range(2)] for t in chunk for i in range(t.n_test)}
+
+    monkeypatch.setattr(pipeline, "sample_chunk", given)
+    cfg = QUICK.with_overrides(["ttt.enabled=false", "selection.rescore_backend=auto",
+                                "selection.policy=count-nll"])
+    report = run_here(engine, tmp_path, ["cnt00001"], cfg)
+    assert report["fallbacks"]["rescore_vllm_failed_use_forward"] == 1
+    saved = json.loads((tmp_path / "work" / "run.json").read_text())
+    assert saved["fallbacks"]["rescore_vllm_failed_use_forward"] == 1
+    assert report["backends"]["rescore_backend"] == "forward"
+
+
 # ---------------------------------------------------------------- TTT leaves no state behind
 
 

@@ -361,6 +361,33 @@ def test_smoke_verdict_names_each_stage_failure_and_its_tasks(key):
     assert "(tasks b)" in problems[0] and STAGE_FAILURES[key] in problems[0]
 
 
+def test_each_declared_fallback_is_decided_once_next_to_its_definition():
+    """Every counter a module declares in its FALLBACKS fails a smoke run exactly when it carries a
+    meaning; names are declared once."""
+    from submission import engine, pipeline, rescore
+    from submission.backends import hf_sampler
+
+    declared = [engine.FALLBACKS, pipeline.FALLBACKS, rescore.FALLBACKS, hf_sampler.FALLBACKS]
+    names = [n for d in declared for n in d]
+    assert len(names) == len(set(names))
+    for d in declared:
+        for name, meaning in d.items():
+            assert (name in STAGE_FAILURES) == (meaning is not None), name
+            if meaning:
+                assert STAGE_FAILURES[name] == meaning
+    fails = {"rescore_vllm_failed_use_forward", "rescore_prefix_batch_off",
+             "vllm_rebuild_failed_use_transformers", "sample_requests_rejected"}
+    passes = {"rescore_vllm_disagrees_use_forward", "rescore_prefix_tree_off",
+              "rescore_prefix_tree_chunk_halved", "rescore_prefix_batch_chunk_halved",
+              "views_too_long_dropped"}
+    assert fails <= set(STAGE_FAILURES) and not passes & set(STAGE_FAILURES)
+    assert fails | passes == set(names)
+    for name in passes:
+        report = clean_report()
+        report["fallbacks"][name] = 1
+        assert smoke_verdict(report) == [], name
+
+
 def test_smoke_verdict_lists_faults_and_given_up_tasks():
     report = clean_report()
     report["fallbacks"]["tasks_given_up"] = 2

@@ -12,7 +12,7 @@ import pytest
 
 from submission import rescore as R
 from submission.engine import Engine
-from submission.errors import SamplerError
+from submission.errors import STRICT_ENV, SamplerError
 from submission.grids import Pair, Task, as_grid
 from submission.select import Candidate
 from submission.tiny import random_adapter
@@ -210,6 +210,62 @@ def test_check_keeps_forward_when_vllm_fails(monkeypatch):
     assert all(len(lps) == 3 for lps in got[0])  # the input was still re-scored
 
 
+def test_vllm_failure_not_ours_reraises_under_the_strict_switch(monkeypatch):
+    """The suite runs strict (tests/conftest.py): an engine's RuntimeError fails the call instead
+    of silently keeping the forward pass; without the switch it is the counted fallback. A
+    programming error (TypeError) is never caught."""
+    assert __import__("os").environ.get(STRICT_ENV) == "1"
+    with pytest.raises(RuntimeError, match="engine died"):
+        run_check(monkeypatch, det_score, vllm_cost=0.1, fail=RuntimeError("engine died"), inputs=1)
+    monkeypatch.delenv(STRICT_ENV)
+    check, info, counts, got = run_check(monkeypatch, det_score, vllm_cost=0.1,
+                                         fail=RuntimeError("engine died"), inputs=1)
+    assert check.choice == "forward" and counts == {R.VLLM_FAILED: 1}
+    assert all(len(lps) == 3 for lps in got[0])
+    with pytest.raises(TypeError):
+        run_check(monkeypatch, det_score, vllm_cost=0.1, fail=TypeError("a bug"), inputs=1)
+
+
+def bare_forward(fail: Exception):
+    """The transformers scorer's prefix logic alone: every prefix mode raises `fail`, one pass per
+    answer is `det_score`."""
+    from submission.backends.hf_sampler import HFSampler
+
+    hf, counts = HFSampler.__new__(HFSampler), Counter()
+    hf.prefix_kv = {"mode": "tree", "checked": {}, "errors": {}}
+    hf.count = lambda k: counts.update([k])
+    hf.score = lambda p, a, adapter: det_score(p, a)
+
+    def boom(*args, **kwargs):
+        raise fail
+
+    hf._prefix_scores = boom
+    return hf, counts
+
+
+def test_prefix_kv_fallback_strict_switch_both_ways(monkeypatch):
+    groups = [([1, 2, 3], [[4, 5], [6]])]
+    hf, counts = bare_forward(ValueError("this model takes no 4D mask"))
+    with pytest.raises(ValueError, match="4D mask"):  # strict: not ours, re-raised
+        hf.score_groups(groups, None)
+    assert hf.prefix_kv["mode"] == "tree" and not counts
+    monkeypatch.delenv(STRICT_ENV)
+    assert hf.score_groups(groups, None) == [[det_score([1, 2, 3], a) for a in ([4, 5], [6])]]
+    assert hf.prefix_kv["mode"] == "off" and counts == {"rescore_prefix_tree_off": 1,
+                                                         "rescore_prefix_batch_off": 1}
+    for bug in (TypeError("a bug"), AttributeError("a bug"), KeyError("a bug"), IndexError("a bug")):
+        hf, counts = bare_forward(bug)
+        with pytest.raises(type(bug)):  # never a fallback, strict or not
+            hf.score_groups(groups, None)
+        assert not counts
+    from submission.backends.hf_sampler import PrefixCacheError
+
+    monkeypatch.setenv(STRICT_ENV, "1")
+    hf, counts = bare_forward(PrefixCacheError("no KV cache"))  # ours: falls back even strict
+    hf.score_groups(groups, None)
+    assert hf.prefix_kv["mode"] == "off" and "no KV cache" in hf.prefix_kv["errors"]["tree"]
+
+
 def test_check_counts_only_inputs_with_two_candidates(monkeypatch):
     one = lambda seed: [cand(np.full((2, 2), seed))]  # noqa: E731
     check, info, _, _ = run_check(monkeypatch, det_score, vllm_cost=0.1, inputs=R.CHECK_MAX_INPUTS,
@@ -313,8 +369,10 @@ def test_a_mode_that_fails_or_disagrees_hands_over_and_is_counted(engine, adapte
     monkeypatch.setattr(fwd, "prefix_kv", {"mode": "tree", "checked": {}, "errors": {}})
     monkeypatch.setattr(fwd, "count", lambda k: counts.update([k]))
 
+    monkeypatch.delenv(STRICT_ENV)  # a ValueError is not ours: a fallback only without the switch
+
     def no_mask(*a, **k):
-        raise TypeError("this model takes no 4D mask")
+        raise ValueError("this model takes no 4D mask")
 
     real_batch = type(fwd)._score_batch
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..errors import SubmissionError, reraise_unless_ours
 from ..sample import Adapter, GenRequest, Generation
 from ..train import LoRATrainer
 
@@ -38,15 +39,29 @@ KV_TOL = 2e-2  # a mode's first group vs one pass per answer: |a - b| <= KV_TOL 
 # (CPU fp32 agrees to ~1e-5; bf16 kernels differ by rounding; a cache used wrongly is off by whole nats)
 
 
-class PrefixCacheError(RuntimeError):
+# The prefix paths' fallback counters, and what each means for a Kaggle smoke run
+# (kaggle.STAGE_FAILURES): a meaning fails the smoke run, None is designed behaviour.
+PREFIX_OFF = {m: f"rescore_prefix_{m}_off" for m in PREFIX_MODES}
+CHUNK_HALVED = {m: f"rescore_prefix_{m}_chunk_halved" for m in PREFIX_MODES}
+FALLBACKS: dict[str, str | None] = {
+    PREFIX_OFF["tree"]: None,  # e.g. a model without 4D masks: batch mode still reuses the KV
+    PREFIX_OFF["batch"]: "no prefix-KV path works (tree is switched off before batch); "
+                         "re-scoring runs one full forward pass per answer",
+    CHUNK_HALVED["tree"]: None,  # out of memory: the chunks adapt
+    CHUNK_HALVED["batch"]: None,
+}
+
+
+class PrefixCacheError(SubmissionError, RuntimeError):
     """The model's forward returned no usable KV cache for the prefix path."""
 
 
-# What a model that cannot reuse its cache raises (an unsupported cache class, shapes that do not
-# line up); the prefix path then falls back to one forward pass per answer. Out-of-memory is not a
-# reason to switch it off: batches are halved, and at one answer the error propagates.
-KV_ERRORS = (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError,
-             NotImplementedError)
+# What a model that cannot reuse its cache raises (PrefixCacheError for an unsupported cache
+# class, RuntimeError for shapes that do not line up, ValueError for arguments the model refuses,
+# e.g. a 4D mask); the prefix path then falls back to one forward pass per answer. Out-of-memory
+# is not a reason to switch it off: batches are halved, and at one answer the error propagates.
+# Programming errors (AttributeError, KeyError, TypeError, ...) are not caught.
+KV_ERRORS = (RuntimeError, ValueError)
 
 
 def _no_beat() -> None:
@@ -171,6 +186,7 @@ class HFSampler:
         except KV_ERRORS as exc:
             if _out_of_memory(exc):
                 raise
+            reraise_unless_ours(exc)
             self._demote(mode, f"{type(exc).__name__}: {exc}"[:500])
             return self._score_group(prompt, answers, adapter)
         if mode in self.prefix_kv["checked"]:
@@ -188,7 +204,7 @@ class HFSampler:
         nxt = PREFIX_MODES.index(mode) + 1
         self.prefix_kv["mode"] = PREFIX_MODES[nxt] if nxt < len(PREFIX_MODES) else "off"
         self.prefix_kv["errors"][mode] = why
-        self.count(f"rescore_prefix_{mode}_off")
+        self.count(PREFIX_OFF[mode])
 
     def _prefix_scores(self, prompt: list[int], answers: list[list[int]], adapter: Adapter | None,
                        mode: str) -> list[float]:
@@ -225,7 +241,7 @@ class HFSampler:
                         if len(chunk) == 1:
                             raise
                         self.chunk_limit[mode] = max(1, self.chunk_limit[mode] // 2)
-                        self.count(f"rescore_prefix_{mode}_chunk_halved")
+                        self.count(CHUNK_HALVED[mode])
                         if dev.type == "cuda":
                             torch.cuda.empty_cache()
                         pending += [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]

@@ -7,6 +7,17 @@ adapter prompts silently get an adapter, so they go in their own `generate` call
 pass (CPU, within 1e-4), and `score_groups` scores many answers in one call, reading each
 prompt's blocks from the prefix cache (requests with `prompt_logprobs` skip it by default).
 
+Prefix-cache reads and preemption. vLLM returns `prompt_logprobs` rows for the positions it
+served from the cache uninitialised, not absent (`LogprobsTensors.empty_cpu`, vllm/v1/outputs.py:174,
+filled from `num_computed_tokens` on, vllm/v1/worker/gpu_model_runner.py:5342-5348), and
+`num_cached_tokens` reports the first scheduling's hit only (vllm/v1/core/sched/scheduler.py:1074).
+A request preempted mid-prefill (its blocks freed, vllm/v1/core/sched/scheduler.py:1593) reads the
+cache again when it resumes, possibly past what it computed itself: those rows would be garbage
+with nothing to show for it. So a call that reads the cache holds only requests whose KV fits the
+idle engine's cache all at once (counted per request, shared blocks ignored): no allocation can
+then fail, so nothing is preempted. Without reads (`skip_reading_prefix_cache`, which vLLM applies
+on resume too, vllm/v1/core/kv_cache_manager.py:251) a resumed request recomputes every row.
+
 Requests go in with `LLM.enqueue` (which returns their request ids) and come back from
 `LLM.wait_for_completion`, matched by id and checked against the prompt sent. In vLLM 0.32.0 an
 exception inside a call leaves its unfinished requests in the engine, and the next call returns
@@ -27,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import SamplerError
+from ..errors import SamplerError, SamplerLost
 from ..sample import Adapter, GenRequest, Generation
 
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 
 
-class StaleOutputError(RuntimeError):
+class StaleOutputError(SamplerError, RuntimeError):
     """vLLM returned an output that does not belong to the prompts of this call."""
 
 
@@ -72,6 +83,7 @@ class VLLMSampler:
         self.enable_lora = enable_lora
         self.stop_ids = list(stop_ids)
         self.llm = self._start()
+        self.kv_blocks = self._kv_blocks()
         # top-k logprobs beyond the vocabulary (or vLLM's max_logprobs, 20) fail inside the engine
         self.max_top = min(MAX_LOGPROBS, self.llm.llm_engine.model_config.get_vocab_size())
         self.calls = 0
@@ -90,20 +102,38 @@ class VLLMSampler:
         with engine_tmpdir():  # vLLM's vllm_dist_* file: removed even after a failed start
             return LLM(**self.kwargs)
 
+    def _kv_blocks(self) -> tuple[int, int] | None:
+        """(KV blocks free in the idle engine, tokens per block); None when vLLM does not say (an
+        engine in another process), and then scoring reads no cache. One block is vLLM's null
+        block (vllm/v1/core/block_pool.py:187)."""
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        blocks, size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
+        if not isinstance(blocks, int) or not isinstance(size, int) or blocks < 2 or size < 1:
+            return None
+        return blocks - 1, size
+
     def _restart(self) -> None:
-        """Drop the engine (its unfinished requests with it) and build a new one."""
+        """Drop the engine (its unfinished requests with it) and build a new one; SamplerLost if
+        that fails (the engine then switches samplers for good)."""
         import gc
 
-        self.llm = None
-        gc.collect()
-        try:
-            import torch
+        from ..faults import engine_fault
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
-        self.llm = self._start()
+        try:
+            engine_fault("vllm_rebuild")
+            self.llm = None
+            gc.collect()
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:
+                pass
+            self.llm = self._start()
+        except Exception as exc:  # noqa: BLE001 - vLLM fails to start in many ways; all mean lost
+            raise SamplerLost(f"vLLM could not be rebuilt: {type(exc).__name__}: {exc}"[:2000]) from exc
+        self.kv_blocks = self._kv_blocks()
         self.restarts += 1
         self._broken = False
 
@@ -194,12 +224,13 @@ class VLLMSampler:
 
     def score_groups(self, groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
                      adapter: Adapter | None) -> list[list[float]]:
-        """Per group (prompt, answers): each answer's total log p after the prompt, in at most
-        three calls. First one answer per prompt (which computes and caches the prompt's blocks),
-        then all other answers, reading those blocks from the prefix cache. vLLM returns no
-        `prompt_logprobs` for positions served from the cache, so an answer whose hit reached past
-        its prompt's last token (it shares its first tokens with an answer already cached) is
-        scored again, whole, in a third call."""
+        """Per group (prompt, answers): each answer's total log p after the prompt, in three
+        rounds (each split where its KV would not fit at once, module docstring). First one answer
+        per prompt (which computes and caches the prompt's blocks), then all other answers,
+        reading those blocks from the prefix cache. vLLM computes no `prompt_logprobs` for
+        positions served from the cache, so an answer whose hit reached past its prompt's last
+        token (it shares its first tokens with an answer already cached) is scored again, whole,
+        in a third round."""
         jobs = [(g, j) for g, (_, answers) in enumerate(groups) for j in range(len(answers))]
         pairs = {(g, j): (list(groups[g][0]), list(groups[g][1][j])) for g, j in jobs}
         out: dict[tuple[int, int], float | None] = {}
@@ -218,8 +249,35 @@ class VLLMSampler:
 
     def _score_requests(self, pairs: list[tuple[list[int], list[int]]], adapter: Adapter | None, *,
                         read_cache: bool) -> list[Any]:
-        """One `_run` call: the answers' total log p, None where the cache hit covered a position
-        whose log p is needed (only when `read_cache`)."""
+        """The answers' total log p, None where the cache hit covered a position whose log p is
+        needed (only when `read_cache`): one `_run` call, or with `read_cache` one per batch that
+        cannot be preempted (module docstring); no cache is read when that cannot be known."""
+        read_cache = read_cache and self.kv_blocks is not None
+        batches = self._unpreemptable(pairs) if read_cache else [list(range(len(pairs)))]
+        result: list[float | None] = [None] * len(pairs)
+        for batch in batches:
+            got = self._score_call([pairs[i] for i in batch], adapter, read_cache=read_cache)
+            for i, g in zip(batch, got):
+                result[i] = g
+        return result
+
+    def _unpreemptable(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[int]]:
+        """Consecutive batches of `pairs` (indices) whose blocks, prompt + answer + the one token
+        sampled per request, fit the idle engine's free blocks together (at least one each)."""
+        free, size = self.kv_blocks  # type: ignore[misc]
+        batches: list[list[int]] = []
+        used = free + 1  # start a new batch at once
+        for i, (p, a) in enumerate(pairs):
+            need = -(-(len(p) + len(a) + 1) // size)
+            if used + need > free:
+                batches.append([])
+                used = 0
+            batches[-1].append(i)
+            used += need
+        return batches
+
+    def _score_call(self, pairs: list[tuple[list[int], list[int]]], adapter: Adapter | None, *,
+                    read_cache: bool) -> list[float | None]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -241,9 +299,21 @@ class VLLMSampler:
             if cached is None or cached < 0 or cached > len(prompt) - 1:
                 result.append(None)  # unknown hit, or the first answer token's log p not computed
                 continue
-            result.append(sum(o.prompt_logprobs[pos][full[pos]].logprob
-                              for pos in range(len(prompt), len(full))))
+            result.append(_answer_logprob(o.prompt_logprobs, full, len(prompt)))
         return result
+
+
+def _answer_logprob(rows: Any, full: list[int], start: int) -> float:
+    """Sum of the log p of `full[start:]` from vLLM's `prompt_logprobs` (a {token: Logprob} per
+    position); a row without its token is a malformed output (SamplerError)."""
+    total = 0.0
+    for pos in range(start, len(full)):
+        row = rows[pos] if rows is not None and pos < len(rows) else None
+        lp = row.get(full[pos]) if row is not None else None
+        if lp is None:
+            raise SamplerError(f"vLLM returned no log p for prompt position {pos}")
+        total += lp.logprob
+    return total
 
 
 def _top(logprobs: Any, k: int) -> list[dict[int, float]]:
