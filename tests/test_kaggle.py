@@ -379,7 +379,7 @@ def test_each_declared_fallback_is_decided_once_next_to_its_definition():
              "vllm_rebuild_failed_use_transformers", "sample_requests_rejected"}
     passes = {"rescore_vllm_disagrees_use_forward", "rescore_prefix_tree_off",
               "rescore_prefix_tree_chunk_halved", "rescore_prefix_batch_chunk_halved",
-              "views_too_long_dropped"}
+              "views_too_long_dropped", "rescore_out_of_time_vote"}
     assert fails <= set(STAGE_FAILURES) and not passes & set(STAGE_FAILURES)
     assert fails | passes == set(names)
     for name in passes:
