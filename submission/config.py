@@ -80,6 +80,7 @@ class SamplingConfig:
     n_views: int = 16  # ARChitects/NVARC: 16 views (8 dihedral x 2 colour perms), demo order shuffled
     dfs_threshold: float = 0.17  # ARChitects' DFS: every answer with p >= 0.17 (NVARC: 0.2); 0: greedy only
     dfs_max_paths: int = 8  # answers searched per view at most (the greedy one included)
+    speculative: bool = True  # views check the answers earlier views found in one prefill (same answers)
     unsure_extra_views: int = 16  # more views for a test input whose answers disagree (if time allows)
     unsure_agreement: float = 0.5  # "disagree": the top answer has under this share of the parsed ones
     n_samples: int = 0  # extra samples per view at `temperature` on top of the greedy answer
