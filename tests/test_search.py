@@ -318,7 +318,7 @@ def test_speculative_dfs_on_the_tiny_model(engine, adapters, backend):
     """Three trained adapters (views agree) and base-model views in one search: the answers of
     `_dfs` and of exhaustive enumeration, with most views verified instead of decoded."""
     sampler = getattr(engine, backend)
-    views, reqs, frames = _views_requests(engine, adapters)
+    _, reqs, frames = _views_requests(engine, adapters)
     stops = engine.fmt.stop_token_ids
     for threshold, max_paths in ((0.1, 100), (0.17, 2)):
         plain, spec = SearchStats(), SearchStats()
