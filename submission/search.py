@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields, replace
+
 from .sample import GenRequest, Generation, Sampler, VerifyRequest
 
 
@@ -32,7 +33,8 @@ def search(sampler: Sampler, requests: list[GenRequest], *, threshold: float, ma
         return sampler.generate(requests)
     spec = ([i for i in greedy if frames[i] is not None]
             if frames is not None and hasattr(sampler, "verify") else [])
-    plain = [i for i in greedy if i not in set(spec)]
+    chosen = set(spec)
+    plain = [i for i in greedy if i not in chosen]
     out = _dfs(sampler, [requests[i] for i in plain], threshold, max_paths, stop_ids, stats)
     greedy = plain + spec
     if spec:
