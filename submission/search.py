@@ -186,10 +186,13 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
     known: dict[Hashable, dict[Hashable, int]] = {}  # group -> candidate key -> times found
     verified: list[list[tuple[list[int], list[dict[int, float]]]]] = [[] for _ in requests]
     tried: list[set[tuple[int, ...]]] = [set() for _ in requests]
+    started = [False] * n
+    stalled: set[Hashable] = set()  # groups whose drafts do not help: their views start at once
     it = 0
-    while it < len(waves) or any(rounds):
+    while not all(started) or any(rounds):
         for i in range(n):
-            if start_at[i] == it:
+            if not started[i] and (start_at[i] <= it or frames[i].group in stalled):
+                started[i] = True
                 rounds[i] = [([], 0.0)]
         it += 1
         items = [(i, prefix, lp0) for i in range(n) for prefix, lp0 in rounds[i]]
@@ -218,6 +221,7 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
                     continue
                 verified[i].append((d, r))
         # 2. each path: as far as a verified draft goes, then greedy decoding from there
+        helped: set[Hashable] = set()
         partial: list[tuple[list[int], list[dict[int, float]], float] | None] = []
         batch, where = [], []
         for idx, (i, prefix, _) in enumerate(items):
@@ -230,6 +234,7 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
                     if got[3]:
                         break
             toks, tops, lp, done = best
+            helped.add(frames[i].group) if done else None
             if stats is not None:
                 stats.accepted_tokens += len(toks)
                 stats.drafts_accepted += int(done)
@@ -271,6 +276,12 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
                 if running < floor:
                     break
         rounds = nxt
+        # a group with no answer to draft, or whose drafts this iteration were all rejected, stops
+        # waiting: its later waves would only serialise their decoding
+        for i in range(n):
+            g = frames[i].group
+            if started[i] and (not known.get(g) or g not in helped):
+                stalled.add(g)
     return found
 
 
