@@ -5,7 +5,9 @@ A few optimizer steps, one batched generate call and one scoring call on a synth
 the budget planner measured rates before the first real task finishes; the config priors are only
 the fallback. Tokens are counted as the planner counts them (budget.py): training = tokens of the
 samples trained on; sampling = prompt + generated tokens of every view; scoring = prompt + answer
-tokens of the call. The adapter is reset afterwards, so nothing leaks into the first real task.
+tokens of the call. Speculative search adds two rates: sequential decode steps per second of the
+generate call, and draft tokens per second of one verification call (`verify_tokens_per_s`).
+The adapter is reset afterwards, so nothing leaks into the first real task.
 This module neither plans nor writes anything but the calibration file it is asked to write.
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 from .config import Config
 from .errors import InputError
 from .grids import Pair, Task, as_grid
-from .sample import GenRequest, build_views
+from .sample import GenRequest, VerifyRequest, build_views
 from .files import write_json_atomic
 from .ttt_data import build_ttt_data
 
@@ -129,9 +131,33 @@ def _sample(engine: Any, cfg: Config, task: Task, rng: np.random.Generator,
         beat()
     prompt_tokens = sum(len(r.prompt) for r in requests)
     generated = sum(len(g.ids) for per in gens for g in per)
+    steps = max((len(g.ids) for per in gens for g in per), default=0)
     return {"views": len(requests), "prompt_tokens": prompt_tokens / len(requests),
             "generated_tokens": generated, "expected_answer_tokens": answer,
-            "generate_call_s": seconds, "sample_tokens_per_s": _rate(prompt_tokens + generated, seconds)}
+            "generate_call_s": seconds, "sample_tokens_per_s": _rate(prompt_tokens + generated, seconds),
+            "decode_steps_per_s": _rate(steps, seconds),
+            **_verify(engine, cfg, requests, gens, beat)}
+
+
+def _verify(engine: Any, cfg: Config, requests: list[GenRequest], gens: list,
+            beat: Callable[[], None] | None) -> dict[str, Any]:
+    """The prefill-verify rate of speculative search: the views' own answers checked as drafts
+    in one `verify` call (top-k at every answer position; prompts from the prefix cache where
+    the sampler reads it), in draft tokens per second."""
+    verify = getattr(engine.sampler, "verify", None)
+    drafts = [VerifyRequest(r.prompt, tuple(per[0].ids), None,
+                            math.ceil(1.0 / max(cfg.sampling.dfs_threshold, 0.05)))
+              for r, per in zip(requests, gens) if per and per[0].ids]
+    if verify is None or not drafts:
+        return {}
+    t0 = time.perf_counter()
+    verify(drafts)
+    seconds = time.perf_counter() - t0
+    if beat is not None:
+        beat()
+    tokens = sum(len(d.answer) for d in drafts)
+    return {"verify_tokens": tokens, "verify_call_s": seconds,
+            "verify_tokens_per_s": _rate(tokens, seconds)}
 
 
 def _score(engine: Any, cfg: Config, task: Task, beat: Callable[[], None] | None) -> dict[str, Any]:

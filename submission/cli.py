@@ -31,6 +31,14 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, help="seconds for the whole run (budget.time_budget_s)")
 
 
+def _add_preset(p: argparse.ArgumentParser) -> None:
+    from .presets import NAMES
+
+    p.add_argument("--preset", choices=NAMES,
+                   help="start from a published recipe (submission/presets/NAME.toml) instead of "
+                        "the defaults; --config and --set override it")
+
+
 def _add_calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", metavar="FILE",
                    help="rates measured by gpu-check (calibration.json): the planner's start values "
@@ -61,13 +69,19 @@ def _config(args: argparse.Namespace):
         sets.append(f"budget.workers={args.workers}")
     if getattr(args, "keep_adapters", False):
         sets.append("budget.keep_adapters=true")
-    return load_config(args.config, sets)
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        from .presets import read_preset
+
+        for note in read_preset(preset)[1]:
+            print(f"preset {preset}: not reproduced: {note}", file=sys.stderr)
+    return load_config(args.config, sets, preset=preset)
 
 
 def _explicit_keys(args: argparse.Namespace) -> frozenset[str]:
     from .config import explicit_keys
 
-    return explicit_keys(args.config, args.set)
+    return explicit_keys(args.config, args.set, preset=getattr(args, "preset", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration(p)
     _add_run_options(p)
     _add_config(p)
+    _add_preset(p)
 
     p = sub.add_parser("dry-run", help="run on a public split and score it")
     p.add_argument("--dataset", default="arc-agi-2", choices=["arc-agi-1", "arc-agi-2"])
@@ -120,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration(p)
     _add_run_options(p)
     _add_config(p)
+    _add_preset(p)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run's tasks, attempts and times")
     p.add_argument("workdir", help="a run's --workdir (or a dry-run's workdir)")
@@ -177,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(untrained test models)")
     _add_calibration(p)
     _add_config(p)
+    _add_preset(p)
 
     p = sub.add_parser("gpu-check", help="check this machine: versions, driver, GPUs, backends, memory "
                                          "plan; train/save/sample/score once; measure the rates")

@@ -80,6 +80,9 @@ class SamplingConfig:
     n_views: int = 16  # ARChitects/NVARC: 16 views (8 dihedral x 2 colour perms), demo order shuffled
     dfs_threshold: float = 0.17  # ARChitects' DFS: every answer with p >= 0.17 (NVARC: 0.2); 0: greedy only
     dfs_max_paths: int = 8  # answers searched per view at most (the greedy one included)
+    # views check the answers earlier views found in one prefill (same answers). Off by default until
+    # benchmarks/speculative_dfs.py measures a saving with adapters that agree (README).
+    speculative: bool = False
     unsure_extra_views: int = 16  # more views for a test input whose answers disagree (if time allows)
     unsure_agreement: float = 0.5  # "disagree": the top answer has under this share of the parsed ones
     n_samples: int = 0  # extra samples per view at `temperature` on top of the greedy answer
@@ -159,10 +162,19 @@ class Config:
         return Config.from_dict(data)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Config from a JSON or TOML file (None: defaults), then `--set` overrides."""
-    cfg = Config() if path is None else Config.from_dict(read_config_file(path))
-    return cfg.with_overrides(overrides)
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                preset: str | None = None) -> Config:
+    """Config from a preset (None: defaults), a JSON or TOML file over it, then `--set` overrides."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        from .presets import read_preset
+
+        data = read_preset(preset)[0]
+    if path is not None:
+        for section, values in read_config_file(path).items():
+            both = isinstance(values, dict) and isinstance(data.get(section), dict)
+            data[section] = {**data[section], **values} if both else values
+    return Config.from_dict(data).with_overrides(overrides)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -188,9 +200,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def explicit_keys(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> frozenset[str]:
-    """The `section.field` keys a user set, in the config file or as overrides."""
+def explicit_keys(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                  preset: str | None = None) -> frozenset[str]:
+    """The `section.field` keys a user set, in a preset, the config file or as overrides."""
     keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if preset is not None:
+        from .presets import read_preset
+
+        keys |= {f"{sec}.{k}" for sec, fields in read_preset(preset)[0].items() for k in fields}
     if path is not None:
         keys |= {f"{sec}.{k}" for sec, fields in read_config_file(path).items()
                  if isinstance(fields, dict) for k in fields}

@@ -14,6 +14,7 @@ neither schedules nor writes submission.json.
 from __future__ import annotations
 
 import math
+import functools
 import shutil
 import time
 import zlib
@@ -31,12 +32,12 @@ from .config import Config
 from .engine import Engine
 from .errors import AdapterError, SamplerError, SamplerLost, SubmissionError
 from .faults import inject
-from .grids import Task, grid_to_list
+from .grids import Task, as_grid, grid_to_list
 from .paths import task_file_name
 from .records import task_digest
 from .rescore import rescore
 from .sample import GenRequest, answer_budget, build_views, collect_samples
-from .search import search
+from .search import Frame, SearchStats, search
 from .select import POLICIES, Sample, candidate_records, grid_key, pool, select_two
 from .files import write_json_atomic
 from .ttt_data import build_ttt_data
@@ -253,8 +254,9 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                                                temperature=s.temperature))
     t0 = time.monotonic()
     out: dict[tuple[str, int], list[Sample]] = {key: [] for key in base_views}
-    generate_into(engine, state, views, requests, out, records)
-    views += resample_unsure(engine, state, chunk, cfgs, adapters, out, records)
+    stats = SearchStats()
+    generate_into(engine, state, views, requests, out, records, stats)
+    views += resample_unsure(engine, state, chunk, cfgs, adapters, out, records, stats)
     # Base-model answers where the adapter produced fewer than two distinct grids (own call: vLLM bug).
     need = [key for key, smp in out.items() if len(pool(smp)) < 2
             and cfg.sampling.base_model_fallback and key[0] in adapters]
@@ -262,7 +264,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                 for key in need for v in base_views[key]]
     if base_req:
         generate_into(engine, state, [(v, True) for v, _ in base_req], [r for _, r in base_req], out,
-                      records)
+                      records, stats)
         state.fallbacks["base_model_sampled_inputs"] += len(need)
     elapsed, total = time.monotonic() - t0, max(1, len(views) + len(base_req))
     for task in chunk:
@@ -270,6 +272,9 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
             1 for v, _ in base_req if v.task_id == task.id)
         records[task.id]["timing"]["sample_s"] = elapsed * mine / total
         records[task.id]["views"] = mine
+        records[task.id]["chunk_search"] = stats.to_json()  # the whole chunk's answer search
+    if stats.unverified:  # drafts whose rows could not be proven computed: decoded instead
+        state.fallbacks["dfs_draft_unproven"] += stats.unverified
     return out
 
 
@@ -282,7 +287,7 @@ def agreement(samples: list[Sample]) -> float:
 
 def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[str, Config],
                     adapters: dict, out: dict[tuple[str, int], list[Sample]],
-                    records: dict[str, dict[str, Any]]) -> list:
+                    records: dict[str, dict[str, Any]], stats: SearchStats | None = None) -> list:
     """Spend spare time where it matters: test inputs whose answers disagree get
     `unsure_extra_views` more (random) views, in one more batched call. Returns those views."""
     cfg, fmt = state.cfg, engine.fmt
@@ -304,7 +309,7 @@ def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: di
             for v in vs:
                 views.append((v, adapter is None))
                 requests.append(GenRequest(v.prompt, adapter, max_tokens(v, fmt, cfg.model.max_seq_len)))
-    generate_into(engine, state, views, requests, out, records)
+    generate_into(engine, state, views, requests, out, records, stats)
     return views
 
 
@@ -320,13 +325,14 @@ def fitting_views(state: Sink, rec: dict[str, Any], views: list) -> list:
 
 def generate_into(engine: Engine, state: Sink, views: list, requests: list[GenRequest],
                   out: dict[tuple[str, int], list[Sample]],
-                  records: dict[str, dict[str, Any]]) -> None:
+                  records: dict[str, dict[str, Any]], stats: SearchStats | None = None) -> None:
     """Answer search for `requests` (one per (view, from_base) of `views`); samples go to `out`,
     and answers that parsed only leniently are counted in their task's record. When the sampler
     rejects the call, each task's requests go again on their own: a rejected request costs only
-    its own task (counted, and a fault)."""
+    its own task (counted, and a fault). With `sampling.speculative` the views of a test input
+    share their answers as drafts."""
     try:
-        gens = _search(engine, state.cfg, requests)
+        gens = _search(engine, state.cfg, views, requests, stats)
     except SamplerError:
         gens = [[] for _ in requests]
         by_task: dict[str, list[int]] = {}
@@ -334,7 +340,8 @@ def generate_into(engine: Engine, state: Sink, views: list, requests: list[GenRe
             by_task.setdefault(v.task_id, []).append(i)
         for task_id, idx in by_task.items():
             try:
-                got = _search(engine, state.cfg, [requests[i] for i in idx])
+                got = _search(engine, state.cfg, [views[i] for i in idx], [requests[i] for i in idx],
+                              stats)
             except SamplerError as exc:
                 _count(state, records[task_id], REQUESTS_REJECTED)
                 state.faults.append({"task": task_id, "stage": "sample", "error": repr(exc)[:2000]})
@@ -353,16 +360,43 @@ def generate_into(engine: Engine, state: Sink, views: list, requests: list[GenRe
                 rec["lenient_fixes"][k] = rec["lenient_fixes"].get(k, 0) + n
 
 
-def _search(engine: Engine, cfg: Config, requests: list[GenRequest]) -> list:
-    """`search` on the engine's sampler; if vLLM is lost for good (it could not be rebuilt), the
-    engine switches to the transformers sampler (counted) and the search runs again on it."""
+def _search(engine: Engine, cfg: Config, views: list, requests: list[GenRequest],
+            stats: SearchStats | None) -> list:
+    """`search` on the engine's sampler (speculative when `sampling.speculative`); if vLLM is lost
+    for good (it could not be rebuilt), the engine switches to the transformers sampler (counted)
+    and the search runs again on it."""
+    frames = view_frames([v for v, _ in views], engine.fmt) if cfg.sampling.speculative else None
     kwargs = dict(threshold=cfg.sampling.dfs_threshold, max_paths=cfg.sampling.dfs_max_paths,
-                  stop_ids=engine.fmt.stop_token_ids)
+                  stop_ids=engine.fmt.stop_token_ids, frames=frames, stats=stats)
     try:
         return search(engine.sampler, requests, **kwargs)
     except SamplerLost as exc:
         engine.sampler_lost(exc)
         return search(engine.sampler, requests, **kwargs)
+
+
+def view_frames(views: list, fmt) -> list[Frame]:
+    """Per view, how its answers meet the other views of its test input: a strictly parsed
+    answer as the grid in the original frame, and back as this view's answer tokens. Views start
+    in waves of doubling size (the 1st view, the 2nd, the 3rd-4th, 5th-8th, ...) in view order,
+    so each wave has the answers of all earlier ones as drafts."""
+    position: dict[tuple[str, int], int] = {}
+    frames = []
+    for v in views:
+        key = (v.task_id, v.test_index)
+        n = position[key] = position.get(key, -1) + 1
+        frames.append(Frame(key, n.bit_length(), functools.partial(_answer_key, v, fmt),
+                            functools.partial(_draft_ids, v, fmt)))
+    return frames
+
+
+def _answer_key(view, fmt, ids: list[int]) -> tuple | None:
+    grid = fmt.parse_strict(ids)
+    return None if grid is None else tuple(map(tuple, view.transform.invert_grid(grid).tolist()))
+
+
+def _draft_ids(view, fmt, key: tuple) -> list[int]:
+    return fmt.encode_answer(view.transform.apply_grid(as_grid(np.array(key, dtype=np.uint8))))
 
 
 def max_tokens(view, fmt, max_len: int) -> int:

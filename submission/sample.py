@@ -38,6 +38,16 @@ class GenRequest:
     top_logprobs: int = 0  # also return the k most likely tokens at every generated position
 
 
+@dataclass(frozen=True)
+class VerifyRequest:
+    """A draft answer to check after `prompt`: the top-k logprobs at each of its positions."""
+
+    prompt: tuple[int, ...]
+    answer: tuple[int, ...]
+    adapter: Adapter | None
+    top_logprobs: int
+
+
 class Generation(NamedTuple):
     ids: list[int]  # generated token ids
     logprob: float  # their summed log-probability
@@ -51,6 +61,12 @@ class Sampler(Protocol):
 
     def score(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> float:
         """Total log-probability of `answer` following `prompt`."""
+        ...
+
+    def verify(self, requests: list[VerifyRequest]) -> list[list[dict[int, float]] | None]:
+        """Per request, per answer position: token id -> logprob for the `top_logprobs` most
+        likely tokens and the answer's own token (as `Generation.top`); None where the rows
+        cannot be proven computed (the search then decodes that path)."""
         ...
 
 

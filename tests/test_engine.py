@@ -148,3 +148,26 @@ def test_unsure_inputs_get_extra_views(engine, tmp_path):
     assert reports["trained"]["fallbacks"].get("unsure_inputs_resampled", 0) == 0
     assert all(r["views"] in (n + 3, n + 3 + base) for r in reports["untrained"]["per_task"].values())
     assert reports["untrained"]["fallbacks"]["unsure_inputs_resampled"] == 2
+
+
+def test_speculative_search_changes_the_cost_not_the_answers(engine, tmp_path):
+    """`sampling.speculative` against plain DFS on the same run: the same
+    submission and candidates, and later views take earlier views' answers without decoding."""
+    from submission.run import run
+
+    tasks = {t.id: t for t in (zeros_task(f"sp{s}", 2, 30 + s) for s in (1, 2))}
+    challenges, _ = export_kaggle(tasks, tmp_path / "data", "evaluation")
+    assert not SMALL.sampling.speculative  # the default: plain DFS
+    reports, subs = {}, {}
+    for name, extra in (("spec", ["sampling.speculative=true"]), ("plain", [])):
+        out = tmp_path / f"{name}.json"
+        reports[name] = run(challenges, None, out, tmp_path / name,
+                            SMALL.with_overrides(LEARN + extra), engine=engine)
+        subs[name] = json.loads(out.read_text())
+    assert subs["spec"] == subs["plain"]
+    for tid in tasks:
+        a, b = (reports[n]["per_task"][tid] for n in ("spec", "plain"))
+        assert [[(c["grid"], c["count"], c["views"]) for c in t["candidates"]] for t in a["tests"]] == \
+               [[(c["grid"], c["count"], c["views"]) for c in t["candidates"]] for t in b["tests"]]
+        assert a["chunk_search"]["drafts_accepted"] > 0 and b["chunk_search"]["drafts"] == 0
+        assert a["chunk_search"]["decoded_tokens"] < b["chunk_search"]["decoded_tokens"]

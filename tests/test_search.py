@@ -2,6 +2,7 @@
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,3 +104,276 @@ def test_vllm_and_transformers_search_agree(engine):
     assert [g.ids for g in v] == [g.ids for g in f]
     for a, b in zip(v, f):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+
+
+# --- speculative DFS: the same answers as `_dfs`, with drafts from other views ------------------
+from submission.search import Frame, SearchStats, _dfs, speculative_dfs  # noqa: E402
+
+PERMS = [(0, 1, 2, 3), (2, 0, 3, 1), (3, 2, 1, 0), (1, 3, 0, 2), (2, 3, 0, 1), (1, 0, 3, 2)]
+
+
+def _to_view(j: int, ids) -> list[int]:
+    return [t if t == STOP else PERMS[j][t] for t in ids]
+
+
+def _from_view(j: int, ids) -> list[int]:
+    inv = {v: k for k, v in enumerate(PERMS[j])}
+    return [t if t == STOP else inv[t] for t in ids]
+
+
+class ViewSampler(MarkovSampler):
+    """Views of one test input: view j (prompt PROMPT + (j,)) sees `dist` through a permutation of
+    the non-stop tokens (its frame). `agree`: every view has the same distribution in the original
+    frame (a trained model), else each view its own. `ties`: the two most likely tokens tie exactly
+    at every other prefix. `verify` returns the rows a prefill would, or None (`unproven`)."""
+
+    def __init__(self, seed: int, agree: bool = True, ties: bool = False, unproven: bool = False):
+        super().__init__(seed)
+        self.agree, self.ties, self.unproven = agree, ties, unproven
+
+    def probs(self, view: int, prefix) -> np.ndarray:
+        canon = tuple(_from_view(view, prefix))
+        p = dist(canon, self.seed if self.agree else self.seed * 100 + view)
+        if self.ties and len(canon) % 2 == 0:
+            a, b = np.argsort(-p, kind="stable")[:2]
+            p = p.copy()
+            p[b] = p[a]
+            p /= p.sum()
+        out = np.empty_like(p)
+        for t in range(VOCAB):
+            out[_to_view(view, [t])[0]] = p[t]
+        return out
+
+    def generate(self, requests):
+        self.calls += 1
+        out = []
+        for r in requests:
+            view, prefix = r.prompt[len(PROMPT)], list(r.prompt[len(PROMPT) + 1:])
+            ids, top, lp = [], [], 0.0
+            while len(ids) < r.max_tokens:
+                p = self.probs(view, prefix + ids)
+                order = np.argsort(-p, kind="stable")[: max(1, r.top_logprobs)]
+                tok = int(order[0])
+                top.append({int(t): math.log(p[t]) for t in order})
+                lp += math.log(p[tok])
+                ids.append(tok)
+                if tok == STOP:
+                    break
+            out.append([Generation(ids, lp, top if r.top_logprobs else None)])
+        return out
+
+    def verify(self, requests):
+        out = []
+        for r in requests:
+            view, prefix = r.prompt[len(PROMPT)], list(r.prompt[len(PROMPT) + 1:])
+            rows = []
+            for pos, t in enumerate(r.answer):
+                p = self.probs(view, prefix + list(r.answer[:pos]))
+                order = np.argsort(-p, kind="stable")[: r.top_logprobs]
+                rows.append({int(u): math.log(p[u]) for u in order} | {int(t): math.log(p[t])})
+            out.append(None if self.unproven else rows)
+        return out
+
+
+def _frames(n_views: int, waves=None) -> list[Frame]:
+    def to_key(j):
+        return lambda ids: tuple(_from_view(j, ids)) if ids and ids[-1] == STOP else None
+
+    def to_ids(j):
+        return lambda key: _to_view(j, key)
+
+    waves = waves or [min(j, 3) for j in range(n_views)]
+    return [Frame("input", waves[j], to_key(j), to_ids(j)) for j in range(n_views)]
+
+
+def _requests(n_views: int, max_len: int = 6) -> list[GenRequest]:
+    return [GenRequest(PROMPT + (j,), None, max_len) for j in range(n_views)]
+
+
+def _same(a, b):
+    assert [[g.ids for g in x] for x in a] == [[g.ids for g in x] for x in b]
+    for x, y in zip(a, b):
+        for g, h in zip(x, y):
+            assert g.logprob == pytest.approx(h.logprob, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("agree", [True, False])
+@pytest.mark.parametrize("threshold,max_paths", [(0.05, 10**6), (0.17, 8), (0.1, 2), (0.3, 1)])
+def test_speculative_dfs_equals_dfs(seed, agree, threshold, max_paths):
+    n = 6
+    plain, spec = SearchStats(), SearchStats()
+    want = _dfs(ViewSampler(seed, agree), _requests(n), threshold, max_paths, [STOP], plain)
+    got = speculative_dfs(ViewSampler(seed, agree), _requests(n), _frames(n), threshold, max_paths,
+                          [STOP], spec)
+    _same(got, want)
+    if agree:
+        assert spec.decoded_tokens <= plain.decoded_tokens
+        if want[0][0].ids[-1] == STOP:  # the first view's greedy answer is the others' draft
+            assert spec.drafts_accepted >= n - 1
+    assert spec.decoded_tokens <= plain.decoded_tokens + spec.drafts * 6  # never much worse
+
+
+def test_speculative_dfs_decodes_far_less_when_views_agree():
+    plain, spec = SearchStats(), SearchStats()
+    for seed in range(10):
+        _dfs(ViewSampler(seed), _requests(6, 10), 0.17, 8, [STOP], plain)
+        speculative_dfs(ViewSampler(seed), _requests(6, 10), _frames(6), 0.17, 8, [STOP], spec)
+    assert spec.decoded_tokens * 2 < plain.decoded_tokens
+    assert spec.drafts_accepted > 0 and spec.unverified == 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_speculative_dfs_matches_brute_force(seed):
+    threshold, n = 0.05, 4
+    got = speculative_dfs(ViewSampler(seed), _requests(n, 5), _frames(n), threshold, 10**6, [STOP])
+    want = brute_force(seed, threshold, 5)
+    for j, gens in enumerate(got):
+        above = {tuple(_from_view(j, g.ids)): g.logprob for g in gens
+                 if g.logprob >= math.log(threshold) and g.ids[-1] == STOP}
+        assert above.keys() == want.keys()
+        for seq, lp in want.items():
+            assert above[seq] == pytest.approx(lp)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_speculative_dfs_exact_ties_and_unproven_rows(seed):
+    """Drafts through exactly tied argmaxes, and rows the sampler cannot vouch for: decoding
+    takes over and the answers stay those of `_dfs`."""
+    n = 5
+    for kw in (dict(ties=True), dict(unproven=True), dict(ties=True, agree=False)):
+        want = _dfs(ViewSampler(seed, **kw), _requests(n), 0.1, 8, [STOP])
+        stats = SearchStats()
+        got = speculative_dfs(ViewSampler(seed, **kw), _requests(n), _frames(n), 0.1, 8, [STOP], stats)
+        _same(got, want)
+        if kw.get("unproven"):
+            assert stats.unverified == stats.drafts > 0 and stats.accepted_tokens == 0
+
+
+def test_search_uses_frames_only_with_a_verifying_sampler():
+    n = 4
+    stats = SearchStats()
+    out = search(ViewSampler(2), _requests(n), threshold=0.17, max_paths=8, stop_ids=[STOP],
+                 frames=_frames(n), stats=stats)
+    assert stats.verify_calls > 0
+    plain = search(MarkovSampler(2), [GenRequest(PROMPT, None, 6)], threshold=0.17, max_paths=8,
+                   stop_ids=[STOP], frames=[_frames(1)[0]])  # no `verify`: plain DFS
+    assert plain[0][0].ids == MarkovSampler(2).generate([GenRequest(PROMPT, None, 6)])[0][0].ids
+    assert out[0][0].ids == ViewSampler(2).generate(_requests(1))[0][0].ids
+
+
+# --- speculative DFS on the tiny model: vLLM and the transformers sampler, several adapters -----
+from tests.test_engine import adapters  # noqa: E402,F401  (the trained-adapter fixture)
+
+
+def _views_requests(engine, adapters, n_views=4, max_tokens=12, with_base=True):
+    from submission.pipeline import view_frames
+    from submission.sample import build_views
+
+    views, reqs = [], []
+    for task, adapter in adapters:
+        vs, _ = build_views(task, 0, engine.fmt, np.random.default_rng(7), n_views=n_views,
+                            max_len=4096, answer_tokens=max_tokens)
+        views += vs
+        reqs += [GenRequest(v.prompt, adapter, max_tokens) for v in vs]
+    if with_base:  # base-model views go in their own calls (vLLM LoRA bug): cover that path too
+        task, _ = adapters[0]
+        vs, _ = build_views(task, 0, engine.fmt, np.random.default_rng(8), n_views=2, max_len=4096,
+                            answer_tokens=max_tokens)
+        vs = [replace(v, task_id="base") for v in vs]
+        views += vs
+        reqs += [GenRequest(v.prompt, None, max_tokens) for v in vs]
+    return views, reqs, view_frames(views, engine.fmt)
+
+
+def _next_logprobs(engine, prompt, adapter):
+    import torch
+
+    fwd = engine.forward
+    fwd.trainer.set_mode(training=False)
+    with fwd._use(adapter), torch.no_grad():
+        logits = fwd.model(input_ids=torch.tensor([list(prompt)]), use_cache=False).logits[0, -1]
+    return logits.double().log_softmax(-1).tolist()
+
+
+def _enumerate(engine, prompt, adapter, threshold, max_tokens, stops):
+    """Every answer with p >= threshold, by exhaustive enumeration of the prefix tree (a prefix
+    below the threshold has no continuation above it), one forward pass per node."""
+    out, stack = {}, [((), 0.0)]
+    while stack:
+        prefix, lp = stack.pop()
+        for t, l in enumerate(_next_logprobs(engine, prompt + prefix, adapter)):
+            if lp + l < math.log(threshold):
+                continue
+            if t in stops:
+                out[prefix + (t,)] = lp + l
+            elif len(prefix) + 1 < max_tokens:
+                stack.append((prefix + (t,), lp + l))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sampler", "forward"])
+def test_speculative_dfs_on_the_tiny_model(engine, adapters, backend):
+    """Three trained adapters (views agree) and base-model views in one search: the answers of
+    `_dfs` and of exhaustive enumeration, with most views verified instead of decoded."""
+    sampler = getattr(engine, backend)
+    _, reqs, frames = _views_requests(engine, adapters)
+    stops = engine.fmt.stop_token_ids
+    for threshold, max_paths in ((0.1, 100), (0.17, 2)):
+        plain, spec = SearchStats(), SearchStats()
+        want = _dfs(sampler, reqs, threshold, max_paths, stops, plain)
+        got = speculative_dfs(sampler, reqs, frames, threshold, max_paths, stops, spec)
+        assert [[g.ids for g in x] for x in got] == [[g.ids for g in x] for x in want]
+        for x, y in zip(got, want):
+            for g, h in zip(x, y):
+                assert g.logprob == pytest.approx(h.logprob, abs=1e-3)
+        # every adapter view after the first takes the first one's answer without decoding
+        assert spec.unverified == 0 and spec.drafts_accepted >= 3 * len(adapters)
+        assert spec.decoded_tokens < plain.decoded_tokens
+    if backend == "forward":
+        return
+    got = speculative_dfs(sampler, reqs, frames, 0.17, 100, stops)
+    for r, gens in list(zip(reqs, got))[::3]:  # brute force on a few views (forward-pass cost)
+        want = _enumerate(engine, r.prompt, r.adapter, 0.17, r.max_tokens, set(stops))
+        mine = {tuple(g.ids): g.logprob for g in gens if g.logprob >= math.log(0.17) and g.ids[-1] in stops}
+        assert mine.keys() == want.keys()
+
+
+def test_verify_calls_fit_the_kv_cache():
+    """vLLM verification batches hold at most the KV blocks that exist (less the null block), so
+    no request of a call can be preempted; an oversized request goes alone."""
+    from submission.backends.vllm_sampler import _fit
+    from submission.sample import VerifyRequest
+
+    reqs = [VerifyRequest((1,) * p, (2,) * a, None, 5) for p, a in
+            ((30, 9), (14, 1), (15, 0), (100, 20), (3, 3))]
+    batches = _fit(list(range(5)), reqs, blocks=6, size=16)
+    assert [i for b in batches for i in b] == list(range(5))
+    for b in batches:
+        need = sum(-(-(len(reqs[i].prompt) + len(reqs[i].answer) + 1) // 16) for i in b)
+        assert need <= 5 or len(b) == 1
+    assert [3] in batches
+
+
+@pytest.mark.slow
+def test_vllm_verify_rows_are_computed(engine, adapters):
+    """A draft whose prefix-cache hit reaches into its answer (an earlier draft shared its first
+    answer blocks) is verified again without reading the cache: rows equal the forward pass."""
+    from submission.grids import as_grid
+    from submission.sample import VerifyRequest
+
+    task, adapter = adapters[1]
+    prompt = tuple(engine.fmt.encode_prompt(list(task.train), task.test_inputs[0]))
+    grid = np.zeros((20, 20), dtype=np.uint8)
+    first = engine.fmt.encode_answer(as_grid(grid))
+    grid[19, 19] = 3
+    second = engine.fmt.encode_answer(as_grid(grid))
+    before = engine.sampler.verify_retries
+    for answer in (first, second):
+        req = [VerifyRequest(prompt, tuple(answer), adapter, 6)]
+        got, want = engine.sampler.verify(req)[0], engine.forward.verify(req)[0]
+        assert len(got) == len(answer)
+        for g, w in zip(got, want):
+            assert g.keys() == w.keys() and max(abs(g[t] - w[t]) for t in g) < 1e-3
+    assert engine.sampler.verify_retries == before + 1

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import SubmissionError, reraise_unless_ours
-from ..sample import Adapter, GenRequest, Generation
+from ..sample import Adapter, GenRequest, Generation, VerifyRequest
 from ..train import LoRATrainer
 
 
@@ -86,6 +86,8 @@ class HFSampler:
         self.chunk_limit = dict(CHUNK_LIMIT)
         self.score_tokens = 0  # tokens that went through forward passes for scoring (padding too)
         self.score_forwards = 0  # forward passes for scoring
+        self.prefill_tokens = 0  # prompt tokens generate calls computed
+        self.verify_tokens = 0  # tokens draft verification computed
         # The prefix paths' state, reported as is (engine.info["rescore_prefix_kv"]): the mode in
         # use, the modes checked (largest difference to one pass) and why a mode was switched off.
         self.prefix_kv: dict[str, Any] = {"mode": PREFIX_MODES[0], "checked": {}, "errors": {}}
@@ -127,6 +129,7 @@ class HFSampler:
         self.trainer.set_mode(training=False)
         for r in requests:
             ids = torch.tensor([list(r.prompt)], device=self.trainer.device)
+            self.prefill_tokens += len(r.prompt) * r.n
             gens: list[Generation] = []
             with self._use(r.adapter), torch.no_grad(), self._logits():
                 for _ in range(r.n):
@@ -150,6 +153,30 @@ class HFSampler:
             self.beat()
         self.compute_s += time.perf_counter() - start
         return results
+
+    def verify(self, requests: list[VerifyRequest]) -> list[list[dict[int, float]] | None]:
+        """Top-k logprobs at every draft position: one forward pass over prompt + draft per
+        request (no cache: every row is computed), as `generate` reports them."""
+        import torch
+
+        start = time.perf_counter()
+        self.trainer.set_mode(training=False)
+        out: list[list[dict[int, float]] | None] = []
+        for r in requests:
+            full = torch.tensor([list(r.prompt) + list(r.answer)], device=self.trainer.device)
+            with self._use(r.adapter), torch.no_grad(), self._logits():
+                logits = self.model(input_ids=full, use_cache=False).logits[0, len(r.prompt) - 1:-1]
+            steps = logits.float().log_softmax(-1)
+            target = full[0, len(r.prompt):]
+            chosen = steps.gather(1, target[:, None])[:, 0]
+            vals, idx = steps.topk(min(r.top_logprobs, steps.shape[1]), dim=-1)
+            out.append([dict(zip(i.tolist(), v.tolist())) | {int(t): float(c)}
+                        for i, v, t, c in zip(idx, vals, target, chosen)])
+            self.calls += 1
+            self.verify_tokens += full.shape[1]
+            self.beat()
+        self.compute_s += time.perf_counter() - start
+        return out
 
     def score(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> float:
         """One forward pass over prompt + answer; `use_cache=False`: nothing is reused, and unsloth

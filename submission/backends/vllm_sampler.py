@@ -39,7 +39,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import SamplerError, SamplerLost
-from ..sample import Adapter, GenRequest, Generation
+from ..sample import Adapter, GenRequest, Generation, VerifyRequest
 
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 
@@ -91,6 +91,9 @@ class VLLMSampler:
         self.compute_s = 0.0  # seconds inside LLM.generate
         self.score_tokens = 0  # prompt tokens prefilled for scoring (prefix-cache hits excluded)
         self.score_retries = 0  # answers scored again because a cache hit reached into them
+        self.prefill_tokens = 0  # prompt tokens generate calls computed (prefix-cache hits excluded)
+        self.verify_tokens = 0  # tokens draft verification computed (prefix-cache hits excluded)
+        self.verify_retries = 0  # drafts verified again because a cache hit reached into them
         self.beat: Callable[[], None] = _no_beat  # heartbeat per finished request
         self._broken = False
 
@@ -212,6 +215,8 @@ class VLLMSampler:
             finally:
                 self.compute_s += time.perf_counter() - t0
             self.calls += 1
+            self.prefill_tokens += sum(len(requests[i].prompt) - max(0, o.num_cached_tokens or 0)
+                                       for i, o in zip(group, outs))
             for i, out in zip(group, outs):
                 k = requests[i].top_logprobs
                 results[i] = [Generation(list(c.token_ids), float(c.cumulative_logprob or 0.0),
@@ -301,6 +306,89 @@ class VLLMSampler:
                 continue
             result.append(_answer_logprob(o.prompt_logprobs, full, len(prompt)))
         return result
+
+
+    def verify(self, requests: list[VerifyRequest]) -> list[list[dict[int, float]] | None]:
+        """Top-k logprobs at every draft position, by prefill (`prompt_logprobs`), each prompt
+        read from the prefix cache. A row is computed only from the request's first computed
+        position on (v1/worker/gpu_model_runner.py:5338-5398 fills rows from num_computed_tokens on;
+        rows before stay `LogprobsTensors.empty_cpu`, uninitialised), and `num_cached_tokens`
+        reports the first scheduling only (v1/core/sched/scheduler.py:1074-1081): a preempted
+        request re-reads the cache on resume (num_computed_tokens is reset to 0 in
+        `_preempt_request`, scheduler.py:1593, and looked up again at :960). So calls are sized to
+        fit the KV cache whole: preemption happens only when `allocate_slots` fails for a
+        running request (scheduler.py:778-840; the other preemption, :2860, is
+        `reset_prefix_cache`, which a run never calls while requests are in flight); then the
+        first scheduling is the only one, and a draft whose hit reached its first answer row is
+        verified again without reading the cache. Adapter and no-adapter requests never share
+        a call (module docstring)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        out: list[list[dict[int, float]] | None] = [None] * len(requests)
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        blocks, size = cache.num_gpu_blocks, cache.block_size
+        can_read = bool(blocks and size)
+        with_adapter = [i for i, r in enumerate(requests) if r.adapter is not None]
+        without = [i for i, r in enumerate(requests) if r.adapter is None]
+        again: list[int] = []
+        for group in (with_adapter, without):
+            for batch in _fit(group, requests, blocks, size) if can_read else [group]:
+                if batch:
+                    again += self._verify_call(requests, batch, out, read_cache=can_read,
+                                               params=(SamplingParams, TokensPrompt))
+        for group in ([i for i in again if requests[i].adapter is not None],
+                      [i for i in again if requests[i].adapter is None]):
+            if group:
+                self.verify_retries += len(group)
+                self._verify_call(requests, group, out, read_cache=False,
+                                  params=(SamplingParams, TokensPrompt))
+        return out
+
+    def _verify_call(self, requests: list[VerifyRequest], batch: list[int],
+                     out: list[list[dict[int, float]] | None], *, read_cache: bool,
+                     params: tuple) -> list[int]:
+        """One `_run` call; fills `out` for the batch, returns the requests whose cache hit
+        reached an answer row (only when `read_cache`)."""
+        sampling_params, tokens_prompt = params
+        fulls = [list(requests[i].prompt) + list(requests[i].answer) for i in batch]
+        ps = [sampling_params(max_tokens=1, detokenize=False,
+                              prompt_logprobs=min(requests[i].top_logprobs, self.max_top),
+                              skip_reading_prefix_cache=not read_cache) for i in batch]
+        loras = ([self._lora(requests[i].adapter) for i in batch]
+                 if requests[batch[0]].adapter is not None else None)
+        t0 = time.perf_counter()
+        try:
+            outs = self._run([tokens_prompt(prompt_token_ids=f) for f in fulls], ps, loras, show=False)
+        finally:
+            self.compute_s += time.perf_counter() - t0
+        self.calls += 1
+        again = []
+        for i, full, o in zip(batch, fulls, outs):
+            n = len(requests[i].prompt)
+            cached = o.num_cached_tokens if read_cache else 0
+            self.verify_tokens += len(full) - max(0, cached or 0)
+            if cached is None or cached < 0 or cached > n - 1:
+                again.append(i)
+                continue
+            out[i] = [{int(t): float(lp.logprob) for t, lp in o.prompt_logprobs[pos].items()}
+                      for pos in range(n, len(full))]
+        return again
+
+
+def _fit(group: list[int], requests: list[VerifyRequest], blocks: int, size: int) -> list[list[int]]:
+    """`group` in batches whose KV blocks (every request whole, plus one token) fit `blocks` less
+    the null block (v1/core/block_pool.py:187), so no request of a batch can be preempted."""
+    batches: list[list[int]] = [[]]
+    used = 0
+    for i in group:
+        need = -(-(len(requests[i].prompt) + len(requests[i].answer) + 1) // size)
+        if batches[-1] and used + need > blocks - 1:
+            batches.append([])
+            used = 0
+        batches[-1].append(i)
+        used += need
+    return batches
 
 
 def _answer_logprob(rows: Any, full: list[int], start: int) -> float:

@@ -1,0 +1,142 @@
+"""Answer search cost: today's DFS against speculative DFS on the same views, in one run.
+
+Takes the first test input of the N ARC-AGI-2 evaluation tasks with the shortest prompts, V views each,
+and searches each input both ways on the tiny model served by vLLM (CPU), with two kinds of
+adapters:
+- agreeing: TTT of the tiny model on a synthetic family built from the task itself (its demos
+  with every output replaced by one fixed background square, invariant under the views'
+  augmentations), so every view answers the same grid, as a trained model's views mostly do;
+- disagreeing: random LoRA weights (views answer noise, each its own).
+Reports per test input and in total: sequential decode steps (per generate call its longest
+generation, summed), decoded tokens, prefilled tokens (prompt and verification tokens computed,
+prefix-cache hits excluded) and wall time, and the ratios today / speculative. The answers of
+both searches are compared (they must be equal). Absolute times depend on the machine; compare
+the ratios. Goal: >= 3x fewer decoded tokens with agreeing adapters, no loss with disagreeing.
+
+    python benchmarks/speculative_dfs.py [--tasks 3] [--views 16] [--threshold 0.17] [--samples 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+MAX_LEN = 8192
+SIDE = 6  # the synthetic family's answer: a SIDE x SIDE background square
+GOAL = 3.0
+KEYS = ("decode_steps", "decoded_tokens", "prefilled_tokens", "wall_s")
+
+
+def family_task(task):
+    """`task` with every output (demos and test) replaced by the background square."""
+    from submission.grids import Pair, as_grid
+
+    square = as_grid(np.zeros((SIDE, SIDE), dtype=np.uint8))
+    return replace(task, train=tuple(Pair(p.input, square) for p in task.train),
+                   test_outputs=tuple(square for _ in task.test_inputs))
+
+
+def measure(engine, views, reqs, frames, args) -> tuple[dict, list]:
+    from submission.search import SearchStats, search
+
+    v = engine.sampler
+    v.llm.reset_prefix_cache()  # no run reuses another's blocks
+    stats = SearchStats()
+    p0, t0 = v.prefill_tokens + v.verify_tokens, time.perf_counter()
+    gens = search(v, reqs, threshold=args.threshold, max_paths=args.max_paths,
+                  stop_ids=engine.fmt.stop_token_ids, frames=frames, stats=stats)
+    row = {"decode_steps": stats.decode_steps, "decoded_tokens": stats.decoded_tokens,
+           "prefilled_tokens": v.prefill_tokens + v.verify_tokens - p0,
+           "wall_s": time.perf_counter() - t0}
+    return row, [[tuple(g.ids) for g in x] for x in gens]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=3)
+    ap.add_argument("--views", type=int, default=16)
+    ap.add_argument("--threshold", type=float, default=0.17)
+    ap.add_argument("--max-paths", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=8, help="TTT samples of the agreeing adapters")
+    args = ap.parse_args()
+
+    from submission.config import Config
+    from submission.engine import build_engine
+    from submission.pipeline import view_frames
+    from submission.sample import GenRequest, answer_budget, build_views
+    from submission.tasks import load_dataset
+    from submission.tiny import make_tiny_model, random_adapter
+    from submission.ttt_data import build_ttt_data
+
+    tmp = Path(tempfile.mkdtemp(prefix="spec-bench-"))
+    model = make_tiny_model(tmp / "model", "qwen-chat", seed=0, max_positions=MAX_LEN)
+    cfg = Config().with_overrides([
+        "ttt.r=8", "ttt.lora_alpha=16", f"model.max_seq_len={MAX_LEN}", "sampling.max_loras=2",
+        "sampling.backend=vllm", "ttt.learning_rate=1e-2", "ttt.epochs=3", "ttt.grad_accum=1"])
+    engine = build_engine(model, cfg)
+    fmt = engine.fmt
+    # the shortest prompts of the evaluation set: CPU time (TTT and decoding) grows with them
+    every = sorted(load_dataset("arc-agi-2", "evaluation").values(),
+                   key=lambda t: len(fmt.encode_prompt(list(t.train), t.test_inputs[0])))
+    tasks = every[:args.tasks]
+    rows: dict[str, list] = {"agreeing": [], "disagreeing": []}
+    equal = True
+    for n, task in enumerate(tasks):
+        fam = family_task(task)
+        rng = np.random.default_rng(n)
+        data = build_ttt_data(fam, fmt, rng, max_samples=args.samples, max_len=MAX_LEN)
+        engine.trainer.reset()
+        engine.trainer.train(data.samples, rng, cfg.ttt)
+        trained = engine.new_adapter(f"fam{n}", engine.trainer.save(tmp / f"fam{n}"))
+        noise = random_adapter(engine, tmp / f"rand{n}", seed=n, name=f"rand{n}")
+        views, _ = build_views(task, 0, fmt, np.random.default_rng(n), n_views=args.views,
+                               max_len=MAX_LEN, answer_tokens=answer_budget(task, 0, fmt))
+        budget = answer_budget(task, 0, fmt)
+        frames = view_frames(views, fmt)
+        for kind, adapter in (("agreeing", trained), ("disagreeing", noise)):
+            reqs = [GenRequest(v.prompt, adapter, budget) for v in views]
+            measure(engine, views, reqs[:1], None, args)  # warm-up: the adapter is loaded
+            plain, a = measure(engine, views, reqs, None, args)
+            spec, b = measure(engine, views, reqs, frames, args)
+            equal &= a == b
+            rows[kind].append((task.id, np.mean([len(v.prompt) for v in views]), plain, spec))
+    print(f"{len(tasks)} ARC-AGI-2 evaluation test inputs x {args.views} views, DFS p >= "
+          f"{args.threshold}, <= {args.max_paths} paths; tiny model, vLLM on CPU\n")
+    ok = equal
+    for kind, rs in rows.items():
+        print(f"{kind} adapters: today / speculative")
+        print(f"{'input':<10}{'prompt':>8}" + "".join(f"{k:>24}" for k in KEYS))
+        tot = {k: [0.0, 0.0] for k in KEYS}
+        for tid, plen, p, s in rs:
+            cells = []
+            for k in KEYS:
+                tot[k][0] += p[k]
+                tot[k][1] += s[k]
+                cells.append(f"{p[k]:.5g}/{s[k]:.5g} ({p[k] / max(s[k], 1e-9):.2f}x)")
+            print(f"{tid:<10}{plen:>8.0f}" + "".join(f"{c:>24}" for c in cells))
+        ratios = {k: t[0] / max(t[1], 1e-9) for k, t in tot.items()}
+        print(f"{'total':<18}" + "".join(f"{f'{ratios[k]:.2f}x':>24}" for k in KEYS) + "\n")
+        if kind == "agreeing":
+            ok &= ratios["decoded_tokens"] >= GOAL
+        else:
+            ok &= ratios["decoded_tokens"] >= 1.0
+    print("answers of both searches equal on every view:", equal)
+    print(f">= {GOAL:.0f}x fewer decoded tokens agreeing, no more disagreeing:", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
