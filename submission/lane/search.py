@@ -8,7 +8,7 @@ programs ranked by cost (fewer, cheaper steps first)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,11 +31,12 @@ class LaneResult:
     programs: tuple[str, ...] = ()  # the programs behind attempt 1 and attempt 2
     timed_out: bool = False
     states: int = 0
-    extra: dict = field(default_factory=dict)
+    error: str = ""  # "memory" when the process's memory limit stopped the search
 
     def to_json(self) -> dict:
         return {"found": self.found, "program": self.program, "programs": list(self.programs),
-                "cpu_s": round(self.cpu_s, 3), "timed_out": self.timed_out, "states": self.states}
+                "cpu_s": round(self.cpu_s, 3), "timed_out": self.timed_out, "states": self.states,
+                "error": self.error}
 
 
 class _Clock:
