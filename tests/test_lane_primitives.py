@@ -111,3 +111,22 @@ def test_object_features_hole_and_rank():
     f = ob.object_features(g, ring, objs)
     assert f["has_hole"] and f["size"] == 8 and f["size_rank_desc"] == 0
     assert not ob.object_features(g, dot, objs)["has_hole"]
+
+
+def test_complete_period_fills_from_smallest_repeating_tile():
+    full = np.tile(as_grid([[1, 2, 3], [3, 1, 2]]), (2, 3))
+    masked = full.copy()
+    masked[1:3, 2:5] = 0
+    assert np.array_equal(pr.complete_period(masked, 0), full)
+    stripes = np.array([[(y + x) % 3 + 1 for x in range(7)] for y in range(7)], np.uint8)
+    holed = stripes.copy()
+    holed[3, 3] = 0
+    assert np.array_equal(pr.complete_period(holed, 0), stripes)
+    assert pr.complete_period(full, 0) is None  # nothing masked
+
+
+def test_connect_joins_pairs_in_rows_and_columns_over_background_only():
+    g = as_grid([[8, 0, 0, 8], [0, 0, 0, 0], [8, 0, 5, 0]])
+    out = pr.connect(g, 8, 3, 0)
+    assert out.tolist() == [[8, 3, 3, 8], [3, 0, 0, 0], [8, 0, 5, 0]]
+    assert pr.connect(as_grid([[8, 5, 8]]), 8, 3, 0) is None  # something lies between

@@ -137,3 +137,15 @@ def test_memory_bound_limits_states():
     t = task(pairs, [rng.integers(0, 3, (10, 10))])
     small = solve(t, cap_s=30, max_depth=2, max_state_bytes=2000)
     assert small.states <= 1 + 8  # the frontier stops growing past ~2000 bytes of grids
+
+
+def test_pruning_by_algebra():
+    from submission.lane.program import allowed_after, step
+
+    rot = step("rot90", 1.0, lambda g: g, kind="dihedral")
+    grav = step("gravity", 1.5, lambda g: g, kind="equivariant")
+    ext = step("extract", 1.5, lambda g: g)
+    sym = step("complete_symmetry", 1.5, lambda g: g, first_only=True)
+    assert allowed_after(None, sym) and not allowed_after(ext, sym)
+    assert not allowed_after(rot, rot) and not allowed_after(rot, grav)
+    assert allowed_after(rot, ext) and allowed_after(grav, rot)

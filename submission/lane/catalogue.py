@@ -60,10 +60,11 @@ def read_facts(task: Task) -> Facts:
 def candidate_steps(f: Facts) -> list[Step]:
     """Steps in the order the search tries them (cheap and common first)."""
     bg = f.bg
-    steps: list[Step] = [step(pr.DIHEDRAL_NAMES[k], 1.0, lambda g, k=k: pr.dihedral(g, k))
-                         for k in range(1, 8)]
+    steps: list[Step] = [step(pr.DIHEDRAL_NAMES[k], 1.0, lambda g, k=k: pr.dihedral(g, k),
+                              kind="dihedral") for k in range(1, 8)]
     if not f.same_shape:
-        steps.append(step("crop_to_content", 1.0, lambda g: pr.crop_to_content(g, bg)))
+        steps.append(step("crop_to_content", 1.0, lambda g: pr.crop_to_content(g, bg),
+                          kind="equivariant"))
     for ry, rx in sorted(f.ratios):
         if ry > 0:
             steps.append(step("scale_up", 1.0, lambda g, a=ry, b=rx: pr.scale_up(g, a, b),
@@ -81,29 +82,36 @@ def candidate_steps(f: Facts) -> list[Step]:
                             lambda g, s=sel, d=diag, c=by_colour, o=only: ob.extract(g, bg, d, c, s, o),
                             select=sel, diag=diag, by_colour=by_colour, only_object=only))
         for m in sorted(f.in_colours):
-            steps.append(step("symmetry_patch", 1.5,
-                              lambda g, m=m: pr.symmetry_patch(g, m), mask=m))
+            steps.append(step("symmetry_patch", 1.5, lambda g, m=m: pr.symmetry_patch(g, m),
+                              first_only=True, mask=m))
     if f.same_shape:
         for d, name in enumerate(("down", "up", "left", "right")):
-            steps.append(step("gravity", 1.5, lambda g, d=d: pr.gravity(g, d, bg), to=name))
+            steps.append(step("gravity", 1.5, lambda g, d=d: pr.gravity(g, d, bg),
+                              kind="equivariant", to=name))
         for c in sorted(f.added | f.grown):
             steps.append(step("fill_enclosed", 1.5, lambda g, c=c: pr.fill_enclosed(g, bg, c),
-                              colour=c))
+                              kind="equivariant", colour=c))
         for m in sorted(f.vanished | {bg}):
             steps.append(step("complete_symmetry", 1.5,
-                              lambda g, m=m: pr.complete_symmetry(g, m), mask=m))
+                              lambda g, m=m: pr.complete_symmetry(g, m), first_only=True, mask=m))
+            steps.append(step("complete_period", 1.5, lambda g, m=m: pr.complete_period(g, m),
+                              first_only=True, mask=m))
+        for e in sorted(f.in_colours - {bg}):
+            for c in sorted(f.grown):
+                steps.append(step("connect", 1.5, lambda g, e=e, c=c: pr.connect(g, e, c, bg),
+                                  kind="equivariant", ends=e, colour=c))
         for c in sorted(f.grown & f.in_colours):
             for direction in pr.LINE_DIRECTIONS:
                 for stop in (False, True):
                     steps.append(step(
                         "lines", 2.0,
                         lambda g, c=c, d=direction, s=stop: pr.draw_lines(g, c, d, bg, s),
-                        colour=c, to=direction, stop=stop))
+                        kind="equivariant", colour=c, to=direction, stop=stop))
         for sel in ("largest", "smallest", "unique_colour", "unique_shape"):
             for diag in (False, True):
                 steps.append(step("keep_only", 2.0,
                                   lambda g, s=sel, d=diag: ob.keep_only(g, bg, d, False, s),
-                                  select=sel, diag=diag))
+                                  kind="equivariant", select=sel, diag=diag))
         for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             steps.append(step("shift", 2.0, lambda g, a=dy, b=dx: pr.shift(g, a, b, bg),
                               dy=dy, dx=dx))

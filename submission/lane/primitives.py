@@ -160,9 +160,10 @@ def _ray_down(mask: np.ndarray, free: np.ndarray, drift: int, stop: bool) -> np.
     paint = np.zeros_like(mask)
     cur = mask[0].copy()
     for y in range(1, h):
-        if drift:
-            cur = np.roll(cur, drift)
-            cur[0 if drift > 0 else w - 1] = False
+        if drift > 0:
+            cur = np.concatenate(([False], cur[:-1]))
+        elif drift < 0:
+            cur = np.concatenate((cur[1:], [False]))
         paint[y] = cur & free[y]
         if stop:
             cur = cur & free[y]
@@ -251,3 +252,49 @@ def symmetry_patch(grid: Grid, mask_colour: int) -> Grid | None:
         return None
     ys, xs = np.nonzero(grid == mask_colour)
     return full[ys.min():ys.max() + 1, xs.min():xs.max() + 1].copy()
+
+
+def _lattices(h: int, w: int):
+    """Class-index maps of candidate repeating patterns, smallest first: a (py, px) tiling and
+    diagonal stripes of period p."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    cands = [(py * px, (ys % py) * px + xs % px) for py in range(1, h + 1) for px in
+             range(1, w + 1) if (py, px) != (h, w)]
+    cands += [(p, (ys + xs) % p) for p in range(2, min(h, w))]
+    cands += [(p, (ys - xs) % p) for p in range(2, min(h, w))]
+    return [c for _, c in sorted(cands, key=lambda c: c[0])]
+
+
+def complete_period(grid: Grid, mask_colour: int) -> Grid | None:
+    """Cells of `mask_colour` are unknown; fill them from the smallest repeating pattern (a 2-D
+    tiling or diagonal stripes) that every known cell agrees with."""
+    known = grid != mask_colour
+    if known.all() or not known.any():
+        return None
+    h, w = grid.shape
+    vals = grid.astype(np.int16)
+    for cls in _lattices(h, w):
+        n = int(cls.max()) + 1
+        lo = np.full(n, 99, np.int16)
+        hi = np.full(n, -1, np.int16)
+        np.minimum.at(lo, cls[known], vals[known])
+        np.maximum.at(hi, cls[known], vals[known])
+        if (hi >= 0).all() and (lo == hi).all():
+            return lo[cls].astype(np.uint8)
+    return None
+
+
+def connect(grid: Grid, end_colour: int, line_colour: int, bg: int) -> Grid | None:
+    """Join every two `end_colour` cells in one row or column with `line_colour` over the
+    background cells between them (only where nothing else lies between them)."""
+    out = grid.copy()
+    done = False
+    for g, o in ((grid, out), (grid.T, out.T)):
+        for y in range(g.shape[0]):
+            xs = np.nonzero(g[y] == end_colour)[0]
+            for a, b in zip(xs[:-1], xs[1:]):
+                seg = g[y, a + 1:b]
+                if b > a + 1 and (seg == bg).all():
+                    o[y, a + 1:b] = line_colour
+                    done = True
+    return out if done else None

@@ -34,24 +34,54 @@ def learn_identity(xs, ys, ts, bg) -> Iterator[Fit]:
         yield Fit("", 0.0, tuple(t.copy() for t in ts))
 
 
-def _table(keys_out: list[tuple[np.ndarray, np.ndarray]]) -> dict | None:
-    """A key -> value table from (keys, values) arrays; None on any conflict."""
-    table: dict = {}
-    for keys, vals in keys_out:
-        for k, v in zip(map(bytes, keys), vals.tolist()):
-            if table.setdefault(k, v) != v:
-                return None
-    return table
+@dataclass(frozen=True)
+class Table:
+    """A lookup table from feature rows to colours: sorted integer codes of the rows (in `base`)
+    and their values."""
+
+    codes: np.ndarray
+    values: np.ndarray
+    base: int
+
+    def __len__(self) -> int:
+        return len(self.codes)
 
 
-def _apply_table(table: dict, keys: np.ndarray, shape) -> Grid | None:
-    out = []
-    for k in map(bytes, keys):
-        v = table.get(k)
-        if v is None:
-            return None
-        out.append(v)
-    return np.array(out, dtype=np.uint8).reshape(shape)
+def _codes(keys: np.ndarray, base: int) -> np.ndarray:
+    return keys.astype(np.int64) @ (base ** np.arange(keys.shape[1], dtype=np.int64))
+
+
+def _table(keys_out: list[tuple[np.ndarray, np.ndarray]]) -> Table | None:
+    """A key -> value table from (feature rows, values) arrays; None on any conflict or where
+    the rows are too wide to code (base 11 for values up to 10, else base 256 for 7 bytes)."""
+    keys = np.concatenate([k for k, _ in keys_out])
+    vals = np.concatenate([v for _, v in keys_out]).astype(np.int16)
+    n_feat = keys.shape[1]
+    if keys.max() < 11 and n_feat <= 17:
+        base = 11
+    elif n_feat <= 7:
+        base = 256
+    else:
+        return None
+    uniq, inv = np.unique(_codes(keys, base), return_inverse=True)
+    lo = np.full(len(uniq), 99, np.int16)
+    hi = np.full(len(uniq), -1, np.int16)
+    np.minimum.at(lo, inv, vals)
+    np.maximum.at(hi, inv, vals)
+    if (lo != hi).any():
+        return None
+    return Table(uniq, lo.astype(np.uint8), base)
+
+
+def _apply_table(table: Table, keys: np.ndarray, shape) -> Grid | None:
+    """The looked-up grid, or None where some feature row is not in the table."""
+    if keys.max() >= table.base:
+        return None
+    codes = _codes(keys, table.base)
+    pos = np.clip(np.searchsorted(table.codes, codes), 0, len(table.codes) - 1)
+    if not (table.codes[pos] == codes).all():
+        return None
+    return table.values[pos].reshape(shape)
 
 
 def learn_colour_map(xs, ys, ts, bg) -> Iterator[Fit]:
