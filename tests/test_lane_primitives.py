@@ -130,3 +130,12 @@ def test_connect_joins_pairs_in_rows_and_columns_over_background_only():
     out = pr.connect(g, 8, 3, 0)
     assert out.tolist() == [[8, 3, 3, 8], [3, 0, 0, 0], [8, 0, 5, 0]]
     assert pr.connect(as_grid([[8, 5, 8]]), 8, 3, 0) is None  # something lies between
+
+
+def test_crop_to_colour_trim_and_block_reduce():
+    g = as_grid([[0, 0, 0, 0], [0, 4, 1, 0], [0, 1, 4, 0], [0, 0, 0, 0]])
+    assert pr.crop_to_colour(g, 4).tolist() == [[4, 1], [1, 4]]
+    assert pr.trim(g).tolist() == [[4, 1], [1, 4]]
+    blocks = as_grid([[0, 2, 5, 0, 0], [2, 2, 5, 0, 3], [5, 5, 5, 5, 5], [0, 0, 5, 7, 0]])
+    assert pr.block_reduce(blocks, 0).tolist() == [[2, 3], [0, 7]]
+    assert pr.block_reduce(as_grid([[1, 2], [3, 4]]), 0) is None  # no separator lines

@@ -73,6 +73,12 @@ def candidate_steps(f: Facts) -> list[Step]:
             steps.append(step("scale_down", 1.0, lambda g, a=-ry, b=-rx: pr.scale_down(g, a, b),
                               ky=-ry, kx=-rx))
     if f.smaller:
+        for c in sorted(f.in_colours):
+            steps.append(step("crop_to_colour", 1.2, lambda g, c=c: pr.crop_to_colour(g, c),
+                              kind="equivariant", colour=c))
+        steps.append(step("trim", 1.2, pr.trim, kind="equivariant"))
+        steps.append(step("block_reduce", 1.5, lambda g: pr.block_reduce(g, bg),
+                          kind="equivariant"))
         for sel in ob.SELECTORS:
             for diag in (False, True):
                 for by_colour in (True, False):
@@ -98,7 +104,7 @@ def candidate_steps(f: Facts) -> list[Step]:
                               first_only=True, mask=m))
         for e in sorted(f.in_colours - {bg}):
             for c in sorted(f.grown):
-                steps.append(step("connect", 1.5, lambda g, e=e, c=c: pr.connect(g, e, c, bg),
+                steps.append(step("connect", 1.8, lambda g, e=e, c=c: pr.connect(g, e, c, bg),
                                   kind="equivariant", ends=e, colour=c))
         for c in sorted(f.grown & f.in_colours):
             for direction in pr.LINE_DIRECTIONS:

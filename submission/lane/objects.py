@@ -107,8 +107,6 @@ SELECTORS = {
     "unique_shape": lambda objs: _unique_by(objs, Obj.shape_key),
     "unique_size": lambda objs: _unique_by(objs, lambda o: o.size),
     "most_colours": lambda objs: _extreme(objs, lambda o: o.n_colours, True),
-    "top_left": lambda objs: _extreme(objs, lambda o: (-o.top, -o.left), True),
-    "bottom_right": lambda objs: _extreme(objs, lambda o: (o.bottom, o.right), True),
 }
 
 

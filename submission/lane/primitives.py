@@ -298,3 +298,48 @@ def connect(grid: Grid, end_colour: int, line_colour: int, bg: int) -> Grid | No
                     o[y, a + 1:b] = line_colour
                     done = True
     return out if done else None
+
+
+def crop_to_colour(grid: Grid, colour: int) -> Grid | None:
+    """The bounding box of all cells of `colour`."""
+    ys, xs = np.nonzero(grid == colour)
+    if len(ys) == 0:
+        return None
+    return grid[ys.min():ys.max() + 1, xs.min():xs.max() + 1].copy()
+
+
+def trim(grid: Grid) -> Grid | None:
+    """The grid without its outermost rows and columns."""
+    return grid[1:-1, 1:-1].copy() if min(grid.shape) > 2 else None
+
+
+def _separator_cuts(line_ok: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of non-separator indices between separator lines."""
+    runs, start = [], None
+    for i, sep in enumerate(line_ok.tolist() + [True]):
+        if not sep and start is None:
+            start = i
+        elif sep and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def block_reduce(grid: Grid, bg: int) -> Grid | None:
+    """A grid cut into blocks by full rows and columns of one separator colour becomes one cell
+    per block: the block's most frequent colour other than `bg` (or `bg` when it has none)."""
+    for sep in np.unique(grid).tolist():
+        row_sep, col_sep = (grid == sep).all(1), (grid == sep).all(0)
+        rows, cols = _separator_cuts(row_sep), _separator_cuts(col_sep)
+        if len(rows) * len(cols) < 2 or (row_sep.all() or col_sep.all()):
+            continue
+        out = np.full((len(rows), len(cols)), bg, np.uint8)
+        for i, (y0, y1) in enumerate(rows):
+            for j, (x0, x1) in enumerate(cols):
+                counts = np.bincount(grid[y0:y1, x0:x1].ravel(), minlength=10)
+                counts[bg] = 0
+                counts[sep] = 0
+                if counts.any():
+                    out[i, j] = counts.argmax()
+        return out
+    return None

@@ -293,7 +293,7 @@ def learn_combine_parts(xs, ys, ts, bg) -> Iterator[Fit]:
             return
 
 
-# Each learner with the most steps it may follow: lookup tables fit almost anything after a
-# long chain of steps, so they are offered only on (nearly) raw inputs.
-LEARNERS = ((learn_identity, 9), (learn_colour_map, 9), (learn_tiling, 9),
+# Each learner with the most steps it may follow: a learned rule fits almost anything after a
+# long chain of steps, so lookup tables come only on (nearly) raw inputs.
+LEARNERS = ((learn_identity, 9), (learn_colour_map, 2), (learn_tiling, 2),
             (learn_recolour_objects, 1), (learn_combine_parts, 1), (learn_cellwise, 1))

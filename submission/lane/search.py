@@ -77,14 +77,19 @@ def _apply(st: Step, grids: tuple[Grid, ...]) -> tuple[Grid, ...] | None:
     return tuple(out)
 
 
-def _finish(prog_steps, grids, n_demo, ys, bg, found) -> None:
+def _finish(prog_steps, grids, start, n_demo, ys, bg, found) -> None:
     xs, ts = list(grids[:n_demo]), list(grids[n_demo:])
     depth = len(prog_steps)
     for learn, max_steps in LEARNERS:
         if depth > max_steps:
             continue
-        fits_ = learn(xs, ys, ts, bg, wide=False) if learn is learn_cellwise and depth else \
-            learn(xs, ys, ts, bg)
+        if learn is learn_cellwise and depth:
+            # after a step, only narrow cell rules, and only where the step kept every shape
+            if any(g.shape != x.shape for g, x in zip(grids, start)):
+                continue
+            fits_ = learn(xs, ys, ts, bg, wide=False)
+        else:
+            fits_ = learn(xs, ys, ts, bg)
         for fit in fits_:
             found.append((Program(prog_steps, fit.text, fit.cost), fit.tests))
 
@@ -128,7 +133,7 @@ def solve(task: Task, cap_s: float, max_depth: int = MAX_DEPTH,
     timed_out, states = False, 1
     for depth in range(max_depth + 1):
         for prog_steps, grids in frontier:
-            _finish(prog_steps, grids, n_demo, ys, facts.bg, found)
+            _finish(prog_steps, grids, start, n_demo, ys, facts.bg, found)
             if clock.over():
                 timed_out = True
                 break
