@@ -139,3 +139,10 @@ def test_crop_to_colour_trim_and_block_reduce():
     blocks = as_grid([[0, 2, 5, 0, 0], [2, 2, 5, 0, 3], [5, 5, 5, 5, 5], [0, 0, 5, 7, 0]])
     assert pr.block_reduce(blocks, 0).tolist() == [[2, 3], [0, 7]]
     assert pr.block_reduce(as_grid([[1, 2], [3, 4]]), 0) is None  # no separator lines
+
+
+def test_symmetrize_overlays_a_mirror_image_on_background():
+    g = as_grid([[1, 0, 0], [2, 3, 0]])
+    flip_lr = pr.DIHEDRAL_NAMES.index("flip_lr")
+    assert pr.symmetrize(g, flip_lr, 0).tolist() == [[1, 0, 1], [2, 3, 2]]
+    assert pr.symmetrize(g, pr.DIHEDRAL_NAMES.index("rot90"), 0) is None  # shape changes

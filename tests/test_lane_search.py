@@ -61,14 +61,17 @@ def test_recolour_objects_by_size():
 
 
 def test_parameters_read_from_demos():
-    t = task([([[0, 1], [0, 0]], [[0, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]])],
-             [[[1, 0], [0, 0]]])
+    x = [[0, 1], [0, 0]]
+    y = np.kron(as_grid(x), np.ones((3, 2), np.uint8)).tolist()  # 6 x 4: factors 3 and 2
+    t = task([(x, y)], [[[1, 0], [0, 0]]])
     f = read_facts(t)
-    assert f.bg == 0 and f.larger and (2, 2) in f.ratios and f.added == frozenset()
-    names = {(s.name, s.args) for s in candidate_steps(f)}
-    assert ("scale_up", (("ky", 2), ("kx", 2))) in names
-    assert not any(n == "scale_up" and a != (("ky", 2), ("kx", 2)) for n, a in names)
-    assert not any(n == "extract" for n, _ in names)  # outputs are larger, not smaller
+    assert f.bg == 0 and f.larger and f.ratios == frozenset({(3, 2)}) and f.added == frozenset()
+    scales = {dict(s.args)["ky"] * 10 + dict(s.args)["kx"] for s in candidate_steps(f)
+              if s.name == "scale_up"}
+    assert scales == {32, 22, 33}  # read from the demos, plus 2 and 3 for after a crop
+    assert not any(s.name in ("extract", "gravity") for s in candidate_steps(f))
+    r = solve(t, cap_s=5, max_depth=1)
+    assert r.program == "scale_up(ky=3,kx=2)" and r.answers[0][0].shape == (6, 4)
 
 
 def test_solution_must_reproduce_every_demo():

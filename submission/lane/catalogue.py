@@ -65,7 +65,12 @@ def candidate_steps(f: Facts) -> list[Step]:
     if not f.same_shape:
         steps.append(step("crop_to_content", 1.0, lambda g: pr.crop_to_content(g, bg),
                           kind="equivariant"))
-    for ry, rx in sorted(f.ratios):
+    ratios = set(f.ratios)
+    if f.larger:  # a step before may change the shape the ratio was read from
+        ratios |= {(2, 2), (3, 3)}
+    if f.smaller:
+        ratios |= {(-2, -2), (-3, -3)}
+    for ry, rx in sorted(ratios):
         if ry > 0:
             steps.append(step("scale_up", 1.0, lambda g, a=ry, b=rx: pr.scale_up(g, a, b),
                               ky=ry, kx=rx))
@@ -97,6 +102,9 @@ def candidate_steps(f: Facts) -> list[Step]:
         for c in sorted(f.added | f.grown):
             steps.append(step("fill_enclosed", 1.5, lambda g, c=c: pr.fill_enclosed(g, bg, c),
                               kind="equivariant", colour=c))
+        for k in range(1, 8):
+            steps.append(step("symmetrize", 1.5, lambda g, k=k: pr.symmetrize(g, k, bg),
+                              kind="equivariant", image=pr.DIHEDRAL_NAMES[k]))
         for m in sorted(f.vanished | {bg}):
             steps.append(step("complete_symmetry", 1.5,
                               lambda g, m=m: pr.complete_symmetry(g, m), first_only=True, mask=m))

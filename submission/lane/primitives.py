@@ -343,3 +343,17 @@ def block_reduce(grid: Grid, bg: int) -> Grid | None:
                     out[i, j] = counts.argmax()
         return out
     return None
+
+
+def symmetrize(grid: Grid, k: int, bg: int) -> Grid | None:
+    """The grid with the non-`bg` cells of its dihedral image k laid over its `bg` cells (the
+    image must keep the grid's shape)."""
+    img = dihedral_apply(grid, k)
+    if img.shape != grid.shape:
+        return None
+    out = grid.copy()
+    take = (grid == bg) & (img != bg)
+    if not take.any():
+        return None
+    out[take] = img[take]
+    return out
