@@ -119,6 +119,19 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class LaneConfig:
+    """The CPU program-search lane (submission/lane/) beside the GPU workers."""
+
+    enabled: bool = True  # verified programs are right on ~97% of the training tasks they answer
+    policy: str = "lane-first"  # how its answers join the model's (see lane/ensemble.py)
+    task_cap_s: float = 60.0  # CPU seconds per task; lowered where the budget cannot pay for it
+    processes: int = 0  # 0: the machine's cores minus reserve_cores (at least 1)
+    reserve_cores: int = 2  # cores left to the GPU workers and the supervisor (per worker: 1 more)
+    mem_mib: int = 3072  # address-space limit of each lane process (RLIMIT_AS)
+    nice: int = 19  # lane processes yield the cores to the workers whenever both want them
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
@@ -126,6 +139,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    lane: LaneConfig = field(default_factory=LaneConfig)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -257,13 +271,15 @@ _CHOICES = {
     ("sampling", "backend"): ("auto", "vllm", "transformers"),
     ("selection", "policy"): ("vote", "poe", "count-nll"),
     ("selection", "rescore_backend"): ("auto", "vllm", "forward"),
+    ("lane", "policy"): ("lane-first", "neural-first"),
 }
 _POSITIVE = {("ttt", "r"), ("ttt", "lora_alpha"), ("ttt", "learning_rate"), ("ttt", "epochs"),
              ("ttt", "max_samples"), ("ttt", "batch_size"), ("ttt", "grad_accum"),
              ("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "max_num_seqs"),
              ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "max_scale"),
              ("budget", "task_cap_s"), ("budget", "stall_s"), ("budget", "prior_train_tokens_per_s"),
-             ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"), ("selection", "rescore_augmentations")}
+             ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"), ("selection", "rescore_augmentations"),
+             ("lane", "task_cap_s"), ("lane", "mem_mib")}
 
 
 SEED_MAX = 2**32 - 1  # vLLM seeds numpy's legacy generator, which takes 0 .. 2**32 - 1
@@ -318,6 +334,9 @@ def _check(cfg: Config) -> None:
                           "sampling.max_num_seqs (vLLM rejects fewer)")
     if cfg.budget.workers < 0:
         raise ConfigError("config budget.workers must be >= 0")
+    if cfg.lane.processes < 0 or cfg.lane.reserve_cores < 0 or not 0 <= cfg.lane.nice <= 19:
+        raise ConfigError("config lane.processes and lane.reserve_cores must be >= 0, "
+                          "lane.nice in 0..19")
     if cfg.sampling.unsure_extra_views < 0 or not 0.0 <= cfg.sampling.unsure_agreement <= 1.0:
         raise ConfigError("config sampling.unsure_extra_views must be >= 0, unsure_agreement in [0, 1]")
     if not 0.0 <= cfg.sampling.dfs_threshold < 1.0 or cfg.sampling.dfs_max_paths < 1:

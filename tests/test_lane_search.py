@@ -12,7 +12,8 @@ from submission.lane.search import rank
 
 def task(pairs, tests, outs=None):
     return Task("t", tuple(Pair(as_grid(a), as_grid(b)) for a, b in pairs),
-                tuple(as_grid(t) for t in tests), None if outs is None else tuple(map(as_grid, outs)))
+                tuple(as_grid(t) for t in tests),
+                None if outs is None else tuple(map(as_grid, outs)))
 
 
 def fits(learner, pairs, tests, bg=0):
