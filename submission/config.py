@@ -122,7 +122,7 @@ class BudgetConfig:
 class LaneConfig:
     """The CPU program-search lane (submission/lane/) beside the GPU workers."""
 
-    enabled: bool = True  # verified programs are right on ~97% of the training tasks they answer
+    enabled: bool = True  # attempt 1 of a verified program: wrong on 0 of 98 ARC-AGI-1 training tasks
     policy: str = "lane-first"  # how its answers join the model's (see lane/ensemble.py)
     task_cap_s: float = 60.0  # CPU seconds per task; lowered where the budget cannot pay for it
     processes: int = 0  # 0: the machine's cores minus reserve_cores (at least 1)
