@@ -122,6 +122,19 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class LaneConfig:
+    """The CPU program-search lane (submission/lane/) beside the GPU workers."""
+
+    enabled: bool = True  # attempt 1 of a verified program: wrong on 0 of 98 ARC-AGI-1 training tasks
+    policy: str = "lane-first"  # how its answers join the model's (see lane/ensemble.py)
+    task_cap_s: float = 60.0  # CPU seconds per task; lowered where the budget cannot pay for it
+    processes: int = 0  # 0: the machine's cores minus reserve_cores (at least 1)
+    reserve_cores: int = 2  # cores left to the GPU workers and the supervisor (per worker: 1 more)
+    mem_mib: int = 3072  # address-space limit of each lane process (RLIMIT_AS)
+    nice: int = 19  # lane processes yield the cores to the workers whenever both want them
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
@@ -129,6 +142,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    lane: LaneConfig = field(default_factory=LaneConfig)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -282,11 +296,13 @@ _CHOICES = {
     ("sampling", "backend"): ("auto", "vllm", "transformers"),
     ("selection", "policy"): ("vote", "poe", "count-nll"),
     ("selection", "rescore_backend"): ("auto", "vllm", "forward"),
+    ("lane", "policy"): ("lane-first", "neural-first"),
 }
 _POSITIVE = {("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "max_num_seqs"),
              ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "max_scale"),
              ("budget", "task_cap_s"), ("budget", "stall_s"), ("budget", "prior_train_tokens_per_s"),
-             ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"), ("selection", "rescore_augmentations")}
+             ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"), ("selection", "rescore_augmentations"),
+             ("lane", "task_cap_s"), ("lane", "mem_mib")}
 TRAIN_SECTIONS = ("ttt", "finetune")  # one training loop (train.py): the same rules for both
 _TRAIN_POSITIVE = ("r", "lora_alpha", "learning_rate", "epochs", "batch_size", "grad_accum")
 _POSITIVE |= {(s, n) for s in TRAIN_SECTIONS for n in _TRAIN_POSITIVE} | {("ttt", "max_samples")}
@@ -369,6 +385,9 @@ def _check(cfg: Config) -> None:
             or cfg.sampling.max_num_batched_tokens >= cfg.sampling.max_num_seqs):
         raise ConfigError("config sampling.max_num_batched_tokens must be 0 (auto) or >= "
                           "sampling.max_num_seqs (vLLM rejects fewer)")
+    if cfg.lane.processes < 0 or cfg.lane.reserve_cores < 0 or not 0 <= cfg.lane.nice <= 19:
+        raise ConfigError("config lane.processes and lane.reserve_cores must be >= 0, "
+                          "lane.nice in 0..19")
     if cfg.sampling.unsure_extra_views < 0 or not 0.0 <= cfg.sampling.unsure_agreement <= 1.0:
         raise ConfigError("config sampling.unsure_extra_views must be >= 0, unsure_agreement in [0, 1]")
     if not 0.0 <= cfg.sampling.dfs_threshold < 1.0:

@@ -42,7 +42,8 @@ def dry_run(dataset: str, split: str, limit: int | None, model: str | None, work
         model = str(make_tiny_model(workdir / "tiny-model", cfg.model.format))
         cfg = cfg.with_overrides([o for o in TINY_OVERRIDES if o.split("=")[0] not in _set_keys(cfg) | explicit])
         log(f"no --model given: using a tiny UNTRAINED random model at {model}; this checks the "
-            "pipeline end to end, expect a score near 0")
+            "pipeline end to end, expect the model's score near 0 (neural-only; the program-search "
+            "lane's answers are scored as lane-only)")
     out = workdir / "submission.json"
     report = run(challenges, model, out, workdir / "run", cfg, all_policies=all_policies,
                  calibration=calibration)
@@ -59,6 +60,14 @@ def dry_run(dataset: str, split: str, limit: int | None, model: str | None, work
             s = score_submission(sub, sols)
             result["by_policy"][policy] = {"score_task_mean": s.score_task_mean,
                                            "score_output_mean": s.score_output_mean}
+    if report.get("lane") is not None:  # the program-search lane's own answers (lane/)
+        result["lane"] = {**report["lane"], "programs": {
+            t: r["lane"]["program"] for t, r in report["per_task"].items()
+            if (r.get("lane") or {}).get("found")}}
+        lane_score = result.get("by_policy", {}).get("lane-only", {}).get("score_task_mean")
+        log(f"program-search lane: {result['lane']['found']} of {result['lane']['tasks']} tasks "
+            f"with a verified program" + ("" if lane_score is None else
+                                          f", lane-only score {lane_score:.3f}"))
     write_json_atomic(workdir / "score.json", result)
     if (workdir / "run" / "report.html").exists():  # written by run(), solutions found beside
         result["report"] = str(workdir / "run" / "report.html")

@@ -84,6 +84,7 @@ class Run:
         self.watchdog: Watchdog | None = None
         self.sched: Scheduler | None = None  # the in-process loop's scheduler (heartbeats)
         self.chunk_size = cfg.sampling.max_loras  # tasks per chunk (the memory plan may lower it)
+        self.lane = None  # the program-search lane's pool while it runs (lane/service.py)
         self.write_submission()
 
     def write_submission(self) -> None:
@@ -103,6 +104,8 @@ class Run:
 
     def accept(self, task_id: str, record: dict[str, Any]) -> None:
         """Take a finished task's answers (its record file is already written, or failed to be)."""
+        if self.lane is not None:
+            record = self.lane.merge(task_id, record)
         self.records[task_id] = record
         self.answers[task_id] = record["attempts"]
         self.write_submission()
@@ -163,13 +166,28 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
         return report
     if engine is None:
         plan_memory_for_run(state, model)
-    try:
-        if engine is None and cfg.budget.workers > 0:
-            from .workers import supervise
+    from .lane.service import start_lane
 
-            info = supervise(state, model)
-        else:
-            info = run_here(state, model, engine)
+    state.lane = start_lane(state)
+    lane_until = state.start + cfg.budget.time_budget_s  # the lane may use the whole budget
+    try:
+        try:
+            if engine is None and cfg.budget.workers > 0:
+                from .workers import supervise
+
+                info = supervise(state, model)
+            else:
+                info = run_here(state, model, engine)
+        except BaseException:
+            lane_until = 0.0  # stopping (Ctrl-C, an error): keep what the lane has, wait for nothing
+            raise
+        finally:
+            if state.lane is not None:
+                lane, state.lane = state.lane, None
+                try:
+                    lane.finish(state, lane_until)
+                finally:
+                    lane.close()
     except KeyboardInterrupt:  # stop the workers; keep what finished
         if engine is None and cfg.budget.workers > 0:
             from .workers import stop_workers
@@ -177,7 +195,7 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
             stop_workers()
         for task in state.pending:  # records a worker wrote that the supervisor did not read
             if task.id not in state.records and (rec := load_task_record(
-                    state.workdir, task.id, state.identity, state.counts[task.id])) is not None:
+                    state.workdir, task, state.identity)) is not None:
                 state.accept(task.id, rec)
         state.info["interrupted"] = True
         state.report(engine.info if engine else {}, time.monotonic() - state.start)

@@ -12,7 +12,7 @@ from submission.config import (LINEAR_MODULES, Config, ModelConfig, SelectionCon
                                load_config)
 from submission.errors import ConfigError
 
-SECTIONS = ("model", "ttt", "finetune", "sampling", "selection", "budget")
+SECTIONS = ("model", "ttt", "finetune", "sampling", "selection", "budget", "lane")
 
 
 def test_defaults_build():
@@ -426,3 +426,12 @@ def test_finetune_is_validated_like_ttt(field, value):
             Config().with_overrides([f"{section}.{field}={value}"])
     with pytest.raises(ConfigError, match=f"finetune.{field}"):
         Config.from_dict({"finetune": {field: json.loads(value)}})
+
+
+def test_lane_section_defaults_and_checks():
+    lane = Config().lane
+    assert lane.enabled and lane.policy == "lane-first" and lane.processes == 0
+    assert not Config().with_overrides(["lane.enabled=false"]).lane.enabled
+    for bad in ("lane.policy=best", "lane.nice=20", "lane.task_cap_s=0", "lane.processes=-1"):
+        with pytest.raises(ConfigError):
+            Config().with_overrides([bad])
