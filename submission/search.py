@@ -68,23 +68,37 @@ def _dfs(sampler: Sampler, requests: list[GenRequest], threshold: float, max_pat
             ids, total = prefix + gen.ids, lp0 + gen.logprob
             if not found[i] or (total >= floor and ids and ids[-1] in stops):
                 found[i].append(Generation(ids, total))
-            running = lp0
-            for pos, token in enumerate(gen.ids):
-                alts = (gen.top or [{}] * len(gen.ids))[pos]
-                for alt, alt_lp in sorted(alts.items(), key=lambda kv: -kv[1]):
-                    if alt == token or running + alt_lp < floor or opened[i] >= max_paths:
-                        continue
-                    opened[i] += 1
-                    branch = prefix + gen.ids[:pos] + [alt]
-                    if alt in stops:  # the branch ends right here
-                        found[i].append(Generation(branch, running + alt_lp))
-                    elif len(branch) < requests[i].max_tokens:
-                        nxt.append((i, branch, running + alt_lp))
-                running += alts.get(token, 0.0)
-                if running < floor:
-                    break  # no later branch can reach the threshold
+            for branch, lp, ended in _branches(prefix, lp0, gen, floor, stops, requests[i].max_tokens,
+                                               max_paths - opened[i]):
+                opened[i] += 1
+                if ended:
+                    found[i].append(Generation(branch, lp))
+                elif ended is not None:
+                    nxt.append((i, branch, lp))
         frontier = nxt
     return found
+
+
+def _branches(prefix: list[int], lp0: float, gen: Generation, floor: float, stops: set[int],
+              max_tokens: int, room: int) -> list[tuple[list[int], float, bool | None]]:
+    """The branches a decoded path opens, in the search's order: wherever another token keeps the
+    running log p at or above `floor`, at most `room` of them. Each is (ids, log p, ended): True
+    when the branch ends right there (a stop token), False when it is to be decoded further, None
+    when it has no tokens left (opened and counted, never decoded)."""
+    out: list[tuple[list[int], float, bool | None]] = []
+    running = lp0
+    for pos, token in enumerate(gen.ids):
+        alts = (gen.top or [{}] * len(gen.ids))[pos]
+        for alt, alt_lp in sorted(alts.items(), key=lambda kv: -kv[1]):
+            if alt == token or running + alt_lp < floor or len(out) >= room:
+                continue
+            branch = prefix + gen.ids[:pos] + [alt]
+            out.append((branch, running + alt_lp,
+                        True if alt in stops else (False if len(branch) < max_tokens else None)))
+        running += alts.get(token, 0.0)
+        if running < floor:
+            break  # no later branch can reach the threshold
+    return out
 
 
 # --- speculative DFS ----------------------------------------------------------------------------
@@ -259,22 +273,14 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
             if not found[i] or (total >= floor and ids and ids[-1] in stops):
                 found[i].append(Generation(ids, total))
             _note(known, frames[i], ids)  # below the threshold too: a greedy path other views take
-            running = lp0
-            for pos, token in enumerate(gen.ids):
-                alts = (gen.top or [{}] * len(gen.ids))[pos]
-                for alt, alt_lp in sorted(alts.items(), key=lambda kv: -kv[1]):
-                    if alt == token or running + alt_lp < floor or opened[i] >= max_paths:
-                        continue
-                    opened[i] += 1
-                    branch = prefix + gen.ids[:pos] + [alt]
-                    if alt in stops:
-                        found[i].append(Generation(branch, running + alt_lp))
-                        _note(known, frames[i], branch)
-                    elif len(branch) < requests[i].max_tokens:
-                        nxt[i].append((branch, running + alt_lp))
-                running += alts.get(token, 0.0)
-                if running < floor:
-                    break
+            for branch, lp, ended in _branches(prefix, lp0, gen, floor, stops, requests[i].max_tokens,
+                                               max_paths - opened[i]):
+                opened[i] += 1
+                if ended:
+                    found[i].append(Generation(branch, lp))
+                    _note(known, frames[i], branch)
+                elif ended is not None:
+                    nxt[i].append((branch, lp))
         rounds = nxt
         # a group with no answer to draft, or whose drafts this iteration were all rejected, stops
         # waiting: its later waves would only serialise their decoding
