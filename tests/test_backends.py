@@ -55,7 +55,8 @@ def test_cli_run_with_unsloth_on_cpu_exits_2(tmp_path, capsys, tiny_model):
     task = Task("t1", (Pair(as_grid([[1]]), as_grid([[2]])),), (as_grid([[1]]),))
     ch, _ = export_kaggle({"t1": task}, tmp_path, "evaluation")
     code = main(["run", "--challenges", str(ch), "--model", str(tiny_model), "--out",
-                 str(tmp_path / "s.json"), "--workdir", str(tmp_path / "w"), "--set", "ttt.backend=unsloth"])
+                 str(tmp_path / "s.json"), "--workdir", str(tmp_path / "w"), "--set", "ttt.backend=unsloth",
+                 "--set", "lane.enabled=false"])  # the lane would answer this task on its own
     err = capsys.readouterr().err
     assert code == 2 and "unsloth" in err and "Traceback" not in err
     # the placeholder submission was written before the model load failed
