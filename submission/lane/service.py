@@ -103,12 +103,12 @@ class LaneRunner:
         for tid, lane in self.results.items():
             if tid in self.merged:
                 if tid in state.records:
-                    store_record(state, tid, state.records[tid])
+                    store_record(state, state.tasks[tid], state.records[tid])
                 continue
             rec = state.records.get(tid)
             if rec is not None:
                 merged = self.merge(tid, rec)
-                store_record(state, tid, merged)
+                store_record(state, state.tasks[tid], merged)
                 state.accept(tid, merged)
             elif lane["found"]:
                 n = len(lane["answers"])
