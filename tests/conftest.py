@@ -36,3 +36,15 @@ def engine(tiny_model):
     from submission.engine import build_engine
 
     return build_engine(tiny_model, SMALL)
+
+
+@pytest.fixture(scope="session")
+def keep_alive():
+    """A list for the in-process vLLM engines a test builds beside the session's `engine`. They
+    stay alive until the session ends: an in-process engine's shutdown tears down vLLM's
+    process-wide distributed state (vllm/v1/engine/core.py:839, `cleanup_dist_env_and_memory`),
+    which the session's engine still needs for every later step ("pipeline model parallel group
+    is not initialized")."""
+    alive: list = []
+    yield alive
+    alive.clear()

@@ -312,6 +312,14 @@ def _enumerate(engine, prompt, adapter, threshold, max_tokens, stops):
     return out
 
 
+def _agreeing_later_views(found, frames) -> int:
+    """Views after the first of the test inputs whose views all have one greedy answer."""
+    keys: dict = {}
+    for gens, f in zip(found, frames):
+        keys.setdefault(f.group, []).append(f.to_key(gens[0].ids))
+    return sum(len(k) - 1 for k in keys.values() if k[0] is not None and len(set(k)) == 1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sampler", "forward"])
 def test_speculative_dfs_on_the_tiny_model(engine, adapters, backend):
@@ -328,8 +336,11 @@ def test_speculative_dfs_on_the_tiny_model(engine, adapters, backend):
         for x, y in zip(got, want):
             for g, h in zip(x, y):
                 assert g.logprob == pytest.approx(h.logprob, abs=1e-3)
-        # every adapter view after the first takes the first one's answer without decoding
-        assert spec.unverified == 0 and spec.drafts_accepted >= 3 * len(adapters)
+        # where every view of a test input decodes the same greedy answer (an adapter that learnt
+        # its task), each view after the first takes it from the first without decoding
+        agreeing = _agreeing_later_views(want, frames)
+        assert agreeing >= 3, "the trained adapters' views should agree on some test input"
+        assert spec.unverified == 0 and spec.drafts_accepted >= agreeing
         assert spec.decoded_tokens < plain.decoded_tokens
     if backend == "forward":
         return

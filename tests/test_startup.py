@@ -287,7 +287,11 @@ def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkey
     cuda13_torch(monkeypatch, available=False)
     sent = []
     outbox = SimpleNamespace(send=sent.append)
-    workers.worker_main(3, {}, {"cfg": None}, None, outbox)  # returns before reading the job
+    # the supervisor watch is tested on a real process (test_hostile_safety); here it would stay
+    # behind as a thread of the test process
+    monkeypatch.setattr(workers, "exit_with_supervisor", lambda pid: None)
+    workers.worker_main(3, {}, {"cfg": None, "supervisor": 1}, None, outbox)  # returns before
+    # reading anything else of the job
     assert sent and sent[0][0] == "unusable" and "580" in sent[0][1]
     st = SimpleNamespace(faults=[], fallbacks=Counter())
     h = workers.Handle(3, None, None, None)
@@ -360,7 +364,8 @@ def test_unsloth_torch_settings_are_reset_for_vllm_start_restored_and_recorded(t
     def load_trainer(model_path, cfg):
         import fake_unsloth  # noqa: F401 - the import changes the settings, as unsloth's does
 
-        return SimpleNamespace(pad_id=0), None, {"trainer_backend": "unsloth"}
+        rows = SimpleNamespace(get_input_embeddings=lambda: SimpleNamespace(num_embeddings=16))
+        return SimpleNamespace(pad_id=0, model=rows), None, {"trainer_backend": "unsloth"}
 
     def start_vllm(model_path, cfg, fmt, engine_kwargs=None):
         seen.update(torch_settings())
@@ -372,6 +377,7 @@ def test_unsloth_torch_settings_are_reset_for_vllm_start_restored_and_recorded(t
     monkeypatch.setattr(engine_mod, "choose_sampler_backend", lambda requested: "vllm")
     monkeypatch.setattr(engine_mod, "get_format", lambda *a, **k: SimpleNamespace(
         name="fake", stop_token_ids=[0]))
+    monkeypatch.setattr(engine_mod, "check_format_ids", lambda *a: None)  # no model to check
     monkeypatch.setattr(hf_sampler, "HFSampler", lambda trainer, **kw: "forward")
     try:
         eng = engine_mod.build_engine(tmp_path, Config())
