@@ -4,8 +4,11 @@ Takes the first test input of the N ARC-AGI-2 evaluation tasks with the shortest
 and searches each input both ways on the tiny model served by vLLM (CPU), with two kinds of
 adapters:
 - agreeing: TTT of the tiny model on a synthetic family built from the task itself (its demos
-  with every output replaced by one fixed background square, invariant under the views'
-  augmentations), so every view answers the same grid, as a trained model's views mostly do;
+  and its test input, every output replaced by one fixed background square, invariant under the
+  views' augmentations), so views answer the same grid, as a trained model's views mostly do.
+  The square is SIDE x SIDE = 2 x 2: the tiny model (2 layers, width 64) does not learn to count
+  the rows of a larger one after a prompt of several hundred tokens (measured: 6 x 6 and 3 x 3
+  never parse), so the agreement, not the answer's size, is what this measures;
 - disagreeing: random LoRA weights (views answer noise, each its own).
 Reports per test input and in total: sequential decode steps (per generate call its longest
 generation, summed), decoded tokens, prefilled tokens (prompt and verification tokens computed,
@@ -35,17 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 MAX_LEN = 8192
-SIDE = 6  # the synthetic family's answer: a SIDE x SIDE background square
+SIDE = 2  # the synthetic family's answer: a SIDE x SIDE background square
 GOAL = 3.0
 KEYS = ("decode_steps", "decoded_tokens", "prefilled_tokens", "wall_s")
 
 
 def family_task(task):
-    """`task` with every output (demos and test) replaced by the background square."""
+    """`task` with every output replaced by the background square, its test inputs among the
+    demos (TTT then sees prompts as long as the views')."""
     from submission.grids import Pair, as_grid
 
     square = as_grid(np.zeros((SIDE, SIDE), dtype=np.uint8))
-    return replace(task, train=tuple(Pair(p.input, square) for p in task.train),
+    inputs = [p.input for p in task.train] + list(task.test_inputs)
+    return replace(task, train=tuple(Pair(g, square) for g in inputs),
                    test_outputs=tuple(square for _ in task.test_inputs))
 
 
@@ -70,7 +75,8 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=16)
     ap.add_argument("--threshold", type=float, default=0.17)
     ap.add_argument("--max-paths", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=8, help="TTT samples of the agreeing adapters")
+    ap.add_argument("--samples", type=int, default=32, help="TTT samples of the agreeing adapters")
+    ap.add_argument("--epochs", type=int, default=4, help="TTT epochs of the agreeing adapters")
     args = ap.parse_args()
 
     from submission.config import Config
@@ -85,7 +91,7 @@ def main() -> int:
     model = make_tiny_model(tmp / "model", "qwen-chat", seed=0, max_positions=MAX_LEN)
     cfg = Config().with_overrides([
         "ttt.r=8", "ttt.lora_alpha=16", f"model.max_seq_len={MAX_LEN}", "sampling.max_loras=2",
-        "sampling.backend=vllm", "ttt.learning_rate=1e-2", "ttt.epochs=3", "ttt.grad_accum=1"])
+        "sampling.backend=vllm", "ttt.learning_rate=1e-2", f"ttt.epochs={args.epochs}", "ttt.grad_accum=1"])
     engine = build_engine(model, cfg)
     fmt = engine.fmt
     # the shortest prompts of the evaluation set: CPU time (TTT and decoding) grows with them
