@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu
 
-.PHONY: dry-run test bench clean
+.PHONY: dry-run test lint bench clean
 
 $(STAMP): requirements-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,11 @@ dry-run: $(STAMP)
 		$(BIN)/python -m submission dry-run $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/host_work.py

@@ -301,7 +301,8 @@ _CHOICES = {
 _POSITIVE = {("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "max_num_seqs"),
              ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "max_scale"),
              ("budget", "task_cap_s"), ("budget", "stall_s"), ("budget", "prior_train_tokens_per_s"),
-             ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"), ("selection", "rescore_augmentations"),
+             ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"),
+             ("selection", "rescore_augmentations"),
              ("lane", "task_cap_s"), ("lane", "mem_mib")}
 TRAIN_SECTIONS = ("ttt", "finetune")  # one training loop (train.py): the same rules for both
 _TRAIN_POSITIVE = ("r", "lora_alpha", "learning_rate", "epochs", "batch_size", "grad_accum")

@@ -1,7 +1,8 @@
 """Durable file writes shared by every stage (the lowest floor: imports nothing of the package).
 
-`write_json_atomic` / `write_text_atomic` are how every output file is written (submission.json, records, run.json, configs):
-a reader sees the old file or the whole new one, never a torn write. This module reads nothing.
+`write_json_atomic` / `write_text_atomic` are how every output file is written (submission.json,
+records, run.json, configs): a reader sees the old file or the whole new one, never a torn write.
+This module reads nothing.
 """
 
 from __future__ import annotations

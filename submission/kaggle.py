@@ -40,8 +40,8 @@ STAGE_FAILURES = {
     "ttt_failed": "test-time training failed; the task fell back to base-model answers or placeholders",
     "tasks_given_up": "a worker died or overran and its tasks were given up (placeholders)",
     "deadline_skipped_tasks": "tasks never ran before the deadline (placeholders)",
-    "gpu_unusable": "nvidia-smi sees a GPU that torch cannot use: tasks kept placeholders, "
-                    "nothing trained on the CPU",
+    "gpu_unusable": "nvidia-smi sees a GPU that torch cannot use: nothing trained on the CPU; the "
+                    "program-search lane answered what it could, the other tasks kept placeholders",
     "vllm_start_failed": "vLLM did not start; sampling fell back to transformers",
     "rescore_failed": "re-scoring failed; the test input was ranked by counts alone",
     "record_write_failed": "a task record could not be written (no resume point)",

@@ -403,7 +403,8 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
                      if k not in ("killed", "calibration", "calibrations", "memory_plan")},
         "run_info": {k: run[k] for k in RUN_INFO_KEYS if k in run},
         "card_ids": {t["id"] for t in tasks},
-        "config": config, "policy": sel.get("policy"), "other": {k: v for k, v in run.items() if k not in SHOWN_RUN_KEYS},
+        "config": config, "policy": sel.get("policy"),
+        "other": {k: v for k, v in run.items() if k not in SHOWN_RUN_KEYS},
         "palette": PALETTE,
     }
 

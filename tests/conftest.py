@@ -35,16 +35,22 @@ def tiny_model(tmp_path_factory):
 def engine(tiny_model):
     from submission.engine import build_engine
 
-    return build_engine(tiny_model, SMALL)
+    eng = build_engine(tiny_model, SMALL)
+    _keep_vllm_state_for_the_session()
+    return eng
 
 
-@pytest.fixture(scope="session")
-def keep_alive():
-    """A list for the in-process vLLM engines a test builds beside the session's `engine`. They
-    stay alive until the session ends: an in-process engine's shutdown tears down vLLM's
+def _keep_vllm_state_for_the_session() -> None:
+    """Other tests build and drop in-process vLLM engines (their own runs, small-cache engines)
+    while this session's engine lives. An in-process engine's shutdown tears down vLLM's
     process-wide distributed state (vllm/v1/engine/core.py:839, `cleanup_dist_env_and_memory`),
-    which the session's engine still needs for every later step ("pipeline model parallel group
-    is not initialized")."""
-    alive: list = []
-    yield alive
-    alive.clear()
+    after which the session's engine fails every step ("pipeline model parallel group is not
+    initialized"). For the session, a shutdown frees memory but keeps that state; a new engine
+    joins the state that exists (vllm/distributed/parallel_state.py). Production processes hold
+    one engine, or rebuild it after dropping the old one."""
+    import gc
+
+    import vllm.v1.engine.core as core
+
+    core.cleanup_dist_env_and_memory = lambda *args, **kwargs: gc.collect()
+

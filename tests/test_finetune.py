@@ -204,7 +204,7 @@ def test_trained_embeddings_of_a_tied_base_are_untied_in_training_and_merge(tied
 
 
 @pytest.mark.slow
-def test_vllm_serves_the_merged_untied_model_as_peft_trained_it(tied_finetune, keep_alive):
+def test_vllm_serves_the_merged_untied_model_as_peft_trained_it(tied_finetune):
     """vLLM 0.32.0 (the CPU engine) scores answers under the merged model exactly as the peft
     model that was trained does; a re-tied lm_head (the embeddings' matrix) would not."""
     from peft import PeftModel
@@ -221,8 +221,10 @@ def test_vllm_serves_the_merged_untied_model_as_peft_trained_it(tied_finetune, k
         retied.lm_head.weight = retied.get_input_embeddings().weight  # what a re-tie would serve
         vllm = VLLMSampler(root / name / "model", cfg, stop_ids=[], enable_lora=False,
                            dtype="float32")
-        keep_alive.append(vllm)  # its shutdown would break the session's engine
-        for answer in ANSWERS:
-            want = _answer_logprob(lora, PROMPT, answer)
-            assert vllm.score(PROMPT, answer, None) == pytest.approx(want, abs=1e-3)
-            assert abs(_answer_logprob(retied, PROMPT, answer) - want) > 1e-2
+        try:
+            for answer in ANSWERS:
+                want = _answer_logprob(lora, PROMPT, answer)
+                assert vllm.score(PROMPT, answer, None) == pytest.approx(want, abs=1e-3)
+                assert abs(_answer_logprob(retied, PROMPT, answer) - want) > 1e-2
+        finally:
+            del vllm

@@ -2,8 +2,8 @@
 
 The distributed tests launch `torchrun --nproc_per_node 2` as a subprocess with a timeout and compare
 its adapter with a one-process run on the same global batch: DDP (LoRA plus fully trained modules),
-FSDP with packed rows (launched by `accelerate launch`), a rank that dies (the job exits non-zero naming it) and the resume of its
-checkpoint in one process.
+FSDP with packed rows (launched by `accelerate launch`), a rank that dies (the job exits non-zero
+naming it) and the resume of its checkpoint in one process.
 """
 
 import json

@@ -13,7 +13,6 @@ import pytest
 from submission import cli
 from submission.config import Config
 from submission.errors import InputError
-from submission.errors import InputError
 from submission.kaggle import (SAFETY_MARGIN_S, SCRATCH, SMOKE_TASKS, STAGE_FAILURES, KaggleSetup,
                                find_model, gpu_count, is_competition_rerun, kaggle_config, resolve,
                                smoke_verdict)

@@ -101,8 +101,10 @@ def run_report(tmp_path_factory, engine):
     wd = tmp_path_factory.mktemp("report-run")
     tasks = dict(list(load_dataset("arc-agi-1", "evaluation").items())[:3])
     challenges, _ = export_kaggle(tasks, wd / "data", "evaluation")
-    run(challenges, None, wd / "submission.json", wd / "run", SMALL.with_overrides(["budget.workers=0", "budget.calibrate=false", "ttt.max_samples=4", "sampling.n_views=2", "selection.rescore_augmentations=2", "selection.max_rescore=2", "sampling.dfs_max_paths=2"]),
-        all_policies=True, engine=engine)
+    cfg = SMALL.with_overrides([
+        "budget.workers=0", "budget.calibrate=false", "ttt.max_samples=4", "sampling.n_views=2",
+        "selection.rescore_augmentations=2", "selection.max_rescore=2", "sampling.dfs_max_paths=2"])
+    run(challenges, None, wd / "submission.json", wd / "run", cfg, all_policies=True, engine=engine)
     return wd, write_report(wd), list(tasks)
 
 

@@ -302,13 +302,13 @@ def _enumerate(engine, prompt, adapter, threshold, max_tokens, stops):
     out, stack = {}, [((), 0.0)]
     while stack:
         prefix, lp = stack.pop()
-        for t, l in enumerate(_next_logprobs(engine, prompt + prefix, adapter)):
-            if lp + l < math.log(threshold):
+        for t, step in enumerate(_next_logprobs(engine, prompt + prefix, adapter)):
+            if lp + step < math.log(threshold):
                 continue
             if t in stops:
-                out[prefix + (t,)] = lp + l
+                out[prefix + (t,)] = lp + step
             elif len(prefix) + 1 < max_tokens:
-                stack.append((prefix + (t,), lp + l))
+                stack.append((prefix + (t,), lp + step))
     return out
 
 

@@ -262,6 +262,33 @@ def test_supervisor_sees_a_cuda13_torch_on_a_570_driver_and_writes_placeholders_
     assert any(p.startswith("gpu_unusable x2") for p in problems)  # a commit run fails
 
 
+def test_a_gpu_torch_cannot_use_still_gets_the_lanes_answers(tmp_path, monkeypatch, tiny_model):
+    """The fastest valid submission without a usable GPU: nothing trains on the CPU, but the
+    program-search lane (CPU only) answers the tasks it finds a program for; the rest keep
+    placeholders, and the commit run still fails."""
+    from submission.grids import grid_to_list
+    from submission.kaggle import smoke_verdict
+    from submission.run import run
+    from submission.tasks import export_kaggle
+    from tests.test_lane_integration import flip_task, noise_task
+
+    fake_machine(monkeypatch, [L4] * 4, driver="570.86.15", cuda="12.8")
+    cuda13_torch(monkeypatch)
+    no_engine(monkeypatch)
+    tasks = {"flip0001": flip_task("flip0001", 1), "noise002": noise_task("noise002", 2)}
+    challenges, _ = export_kaggle(tasks, tmp_path / "data", "evaluation")
+    out = tmp_path / "submission.json"
+    cfg = Config().with_overrides(["budget.workers=2", "lane.processes=1", "lane.task_cap_s=5"])
+    report = run(challenges, tiny_model, out, tmp_path / "work", cfg)
+    sub = json.loads(out.read_text())
+    assert sub["flip0001"][0]["attempt_1"] == grid_to_list(tasks["flip0001"].test_outputs[0])
+    assert sub["noise002"][0] == {"attempt_1": [[0]], "attempt_2": [[0]]}
+    assert report["fallbacks"]["gpu_unusable"] == 2
+    assert report["fallbacks"]["tasks_answered_by_lane_only"] == 1
+    assert report["lane"]["found"] == 1 and report["per_task"]["flip0001"]["lane"]["found"]
+    assert any(p.startswith("gpu_unusable x2") for p in smoke_verdict(report))
+
+
 def test_in_process_run_asks_torch_itself(tmp_path, monkeypatch, tiny_model):
     """A CUDA 12.8 torch the driver should run, yet torch.cuda.is_available() is False."""
     from submission import machine

@@ -4,6 +4,7 @@ the context in a batched sampling call."""
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from types import SimpleNamespace
 
@@ -30,15 +31,16 @@ def fmt():
 
 
 @pytest.fixture(scope="module")
-def small(tiny_model, fmt, keep_alive):
+def small(tiny_model, fmt):
     from submission.backends.vllm_sampler import VLLMSampler
 
     cfg = SMALL.with_overrides([f"model.max_seq_len={MAX_LEN}"])
     sampler = VLLMSampler(tiny_model, cfg, stop_ids=fmt.stop_token_ids, enable_lora=False,
                           dtype="float32", engine_kwargs=ENGINE)
     assert sampler.kv_blocks == (9, 128)  # one of the 10 is vLLM's null block
-    keep_alive.append(sampler)  # its shutdown would break the session's engine
-    return sampler
+    yield sampler
+    sampler.llm = None
+    gc.collect()
 
 
 def forward_scores(model_dir, groups):
