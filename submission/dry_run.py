@@ -27,8 +27,9 @@ TINY_OVERRIDES = ("ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling
 
 def dry_run(dataset: str, split: str, limit: int | None, model: str | None, workdir: Path,
             cfg: Config, *, all_policies: bool = True, calibration: dict[str, Any] | None = None,
-            explicit: frozenset[str] = frozenset(),
+            explicit: frozenset[str] = frozenset(), engine: Any = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`engine`: a built engine on `model` to reuse (tests); None builds one as `run` does."""
     from .run import run
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,7 @@ def dry_run(dataset: str, split: str, limit: int | None, model: str | None, work
             "lane's answers are scored as lane-only)")
     out = workdir / "submission.json"
     report = run(challenges, model, out, workdir / "run", cfg, all_policies=all_policies,
-                 calibration=calibration)
+                 calibration=calibration, engine=engine)
     sols = load_solutions(solutions)
     result: dict[str, Any] = {"dataset": dataset, "split": split, "model": str(model),
                               "submission": str(out), "fallbacks": report["fallbacks"],

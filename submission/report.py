@@ -35,9 +35,11 @@ STAGES = {"ttt_s": "TTT", "sample_s": "sampling", "rescore_s": "re-scoring", "se
 RUN_INFO_KEYS = ("model", "workdir", "scratch", "engine_kwargs")
 SHOWN_RUN_KEYS = {"config", "backends", "seconds", "tasks", "resumed", "fallbacks", "faults",
                   "per_task", "calibration", "memory_plan", "challenges", "solutions",
-                  "time_budget_s", *RUN_INFO_KEYS}
+                  "time_budget_s", "lane", *RUN_INFO_KEYS}
 SHOWN_TASK_KEYS = {"timing", "fallbacks", "plan", "ttt", "ttt_data", "attempts", "tests", "views",
-                   "config", "faults", "task_id", "id", "ttt_reused", "model", "task_digest"}
+                   "config", "faults", "task_id", "id", "ttt_reused", "model", "task_digest", "lane"}
+# what a card shows of the program-search lane's result (lane/search.py LaneResult.to_json)
+LANE_KEYS = ("found", "program", "programs", "cpu_s", "timed_out", "error")
 
 
 class NotARunError(SubmissionError):
@@ -269,6 +271,7 @@ def build_task(tid: str, rec: dict, challenge: dict, truths: list | None, faults
     stages = _stage_times(_d(rec.get("timing")))
     ttt = _d(rec.get("ttt"))
     losses = [x for x in (_num(v) for v in _l(ttt.get("losses"))) if x is not None]
+    lane = _d(rec.get("lane"))
     return {"id": tid, "status": status, "score": score, "tests": tests,
             "demos": [(p.get("input"), p.get("output")) for p in _l(challenge.get("train"))
                       if isinstance(p, dict)],
@@ -276,6 +279,7 @@ def build_task(tid: str, rec: dict, challenge: dict, truths: list | None, faults
             "plan": _d(rec.get("plan")), "views": rec.get("views"), "policy": policy,
             "ttt": {k: v for k, v in ttt.items() if k != "losses"}, "losses": losses,
             "ttt_data": _d(rec.get("ttt_data")), "fallbacks": fallbacks, "faults": my_faults,
+            "lane": {k: lane[k] for k in LANE_KEYS if k in lane} if lane else None,
             "other": {k: v for k, v in rec.items() if k not in SHOWN_TASK_KEYS}}
 
 
@@ -381,6 +385,7 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
         "challenges": str(ch_path) if ch_path else None, "solutions": str(sol_path) if sols else None,
         "tasks_total": len(chal) or _num(run.get("tasks")) or len(records), "tasks": tasks,
         "missing": [t for t in chal if t not in records], "unreadable": unreadable,
+        "lane": _d(run.get("lane")) or None,
         "foreign": foreign,
         "resumed": run.get("resumed"),
         "scores": _scores(records, sols) if sols else None, "counts": counts,

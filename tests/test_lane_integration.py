@@ -191,3 +191,18 @@ def test_worker_is_not_starved_by_the_lane(tmp_path, nice=19):
     assert worker_cpu >= 2.0 * (sum(lane_cpu) / len(lane_cpu)), (worker_cpu, lane_cpu)
     assert gap < 0.05 * cfg.budget.stall_s  # 15 s of the default 300 s (a loaded machine)
     assert not any(map(_alive, pids))
+
+
+def test_lane_processes_survive_a_ctrl_c_to_the_process_group():
+    """Ctrl-C in a terminal reaches every process of the group: a lane process ignores it (the run's
+    handler terminates the pool), so no pool worker dies printing a KeyboardInterrupt traceback."""
+    import signal
+
+    from submission.lane.service import _init
+
+    with mp.get_context("fork").Pool(1, initializer=_init, initargs=(0, 0)) as pool:
+        pid = pool.apply(os.getpid)
+        os.kill(pid, signal.SIGINT)
+        time.sleep(0.2)
+        assert pool.apply(os.getpid) == pid  # the same process, alive, still answering
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN

@@ -39,3 +39,22 @@ def test_injected_ttt_failure_gives_the_lanes_answers(engine, tmp_path, monkeypa
     assert report["lane"]["found"] == 1
     entry, report = subs["off"]
     assert entry == {"attempt_1": [[0]], "attempt_2": [[0]]} and "lane" not in report
+
+
+def test_the_default_dry_run_shows_a_task_the_lane_solves(engine, tiny_model, tmp_path):
+    """The dry-run's default set (ARC-AGI-1 evaluation, in the dataset's order) starts with a task the
+    lane solves: its score file shows the program, the lane-only score and a right submission."""
+    from submission.cli import DEFAULT_DRY_RUN_DATASET
+    from submission.dry_run import dry_run
+
+    cfg = QUICK.with_overrides(["lane.enabled=true", "lane.processes=1", "lane.task_cap_s=10",
+                                "budget.workers=0"])
+    result = dry_run(DEFAULT_DRY_RUN_DATASET, "evaluation", 1, str(tiny_model), tmp_path, cfg,
+                     calibration=RATES, engine=engine, log=lambda m: None)
+    score = json.loads((tmp_path / "score.json").read_text())
+    assert score == json.loads(json.dumps({k: v for k, v in result.items() if k != "report"}))
+    assert result["lane"]["found"] == 1 and list(result["lane"]["programs"]) == ["00576224"]
+    assert result["lane"]["programs"]["00576224"].startswith("tile(")
+    assert result["by_policy"]["lane-only"]["score_task_mean"] == 1.0
+    assert result["score"]["score_task_mean"] == 1.0  # lane-first: attempt 1 is the program's answer
+    assert result["by_policy"]["neural-only"]["score_task_mean"] == 0.0  # the untrained model

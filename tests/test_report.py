@@ -458,3 +458,27 @@ def test_any_record_shape_renders(tmp_path_factory, recs, run_extra):
     data = build_report(wd)
     html = render_report(data)
     assert html.count('<article class="task"') == len(data["tasks"])
+
+
+def test_lane_results_on_cards_summary_and_filter(tmp_path):
+    recs = records()
+    recs["t_solved"]["lane"] = {"found": True, "program": "flip_lr", "programs": ["flip_lr", "rot90"],
+                                "cpu_s": 0.25, "timed_out": False, "states": 40, "error": ""}
+    recs["t_unsolved"]["lane"] = {"found": False, "program": "", "programs": [], "cpu_s": 5.0,
+                                  "timed_out": True, "states": 9000, "error": ""}
+    lane_run = {"processes": 1, "task_cap_s": 5.0, "tasks": 3, "finished": 2, "found": 1}
+    data = build_report(make_run(tmp_path, recs=recs, run_extra={"lane": lane_run}))
+    tasks = by_id(data)
+    assert tasks["t_solved"]["lane"] == {k: recs["t_solved"]["lane"][k] for k in
+                                         ("found", "program", "programs", "cpu_s", "timed_out", "error")}
+    assert tasks["t_partly"]["lane"] is None and "lane" not in tasks["t_solved"]["other"]
+    assert data["lane"] == lane_run and "lane" not in data["other"]
+    html = render_report(data)
+    card = html.split('id="t-t_solved"')[1].split("</article>")[0]
+    assert 'data-program="1"' in card and 'class="badge b-program"' in card
+    assert "<code>flip_lr</code>" in card and "<code>rot90</code>" in card
+    card = html.split('id="t-t_unsolved"')[1].split("</article>")[0]
+    assert 'data-program="0"' in card and "stopped at its CPU cap" in card
+    assert "no program" not in html.split('id="t-t_partly"')[1].split("</article>")[0]
+    assert 'data-filter="program">program found (1)' in html
+    assert '<div id="lane-summary">1 of 2 tasks with a verified program</div>' in html

@@ -103,7 +103,8 @@ def run_report(tmp_path_factory, engine):
     challenges, _ = export_kaggle(tasks, wd / "data", "evaluation")
     cfg = SMALL.with_overrides([
         "budget.workers=0", "budget.calibrate=false", "ttt.max_samples=4", "sampling.n_views=2",
-        "selection.rescore_augmentations=2", "selection.max_rescore=2", "sampling.dfs_max_paths=2"])
+        "selection.rescore_augmentations=2", "selection.max_rescore=2", "sampling.dfs_max_paths=2",
+        "lane.enabled=true", "lane.processes=1"])
     run(challenges, None, wd / "submission.json", wd / "run", cfg, all_policies=True, engine=engine)
     return wd, write_report(wd), list(tasks)
 
@@ -183,7 +184,9 @@ def test_filters_and_sorting_by_url_hash(run_report, tmp_path):
     expect = {"solved": [t["id"] for t in data["tasks"] if t["status"] == "solved"],
               "unsolved": [t["id"] for t in data["tasks"] if t["status"] == "unsolved"],
               "fellback": [t["id"] for t in data["tasks"] if t["fallbacks"]],
-              "faulted": [t["id"] for t in data["tasks"] if t["faults"]]}
+              "faulted": [t["id"] for t in data["tasks"] if t["faults"]],
+              "program": [t["id"] for t in data["tasks"] if t["lane"] and t["lane"]["found"]]}
+    assert expect["program"] == ["00576224"]  # the lane's verified program on ARC-AGI-1's first task
     seen = {}
     for name, want in expect.items():
         html = dom(tmp_path, f"{page.as_uri()}#filter={name}")

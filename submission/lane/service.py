@@ -37,8 +37,14 @@ def task_cap(cfg: Config, n_tasks: int, processes: int) -> float:
 
 
 def _init(mem_mib: int, nice: int) -> None:
+    """A lane process: low priority, memory-capped, deaf to Ctrl-C. A terminal's Ctrl-C reaches the
+    whole process group; the run's own handler records what finished and terminates this pool,
+    where a KeyboardInterrupt here would only print a pool worker's traceback."""
+    import signal
+
     from .pool import limit_memory
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(nice)
     limit_memory(mem_mib)
 
