@@ -305,6 +305,7 @@ def test_in_process_run_asks_torch_itself(tmp_path, monkeypatch, tiny_model):
 
 
 def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkeypatch):
+    import signal
     from collections import Counter
     from types import SimpleNamespace
 
@@ -317,8 +318,16 @@ def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkey
     # the supervisor watch is tested on a real process (test_hostile_safety); here it would stay
     # behind as a thread of the test process
     monkeypatch.setattr(workers, "exit_with_supervisor", lambda pid: None)
-    workers.worker_main(3, {}, {"cfg": None, "supervisor": 1}, None, outbox)  # returns before
-    # reading anything else of the job
+    # worker_main installs a worker's signal dispositions (Ctrl-C ignored: the supervisor's to
+    # handle); in this test process they would outlive the test and be inherited by every later
+    # test's subprocess, which then could not be interrupted
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        workers.worker_main(3, {}, {"cfg": None, "supervisor": 1}, None, outbox)  # returns before
+        # reading anything else of the job
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     assert sent and sent[0][0] == "unusable" and "580" in sent[0][1]
     st = SimpleNamespace(faults=[], fallbacks=Counter())
     h = workers.Handle(3, None, None, None)
