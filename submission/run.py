@@ -156,16 +156,17 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
                 all_policies=all_policies, strict_load=strict_load)
     if calibration is not None:
         state.calibration = {"source": "file", **calibration}
-    if state.pending and engine is None and stop_for_unusable_gpu(
-            state, import_torch=cfg.budget.workers == 0):
-        state.fallbacks["gpu_unusable"] += len(state.pending)  # nothing trains on the CPU
-        lane_alone(state)  # the CPU lane's verified answers; the rest keep placeholders
-        state.pending = []
+    # A GPU torch cannot use: nothing trains or samples on the CPU in its place; the lane below
+    # still answers what it can (the fastest valid submission), the rest keep placeholders.
+    unusable = bool(state.pending) and engine is None and stop_for_unusable_gpu(
+        state, import_torch=cfg.budget.workers == 0)
+    if unusable:
+        state.fallbacks["gpu_unusable"] += len(state.pending)
     if not state.pending:
         report = state.report(engine.info if engine else {}, time.monotonic() - state.start)
         html_report(state.workdir, challenges=challenges)
         return report
-    if engine is None:
+    if engine is None and not unusable:
         plan_memory_for_run(state, model)
     from .lane.service import start_lane
 
@@ -173,7 +174,9 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
     lane_until = state.start + cfg.budget.time_budget_s  # the lane may use the whole budget
     try:
         try:
-            if engine is None and cfg.budget.workers > 0:
+            if unusable:
+                info = {}
+            elif engine is None and cfg.budget.workers > 0:
                 from .workers import supervise
 
                 info = supervise(state, model)
@@ -205,28 +208,6 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
     report = state.report(info, time.monotonic() - state.start)
     html_report(state.workdir, challenges=challenges)
     return report
-
-
-def lane_alone(state: Run) -> None:
-    """The program-search lane on the run's tasks when no model can run (a GPU torch cannot
-    use): the fastest valid submission there is. Its verified answers replace placeholders as
-    it finishes each task, within the run's budget; Ctrl-C keeps what it finished."""
-    from .lane.service import start_lane
-
-    lane = start_lane(state)
-    if lane is None:
-        return
-    until = state.start + state.cfg.budget.time_budget_s
-    try:
-        lane.finish(state, until)
-    except KeyboardInterrupt:
-        lane.finish(state, 0.0)  # no more waiting: merge what is there
-        state.info["interrupted"] = True
-        state.report({}, time.monotonic() - state.start)
-        raise Interrupted(f"interrupted: the lane answered {len(state.records)} of "
-                          f"{len(state.counts)} task(s), kept in {state.out}") from None
-    finally:
-        lane.close()
 
 
 def html_report(workdir: str | Path, **kwargs: Any) -> Path | None:
