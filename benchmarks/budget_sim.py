@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from submission.budget import ANSWER_GUESS, Planner  # noqa: E402
+from submission.runtime.budget import ANSWER_GUESS, Planner  # noqa: E402
 from submission.config import Config  # noqa: E402
-from submission.grids import Task  # noqa: E402
-from submission.schedule import Scheduler  # noqa: E402
-from submission.tasks import load_dataset  # noqa: E402
+from submission.arc.grids import Task  # noqa: E402
+from submission.runtime.schedule import Scheduler  # noqa: E402
+from submission.arc.tasks import load_dataset  # noqa: E402
 
 ENGINE_START_S = 120.0  # model load + vLLM start + calibration per worker (also after a kill)
 UNSURE_SHARE = 0.5  # test inputs whose answers disagree and get the extra views (when time allows)

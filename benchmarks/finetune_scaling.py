@@ -46,8 +46,8 @@ def launch(nproc: int, model: Path, data: Path, out: Path, sets: list[str]) -> d
 
 
 def scaling(args: argparse.Namespace) -> None:
-    from submission.tasks import load_dataset, tasks_to_challenges, tasks_to_solutions
-    from submission.tiny import make_tiny_model
+    from submission.arc.tasks import load_dataset, tasks_to_challenges, tasks_to_solutions
+    from submission.model.tiny import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="ft-scaling-"))
     model = make_tiny_model(work / "model", "qwen-chat", hidden_size=args.hidden, layers=args.layers,
@@ -77,8 +77,8 @@ def scaling(args: argparse.Namespace) -> None:
 def layout(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from submission.formats import build_tokenizer, get_format
-    from submission.stream import StreamSamples, open_sources, pack_rows
+    from submission.arc.formats import build_tokenizer, get_format
+    from submission.finetune.data import StreamSamples, open_sources, pack_rows
 
     fmt = get_format("qwen-chat", build_tokenizer("qwen-chat", Path(tempfile.mkdtemp())))
     src = open_sources("arc-agi-2:training")

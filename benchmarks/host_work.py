@@ -27,11 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from submission.formats import build_tokenizer, get_format  # noqa: E402
-from submission.grids import grids_equal  # noqa: E402
-from submission.sample import answer_budget, build_views, collect_samples  # noqa: E402
-from submission.select import pool  # noqa: E402
-from submission.tasks import load_dataset, tasks_to_challenges  # noqa: E402
+from submission.arc.formats import build_tokenizer, get_format  # noqa: E402
+from submission.arc.grids import grids_equal  # noqa: E402
+from submission.answers.sampling import answer_budget, build_views, collect_samples  # noqa: E402
+from submission.answers.select import pool  # noqa: E402
+from submission.arc.tasks import load_dataset, tasks_to_challenges  # noqa: E402
 
 N_VIEWS, MAX_LEN, PER_VIEW, GOAL_MS, REF_REPEAT = 16, 8192, 4, 50.0, 5
 

@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from submission.grids import Task, grid_to_list, grids_equal  # noqa: E402
+from submission.arc.grids import Task, grid_to_list, grids_equal  # noqa: E402
 from submission.lane.pool import limit_memory, solve_guarded  # noqa: E402
-from submission.scoring import score_submission  # noqa: E402
-from submission.tasks import DATASETS, SPLITS, load_dataset  # noqa: E402
+from submission.arc.scoring import score_submission  # noqa: E402
+from submission.arc.tasks import DATASETS, SPLITS, load_dataset  # noqa: E402
 
 
 def _run_one(args: tuple[Task, float]) -> dict:

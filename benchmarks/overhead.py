@@ -32,7 +32,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from submission.config import Config
-    from submission.dry_run import dry_run
+    from submission.tools.dry_run import dry_run
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="overhead-"))
     cfg = Config().with_overrides(["budget.workers=0"])  # in-process: the backends time themselves

@@ -45,8 +45,8 @@ MAX_LEN = 8192
 
 def candidates(truth: np.ndarray, n: int, rng: np.random.Generator) -> list:
     """`truth` and n - 1 distinct wrong answers near it."""
-    from submission.grids import as_grid
-    from submission.select import Candidate, grid_key
+    from submission.arc.grids import as_grid
+    from submission.answers.select import Candidate, grid_key
 
     grids, seen = [truth], {grid_key(as_grid(truth))}
     while len(grids) < n:
@@ -85,7 +85,7 @@ def measure(label: str, run, counter, inputs: list, adapter, before=None) -> dic
 
 def warm_up_task():
     """A small task: the first calls of each path (thread pools, adapter loading) run on it."""
-    from submission.grids import Pair, Task, as_grid
+    from submission.arc.grids import Pair, Task, as_grid
 
     g = as_grid(np.arange(9).reshape(3, 3) % 10)
     return Task("warm-up", (Pair(g, g), Pair(g, g)), (g,), (g,))
@@ -123,10 +123,10 @@ def main() -> int:
     import torch
 
     from submission.config import Config
-    from submission.engine import build_engine
-    from submission.rescore import augmented_pairs, score_pairs
-    from submission.tasks import load_dataset
-    from submission.tiny import make_tiny_model, random_adapter
+    from submission.model.engine import build_engine
+    from submission.answers.rescore import augmented_pairs, score_pairs
+    from submission.arc.tasks import load_dataset
+    from submission.model.tiny import make_tiny_model, random_adapter
 
     tmp = Path(tempfile.mkdtemp(prefix="rescore-bench-"))
     model = make_tiny_model(tmp / "model", "qwen-chat", seed=0, max_positions=MAX_LEN)

@@ -46,7 +46,7 @@ KEYS = ("decode_steps", "decoded_tokens", "prefilled_tokens", "wall_s")
 def family_task(task):
     """`task` with every output replaced by the background square, its test inputs among the
     demos (TTT then sees prompts as long as the views')."""
-    from submission.grids import Pair, as_grid
+    from submission.arc.grids import Pair, as_grid
 
     square = as_grid(np.zeros((SIDE, SIDE), dtype=np.uint8))
     inputs = [p.input for p in task.train] + list(task.test_inputs)
@@ -55,7 +55,7 @@ def family_task(task):
 
 
 def measure(engine, views, reqs, frames, args) -> tuple[dict, list]:
-    from submission.search import SearchStats, search
+    from submission.answers.search import SearchStats, search
 
     v = engine.sampler
     v.llm.reset_prefix_cache()  # no run reuses another's blocks
@@ -80,12 +80,12 @@ def main() -> int:
     args = ap.parse_args()
 
     from submission.config import Config
-    from submission.engine import build_engine
-    from submission.pipeline import view_frames
-    from submission.sample import GenRequest, answer_budget, build_views
-    from submission.tasks import load_dataset
-    from submission.tiny import make_tiny_model, random_adapter
-    from submission.ttt_data import build_ttt_data
+    from submission.model.engine import build_engine
+    from submission.worker.pipeline import view_frames
+    from submission.answers.sampling import GenRequest, answer_budget, build_views
+    from submission.arc.tasks import load_dataset
+    from submission.model.tiny import make_tiny_model, random_adapter
+    from submission.model.ttt_data import build_ttt_data
 
     tmp = Path(tempfile.mkdtemp(prefix="spec-bench-"))
     model = make_tiny_model(tmp / "model", "qwen-chat", seed=0, max_positions=MAX_LEN)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import Interrupted, SubmissionError, printable
+from submission.errors import Interrupted, SubmissionError, printable
 
 DEFAULT_DRY_RUN_TASKS = 3
 # ARC-AGI-1's evaluation set: its first task (by the dataset's order) is one the program-search lane
@@ -36,7 +36,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _add_preset(p: argparse.ArgumentParser) -> None:
-    from .presets import NAMES
+    from submission.presets import NAMES
 
     p.add_argument("--preset", choices=NAMES,
                    help="start from a published recipe (submission/presets/NAME.toml) instead of "
@@ -58,13 +58,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _calibration(args: argparse.Namespace):
-    from .calibrate import load_calibration
+    from submission.worker.calibrate import load_calibration
 
     return load_calibration(args.calibration) if args.calibration else None
 
 
 def _config(args: argparse.Namespace):
-    from .config import load_config
+    from submission.config import load_config
 
     sets = list(args.set)
     if getattr(args, "time_budget", None) is not None:
@@ -75,7 +75,7 @@ def _config(args: argparse.Namespace):
         sets.append("budget.keep_adapters=true")
     preset = getattr(args, "preset", None)
     if preset is not None:
-        from .presets import read_preset
+        from submission.presets import read_preset
 
         for note in read_preset(preset)[1]:
             print(f"preset {preset}: not reproduced: {note}", file=sys.stderr)
@@ -83,7 +83,7 @@ def _config(args: argparse.Namespace):
 
 
 def _explicit_keys(args: argparse.Namespace) -> frozenset[str]:
-    from .config import explicit_keys
+    from submission.config import explicit_keys
 
     return explicit_keys(args.config, args.set, preset=getattr(args, "preset", None))
 
@@ -269,13 +269,13 @@ def _error(message: str) -> None:
 
 def _check(inputs: list, outputs: list) -> None:
     """Every command's paths, before anything is read or written (paths.check_paths)."""
-    from .paths import Spot, check_paths
+    from submission.runtime.paths import Spot, check_paths
 
     check_paths([Spot(*x) for x in inputs], [Spot(*x) for x in outputs])
 
 
 def cmd_export(args) -> int:
-    from .tasks import export_kaggle, load_dataset
+    from submission.arc.tasks import export_kaggle, load_dataset
 
     _check([], [("--out", args.out, "root")])
     tasks = load_dataset(args.dataset, args.split)
@@ -287,7 +287,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .scoring import load_solutions, load_submission, score_submission
+    from submission.arc.scoring import load_solutions, load_submission, score_submission
 
     _check([("--submission", args.submission), ("--solutions", args.solutions)], [])
     report = score_submission(load_submission(args.submission), load_solutions(args.solutions))
@@ -304,9 +304,9 @@ def cmd_score(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .scoring import load_submission
-    from .submit import challenge_counts, validate_submission
-    from .tasks import load_challenges
+    from submission.arc.scoring import load_submission
+    from submission.arc.submit import challenge_counts, validate_submission
+    from submission.arc.tasks import load_challenges
 
     _check([("--submission", args.submission), ("--challenges", args.challenges)], [])
     problems = validate_submission(load_submission(args.submission),
@@ -318,7 +318,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_tiny_model(args) -> int:
-    from .tiny import make_tiny_model
+    from submission.model.tiny import make_tiny_model
 
     _check([], [("OUT", args.out, "root")])
     path = make_tiny_model(args.out, args.format, seed=args.seed)
@@ -327,8 +327,8 @@ def cmd_tiny_model(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .paths import check_run_paths
-    from .run import run
+    from submission.runtime.paths import check_run_paths
+    from submission.runtime.run import run
 
     cfg = _config(args)
     calibration = _calibration(args)
@@ -343,8 +343,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_dry_run(args) -> int:
-    from .dry_run import dry_run
-    from .select import POLICIES
+    from submission.tools.dry_run import dry_run
+    from submission.answers.select import POLICIES
 
     work = Path(args.workdir)
     _check([("--model", args.model, "dir"), ("--config", args.config),
@@ -365,7 +365,7 @@ def cmd_dry_run(args) -> int:
 
 
 def cmd_show_prompt(args) -> int:
-    from .show_prompt import format_text, show_prompt
+    from submission.tools.show_prompt import format_text, show_prompt
 
     _check([("--model", args.model, "dir"), ("--challenges", args.challenges),
             ("--solutions", args.solutions)], [])
@@ -380,7 +380,7 @@ def cmd_show_prompt(args) -> int:
 
 
 def cmd_shrink_vocab(args) -> int:
-    from .vocab import shrink_vocab
+    from submission.model.vocab import shrink_vocab
 
     _check([("--model", args.model, "dir")], [("--out", args.out, "dir")])
     report = shrink_vocab(args.model, args.format, args.out)
@@ -389,8 +389,8 @@ def cmd_shrink_vocab(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .finetune import finetune
-    from .paths import check_finetune_paths
+    from submission.finetune.run import finetune
+    from submission.runtime.paths import check_finetune_paths
 
     check_finetune_paths(args.model, args.out, config=args.config, data=args.data)
     if args.samples_per_task:
@@ -404,9 +404,9 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_kaggle(args) -> int:
-    from .kaggle import kaggle_config, resolve, smoke_verdict
-    from .paths import check_run_paths
-    from .run import run
+    from submission.tools.kaggle import kaggle_config, resolve, smoke_verdict
+    from submission.runtime.paths import check_run_paths
+    from submission.runtime.run import run
 
     setup = resolve(input_root=args.input_root, working=args.working, model=args.model,
                     full=args.full, smoke_tasks=args.smoke_tasks, workers=args.workers)
@@ -436,9 +436,9 @@ def cmd_kaggle(args) -> int:
 
 
 def cmd_gpu_check(args) -> int:
-    from .errors import InputError
-    from .gpu_check import gpu_check
-    from .kaggle import find_model
+    from submission.errors import InputError
+    from submission.tools.gpu_check import gpu_check
+    from submission.tools.kaggle import find_model
 
     out = Path(args.out)
     _check([("--model", args.model, "dir"), ("--config", args.config)],
@@ -458,7 +458,7 @@ def cmd_gpu_check(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from submission.tools.report import write_report
 
     path = write_report(args.workdir, solutions=args.solutions, out=args.out,
                         challenges=args.challenges)
@@ -467,8 +467,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_memory_plan(args) -> int:
-    from .errors import InputError
-    from .memory import format_plan, plan_memory
+    from submission.errors import InputError
+    from submission.runtime.memory import format_plan, plan_memory
 
     _check([("--model", args.model, "dir"), ("--config", args.config)], [])
     major, _, minor = args.compute_capability.partition(".")
@@ -480,7 +480,7 @@ def cmd_memory_plan(args) -> int:
         plan = plan_memory(args.model, _config(args), args.gpu_memory_gib, compute_capability=cc,
                            trainer_on_same_gpu=False)
     else:  # the layout `run` would choose on that card, with vLLM installed there
-        from .startup import plan_layout
+        from submission.runtime.startup import plan_layout
 
         plan, _ = plan_layout(args.model, _config(args), args.gpu_memory_gib, cc, vllm_installed=True)
     print(json.dumps(plan.to_json()) if args.json else format_plan(plan))

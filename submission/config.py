@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from submission.errors import ConfigError
 
 ANSWER_SECTIONS = ("model", "ttt", "sampling", "selection")  # what a task's answers depend on
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -181,7 +181,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """Config from a preset (None: defaults), a JSON or TOML file over it, then `--set` overrides."""
     data: dict[str, Any] = {}
     if preset is not None:
-        from .presets import read_preset
+        from submission.presets import read_preset
 
         data = read_preset(preset)[0]
     if path is not None:
@@ -193,8 +193,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The raw nested dict of a JSON or TOML config file (ConfigError if unreadable)."""
-    from .paths import regular_input
-    from .tasks import _DuplicateKey, _no_duplicates
+    from submission.runtime.paths import regular_input
+    from submission.arc.tasks import _DuplicateKey, _no_duplicates
 
     p = Path(path)
     regular_input(p, "--config")
@@ -219,7 +219,7 @@ def explicit_keys(path: str | Path | None, overrides: list[str] | tuple[str, ...
     """The `section.field` keys a user set, in a preset, the config file or as overrides."""
     keys = {item.split("=", 1)[0].strip() for item in overrides}
     if preset is not None:
-        from .presets import read_preset
+        from submission.presets import read_preset
 
         keys |= {f"{sec}.{k}" for sec, fields in read_preset(preset)[0].items() for k in fields}
     if path is not None:

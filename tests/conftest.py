@@ -26,14 +26,14 @@ SMALL = Config().with_overrides([
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    from submission.tiny import make_tiny_model
+    from submission.model.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", "qwen-chat", seed=0)
 
 
 @pytest.fixture(scope="session")
 def engine(tiny_model):
-    from submission.engine import build_engine
+    from submission.model.engine import build_engine
 
     eng = build_engine(tiny_model, SMALL)
     _keep_vllm_state_for_the_session()

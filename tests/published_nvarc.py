@@ -72,7 +72,7 @@ def write_published_nvarc(out: str | Path) -> Path:
 def published_nvarc_model(out: str | Path, *, seed: int = 0) -> Path:
     """A tiny random Qwen3 (vocabulary 16: the published ids) carrying exactly those files:
     the tiny model's own tokenizer files and format hint are removed first."""
-    from submission.tiny import make_tiny_model
+    from submission.model.tiny import make_tiny_model
 
     out = Path(out)
     make_tiny_model(out, "qwen-chat", seed=seed)

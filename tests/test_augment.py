@@ -1,4 +1,4 @@
-"""Property tests of submission.augment: exact invertibility, D8 group laws, composition,
+"""Property tests of submission.arc.augment: exact invertibility, D8 group laws, composition,
 and the samplers' distinctness and determinism."""
 
 from __future__ import annotations
@@ -12,11 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from submission.augment import (IDENTITY, Transform, dihedral_apply, dihedral_compose,
-                                dihedral_inverse, random_colour_perm, sample_transforms,
-                                view_transforms)
+from submission.arc.augment import (
+    IDENTITY,
+    Transform,
+    dihedral_apply,
+    dihedral_compose,
+    dihedral_inverse,
+    random_colour_perm,
+    sample_transforms,
+    view_transforms,
+)
 from submission.errors import ConfigError
-from submission.grids import Pair, Task
+from submission.arc.grids import Pair, Task
 
 FAST = settings(max_examples=60, deadline=None)
 PROBE = np.arange(12, dtype=np.uint8).reshape(3, 4) % 10  # non-square, no symmetry

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from submission import backends
-from submission.backends import choose_sampler_backend, choose_trainer_backend
-from submission.memory import vllm_max_lora_rank as max_lora_rank
+from submission.model import backends
+from submission.model.backends import choose_sampler_backend, choose_trainer_backend
+from submission.runtime.memory import vllm_max_lora_rank as max_lora_rank
 from submission.errors import BackendUnavailable
 from tests.conftest import SMALL
 
@@ -31,14 +31,14 @@ def test_auto_backends_on_this_machine():
 
 
 def test_unsloth_loader_refuses_without_gpu():
-    from submission.backends.unsloth_loader import load_unsloth
+    from submission.model.backends.unsloth_loader import load_unsloth
 
     with pytest.raises(BackendUnavailable):
         load_unsloth("/nonexistent", SMALL)
 
 
 def test_unsloth_prepare_env_sets_offline_switches(monkeypatch, tmp_path):
-    from submission.backends.unsloth_loader import OFFLINE_ENV, prepare_env
+    from submission.model.backends.unsloth_loader import OFFLINE_ENV, prepare_env
 
     for k in list(OFFLINE_ENV) + ["UNSLOTH_COMPILE_LOCATION"]:
         monkeypatch.delenv(k, raising=False)
@@ -49,8 +49,8 @@ def test_unsloth_prepare_env_sets_offline_switches(monkeypatch, tmp_path):
 
 def test_cli_run_with_unsloth_on_cpu_exits_2(tmp_path, capsys, tiny_model):
     from submission.cli import main
-    from submission.grids import Pair, Task, as_grid
-    from submission.tasks import export_kaggle
+    from submission.arc.grids import Pair, Task, as_grid
+    from submission.arc.tasks import export_kaggle
 
     task = Task("t1", (Pair(as_grid([[1]]), as_grid([[2]])),), (as_grid([[1]]),))
     ch, _ = export_kaggle({"t1": task}, tmp_path, "evaluation")
@@ -67,9 +67,9 @@ def test_cli_run_with_unsloth_on_cpu_exits_2(tmp_path, capsys, tiny_model):
 def test_unsloth_path_feeds_the_shared_loop(monkeypatch, tiny_model):
     """With the GPU-only loader replaced by one returning the peft model (unsloth returns an ordinary
     PeftModel), build_engine wires the same LoRATrainer the CPU tests train with."""
-    from submission.backends import peft_loader, unsloth_loader
-    from submission.engine import build_engine
-    from submission.train import LoRATrainer
+    from submission.model.backends import peft_loader, unsloth_loader
+    from submission.model.engine import build_engine
+    from submission.model.train import LoRATrainer
 
     calls = []
 
@@ -90,14 +90,14 @@ def test_unsloth_path_feeds_the_shared_loop(monkeypatch, tiny_model):
     monkeypatch.setattr(unsloth_loader, "set_mode", fake_set_mode)
     monkeypatch.setattr(peft_loader, "has_cuda", lambda: False)
     cfg = SMALL.with_overrides(["ttt.backend=unsloth", "sampling.backend=transformers"])
-    monkeypatch.setattr("submission.engine.resolve_dtype", lambda name: "float32")
+    monkeypatch.setattr("submission.model.engine.resolve_dtype", lambda name: "float32")
     eng = build_engine(tiny_model, cfg)
     assert calls == [tiny_model]
     assert type(eng.trainer) is LoRATrainer and eng.trainer.backend == "unsloth"
     assert type(eng.trainer).train is LoRATrainer.train
     assert eng.info["trainer_backend"] == "unsloth" and eng.info["sampler_backend"] == "transformers"
-    from submission.grids import Pair, Task, as_grid
-    from submission.ttt_data import build_ttt_data
+    from submission.arc.grids import Pair, Task, as_grid
+    from submission.model.ttt_data import build_ttt_data
 
     task = Task("t", (Pair(as_grid([[1, 2]]), as_grid([[3]])),) * 2, (as_grid([[1]]),))
     data = build_ttt_data(task, eng.fmt, np.random.default_rng(0), max_samples=4, max_len=512)
@@ -109,10 +109,10 @@ def test_unsloth_path_feeds_the_shared_loop(monkeypatch, tiny_model):
 @pytest.mark.slow
 def test_transformers_sampler_runs_the_pipeline(tiny_model, tmp_path):
     """The fallback sampler (T4, no vLLM) drives the same run end to end."""
-    from submission.engine import build_engine
-    from submission.grids import Pair, Task, as_grid
-    from submission.run import run
-    from submission.tasks import export_kaggle
+    from submission.model.engine import build_engine
+    from submission.arc.grids import Pair, Task, as_grid
+    from submission.runtime.run import run
+    from submission.arc.tasks import export_kaggle
 
     cfg = SMALL.with_overrides(["sampling.backend=transformers", "sampling.n_views=2",
                                 "ttt.max_samples=2"])

@@ -1,4 +1,4 @@
-"""Tests of submission.budget (TaskCost, Planner, TaskPlan) and submission.schedule (Scheduler):
+"""Tests of submission.runtime.budget (TaskCost, Planner, TaskPlan) and submission.runtime.schedule (Scheduler):
 the cost model, scaling against the time left, per-task plans, rate calibration, chunk assignment,
 liveness (stall allowances that grow on retry, never estimate-based kills), the hard cap,
 re-queue-once-then-give-up, and a small simulated run on a fake clock."""
@@ -11,12 +11,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission.budget import (ANSWER_GUESS, MAX_RESCORE_AUGMENTATIONS, MIN_AUGMENTATIONS,
-                               MIN_RESCORE, MIN_SAMPLES, MIN_VIEWS, PLAN_SHARE, RESCORE_GROWTH,
-                               TAIL_SHARE, Planner, Remaining, TaskCost, TaskPlan)
+from submission.runtime.budget import (
+    ANSWER_GUESS,
+    MAX_RESCORE_AUGMENTATIONS,
+    MIN_AUGMENTATIONS,
+    MIN_RESCORE,
+    MIN_SAMPLES,
+    MIN_VIEWS,
+    PLAN_SHARE,
+    RESCORE_GROWTH,
+    TAIL_SHARE,
+    Planner,
+    Remaining,
+    TaskCost,
+    TaskPlan,
+)
 from submission.config import Config
-from submission.grids import Pair, Task
-from submission.schedule import CHUNK_SHARE, MAX_ATTEMPTS, STALL_FACTOR, Scheduler
+from submission.arc.grids import Pair, Task
+from submission.runtime.schedule import CHUNK_SHARE, MAX_ATTEMPTS, STALL_FACTOR, Scheduler
 
 
 def grid(h: int, w: int) -> np.ndarray:
@@ -788,7 +800,7 @@ def test_short_time_shrinks_the_augmentations_and_prices_them():
 def test_planned_config_carries_the_rescore_amounts():
     from dataclasses import replace
 
-    from submission.pipeline import planned_config
+    from submission.worker.pipeline import planned_config
 
     cfg = cfg_with("budget.time_budget_s=43200", "budget.max_scale=4")
     planner = Planner(cfg, start=0.0, workers=1)
@@ -808,7 +820,7 @@ SMALL_SETS = ("ttt.max_samples=2", "sampling.n_views=1", "selection.max_rescore=
 
 
 def test_floors_never_raise_what_the_config_asks_for():
-    from submission.pipeline import planned_config
+    from submission.worker.pipeline import planned_config
 
     cfg = cfg_with(*SMALL_SETS)
     assert (2, 1, 1) < (MIN_SAMPLES, MIN_VIEWS, MIN_RESCORE) and MIN_AUGMENTATIONS > 1
@@ -832,7 +844,7 @@ def test_floors_never_raise_what_the_config_asks_for():
 
 def test_spare_time_views_stay_within_the_config_range():
     from submission.config import MAX_VIEWS
-    from submission.pipeline import planned_config
+    from submission.worker.pipeline import planned_config
 
     cfg = cfg_with("sampling.n_views=200", "budget.max_scale=4", "budget.time_budget_s=43200")
     p = Planner(cfg, start=0.0, workers=1)
@@ -941,9 +953,9 @@ def _fake_engine(cfg: Config, sleep_s: float = 0.0):
     (B wins count-nll) and takes `sleep_s` per call."""
     import time as _time
 
-    from submission.engine import Engine
-    from submission.formats import build_tokenizer, get_format
-    from submission.sample import Generation
+    from submission.model.engine import Engine
+    from submission.arc.formats import build_tokenizer, get_format
+    from submission.answers.sampling import Generation
 
     fmt = get_format("qwen-chat", build_tokenizer("qwen-chat"))
     b_len = len(fmt.encode_answer(B))
@@ -983,8 +995,8 @@ def _chunk_setup(tmp_path, *sets: str, n_tasks: int = 2):
 def test_no_time_left_answers_by_vote_never_placeholders(tmp_path):
     from dataclasses import replace
 
-    from submission.grids import grid_to_list
-    from submission.pipeline import process_chunk
+    from submission.arc.grids import grid_to_list
+    from submission.worker.pipeline import process_chunk
 
     cfg, tasks, planner, sched = _chunk_setup(tmp_path)
     a = sched.assign(0, planner.end + 1.0)  # assigned past the end: no time left to answer in
@@ -1012,8 +1024,8 @@ def test_no_time_left_answers_by_vote_never_placeholders(tmp_path):
 def test_a_rescorer_that_overruns_leaves_the_rest_of_the_chunk_to_vote(tmp_path):
     from dataclasses import replace
 
-    from submission.grids import grid_to_list
-    from submission.pipeline import process_chunk
+    from submission.arc.grids import grid_to_list
+    from submission.worker.pipeline import process_chunk
 
     cfg, tasks, planner, sched = _chunk_setup(tmp_path, n_tasks=3)
     a = sched.assign(0, 0.0 + planner.deadline - planner.cfg.budget.time_budget_s)
@@ -1032,7 +1044,7 @@ def test_a_rescorer_that_overruns_leaves_the_rest_of_the_chunk_to_vote(tmp_path)
 
 
 def test_the_record_says_the_plan_the_task_ran(tmp_path):
-    from submission.pipeline import process_chunk
+    from submission.worker.pipeline import process_chunk
 
     cfg, tasks, planner, sched = _chunk_setup(
         tmp_path, "sampling.n_views=1", "selection.max_rescore=1",

@@ -1,4 +1,4 @@
-"""Tests of submission.calibrate: the synthetic task, the calibration file (load/write/checks) and,
+"""Tests of submission.worker.calibrate: the synthetic task, the calibration file (load/write/checks) and,
 on the shared CPU engine (slow), a real calibration that leaves the adapter as it found it."""
 
 from __future__ import annotations
@@ -9,8 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from submission.calibrate import (RATE_KEYS, calibrate, load_calibration, planner_rates,
-                                  synthetic_task, write_calibration)
+from submission.worker.calibrate import (
+    RATE_KEYS,
+    calibrate,
+    load_calibration,
+    planner_rates,
+    synthetic_task,
+    write_calibration,
+)
 from submission.errors import InputError
 from tests.conftest import SMALL
 

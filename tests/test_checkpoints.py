@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from submission.errors import FormatError, InputError
-from submission.formats import get_format
-from submission.grids import Pair
-from submission.tokenizer import copy_tokenizer_files, load_tokenizer
+from submission.arc.formats import get_format
+from submission.arc.grids import Pair
+from submission.model.tokenizer import copy_tokenizer_files, load_tokenizer
 
 QWEN_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -158,7 +158,7 @@ def vocab_ids(text: str, vocab: list[str]) -> list[int]:
 @pytest.fixture(scope="module")
 def ten_tasks():
     """Ten ARC-AGI-2 evaluation tasks: the first seven with one test input, three with several."""
-    from submission.tasks import load_dataset
+    from submission.arc.tasks import load_dataset
 
     tasks = load_dataset("arc-agi-2", "evaluation")
     ids = sorted(tasks)
@@ -269,7 +269,7 @@ def test_prompts_equal_the_published_layouts(published, ten_tasks, name):
 
 @pytest.fixture(scope="module")
 def challenge_files(ten_tasks, tmp_path_factory):
-    from submission.tasks import tasks_to_challenges, tasks_to_solutions
+    from submission.arc.tasks import tasks_to_challenges, tasks_to_solutions
 
     d = tmp_path_factory.mktemp("files")
     ch, sol = d / "eval_challenges.json", d / "eval_solutions.json"
@@ -343,7 +343,7 @@ def test_show_prompt_errors_exit_2_naming_file_task_field(published, ten_tasks, 
     code, _, err = run_cli(capsys, *base, "--task", task.id, "--solutions", tmp_path / "none.json")
     assert code == 2 and "none.json" in err
     # a tokenizer that fits no format
-    from submission.formats import build_tokenizer
+    from submission.arc.formats import build_tokenizer
 
     odd = tmp_path / "odd"
     build_tokenizer("qwen-chat", odd)
@@ -358,7 +358,7 @@ def test_show_prompt_errors_exit_2_naming_file_task_field(published, ten_tasks, 
 
 def test_show_prompt_warns_when_config_and_tokenizer_disagree(published, ten_tasks, challenge_files,
                                                               tmp_path):
-    from submission.show_prompt import show_prompt
+    from submission.tools.show_prompt import show_prompt
 
     ch, _ = challenge_files
     d = write_nvarc_like(tmp_path / "m")
@@ -373,7 +373,7 @@ def test_show_prompt_warns_when_config_and_tokenizer_disagree(published, ten_tas
 
 def _nvarc_tiny_model(out):
     """A tiny random Qwen3 with the NVARC-like tokenizer files (same 16 ids as our reduced vocab)."""
-    from submission.tiny import make_tiny_model
+    from submission.model.tiny import make_tiny_model
 
     make_tiny_model(out, "qwen-chat")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -387,7 +387,7 @@ def test_trainer_loader_uses_the_published_tokenizer(tmp_path):
     """The peft loader returns a tokenizer the format can use; auto detects qwen-chat."""
     from conftest import SMALL
 
-    from submission.backends.peft_loader import load_peft
+    from submission.model.backends.peft_loader import load_peft
 
     d = _nvarc_tiny_model(tmp_path / "m")
     _, tok, _ = load_peft(d, SMALL)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from submission import cli
-from submission.tasks import load_dataset
+from submission.arc.tasks import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 N_EXPORT = 5
@@ -219,7 +219,7 @@ def test_export_limit_zero_is_a_usage_error(tmp_path, capsys):
 def test_tiny_model_architects(tmp_path, capsys):
     from transformers import AutoTokenizer
 
-    from submission.formats import get_format
+    from submission.arc.formats import get_format
 
     out = tmp_path / "tiny"
     code, stdout, err = run_cli(capsys, "tiny-model", out, "--format", "architects")
@@ -242,8 +242,8 @@ def test_bad_set_fails_before_any_model_loads(exported, tmp_path, capsys, monkey
     def must_not_run(*args, **kwargs):
         raise AssertionError("the pipeline started despite a bad --set")
 
-    monkeypatch.setattr("submission.run.run", must_not_run)
-    monkeypatch.setattr("submission.dry_run.dry_run", must_not_run)
+    monkeypatch.setattr("submission.runtime.run.run", must_not_run)
+    monkeypatch.setattr("submission.tools.dry_run.dry_run", must_not_run)
     workdir = tmp_path / "work"
     args = (["run", "--challenges", ch, "--model", tmp_path / "no_model", "--out",
              tmp_path / "submission.json", "--workdir", workdir]

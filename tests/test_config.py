@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from submission.config import (LINEAR_MODULES, Config, ModelConfig, SelectionConfig, TTTConfig,
-                               load_config)
+from submission.config import LINEAR_MODULES, Config, ModelConfig, SelectionConfig, TTTConfig, load_config
 from submission.errors import ConfigError
 
 SECTIONS = ("model", "ttt", "finetune", "sampling", "selection", "budget", "lane")
@@ -388,8 +387,16 @@ def test_absurd_sizes_name_the_allowed_range(item, allowed):
 
 
 def test_range_limits_themselves_are_accepted():
-    from submission.config import (MAX_DFS_PATHS, MAX_EPOCHS, MAX_STEPS, MAX_VIEWS, MAX_WORKERS,
-                                   MIN_STALL_S, MIN_TASK_CAP_S, RESCORE_AUGMENTATIONS_LIMIT)
+    from submission.config import (
+        MAX_DFS_PATHS,
+        MAX_EPOCHS,
+        MAX_STEPS,
+        MAX_VIEWS,
+        MAX_WORKERS,
+        MIN_STALL_S,
+        MIN_TASK_CAP_S,
+        RESCORE_AUGMENTATIONS_LIMIT,
+    )
 
     cfg = Config().with_overrides([
         f"sampling.n_views={MAX_VIEWS}", f"sampling.dfs_max_paths={MAX_DFS_PATHS}",

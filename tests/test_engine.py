@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from submission.grids import Pair, Task, as_grid, grid_to_list
-from submission.sample import GenRequest
-from submission.submit import challenge_counts, validate_submission
-from submission.tasks import export_kaggle, load_challenges, load_dataset
-from submission.ttt_data import build_ttt_data
+from submission.arc.grids import Pair, Task, as_grid, grid_to_list
+from submission.answers.sampling import GenRequest
+from submission.arc.submit import challenge_counts, validate_submission
+from submission.arc.tasks import export_kaggle, load_challenges, load_dataset
+from submission.model.ttt_data import build_ttt_data
 from tests.conftest import SMALL
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def _validate(sub_path, challenges):
 
 
 def test_end_to_end_three_evaluation_tasks(engine, tmp_path):
-    from submission.run import run
+    from submission.runtime.run import run
 
     tasks = dict(list(load_dataset("arc-agi-2", "evaluation").items())[:3])
     challenges, _ = export_kaggle(tasks, tmp_path / "data", "evaluation")
@@ -110,7 +110,7 @@ def test_end_to_end_three_evaluation_tasks(engine, tmp_path):
 
 def test_ttt_learns_what_the_base_model_cannot(engine, tmp_path):
     """Per-task adapters, served together by vLLM, solve a synthetic family the base model fails."""
-    from submission.run import run
+    from submission.runtime.run import run
 
     tasks = {t.id: t for t in (zeros_task(f"sq{s}", 2, 10 + s) for s in (1, 2, 3))}
     challenges, _ = export_kaggle(tasks, tmp_path / "data", "evaluation")
@@ -130,7 +130,7 @@ def test_unsure_inputs_get_extra_views(engine, tmp_path):
     """Spare time buys more views where answers disagree (an untrained adapter: nothing agrees),
     and none where they agree (a trained one). The rates are given, not measured, so whether time
     is spare does not depend on how fast this machine is."""
-    from submission.run import run
+    from submission.runtime.run import run
 
     rates = {"train_tokens_per_s": 1e6, "sample_tokens_per_s": 1e6, "score_tokens_per_s": 1e6}
 
@@ -153,7 +153,7 @@ def test_unsure_inputs_get_extra_views(engine, tmp_path):
 def test_speculative_search_changes_the_cost_not_the_answers(engine, tmp_path):
     """`sampling.speculative` against plain DFS on the same run: the same
     submission and candidates, and later views take earlier views' answers without decoding."""
-    from submission.run import run
+    from submission.runtime.run import run
 
     tasks = {t.id: t for t in (zeros_task(f"sp{s}", 2, 30 + s) for s in (1, 2))}
     challenges, _ = export_kaggle(tasks, tmp_path / "data", "evaluation")

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission.grids import Pair, Task, as_grid
-from submission.paths import task_file_name
-from submission.sample import GenRequest
-from submission.tasks import export_kaggle
+from submission.arc.grids import Pair, Task, as_grid
+from submission.runtime.paths import task_file_name
+from submission.answers.sampling import GenRequest
+from submission.arc.tasks import export_kaggle
 from tests.conftest import SMALL
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def challenges(tmp: Path, ids: list[str]) -> Path:
 
 
 def run_here(engine, tmp: Path, ids: list[str], cfg=QUICK, name: str = "work", **kw) -> dict:
-    from submission.run import run
+    from submission.runtime.run import run
 
     kw.setdefault("calibration", RATES)
     return run(challenges(tmp, ids), None, tmp / f"{name}.json", tmp / name, cfg, engine=engine, **kw)
@@ -87,8 +87,8 @@ def test_failed_generate_never_leaks_outputs_into_the_next_call(engine):
 def test_vllm_that_fails_to_start_falls_back_and_the_run_goes_on(tiny_model, tmp_path):
     """vLLM refuses a context longer than the model's positions (a real start-up ValueError): the
     engine uses the transformers sampler, the run answers every task and counts the fallback."""
-    from submission.engine import build_engine
-    from submission.run import run
+    from submission.model.engine import build_engine
+    from submission.runtime.run import run
 
     cfg = QUICK.with_overrides(["model.max_seq_len=20000", "budget.workers=0"])
     eng = build_engine(tiny_model, cfg)
@@ -122,9 +122,9 @@ def test_vllm_that_cannot_be_rebuilt_hands_over_to_transformers(engine, tmp_path
 def test_engine_fallback_counts_reach_run_json_in_process(engine, tmp_path, monkeypatch):
     """The engine's own fallbacks (here the re-scoring check's: vLLM scoring fails) are counted in
     run.json on the in-process path, as on the worker path."""
-    from submission import pipeline
+    from submission.worker import pipeline
     from submission.errors import SamplerError
-    from submission.select import Sample
+    from submission.answers.select import Sample
 
     monkeypatch.setattr(engine, "_rescore_checked", False)
     monkeypatch.setattr(engine, "_rank_check", None)
@@ -311,7 +311,7 @@ def test_save_casts_an_fp32_adapter_to_bf16_and_vllm_serves_it(engine, tmp_path)
 def test_a_task_longer_than_the_context_is_sampled_and_rescored(engine, tmp_path):
     """4 demos of 20x20 plus the query and answer exceed 4096 tokens: every prompt (views,
     re-scoring and the vLLM-vs-forward check) drops demos to fit instead of failing the task."""
-    from submission.run import run
+    from submission.runtime.run import run
 
     rng = np.random.default_rng(5)
     g = lambda: as_grid(rng.integers(0, 10, (20, 20)))  # noqa: E731
@@ -325,8 +325,8 @@ def test_a_task_longer_than_the_context_is_sampled_and_rescored(engine, tmp_path
     from collections import Counter
     from types import SimpleNamespace
 
-    from submission.pipeline import choose
-    from submission.select import Sample
+    from submission.worker.pipeline import choose
+    from submission.answers.select import Sample
 
     state = SimpleNamespace(cfg=QUICK, all_policies=False, fallbacks=Counter(), faults=[])
     engine._rescore_checked = False  # the vLLM-vs-forward check runs here, on this long task

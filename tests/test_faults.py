@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission.grids import Pair, Task, as_grid
-from submission.submit import validate_submission
-from submission.tasks import tasks_to_challenges
+from submission.arc.grids import Pair, Task, as_grid
+from submission.arc.submit import validate_submission
+from submission.arc.tasks import tasks_to_challenges
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

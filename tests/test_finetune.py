@@ -7,8 +7,8 @@ import pytest
 
 from submission.config import Config
 from submission.errors import InputError
-from submission.finetune import latest_checkpoint, leakage_report, load_sources
-from submission.tasks import load_dataset, tasks_to_challenges, tasks_to_solutions
+from submission.finetune.run import latest_checkpoint, leakage_report, load_sources
+from submission.arc.tasks import load_dataset, tasks_to_challenges, tasks_to_solutions
 
 FT = Config().with_overrides([
     "finetune.samples_per_task=2", "finetune.grad_accum=2", "finetune.checkpoint_every=2",
@@ -62,11 +62,11 @@ def test_finetune_resume_merge_and_run(tmp_path, tiny_model):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from submission.engine import build_engine
-    from submission.finetune import finetune
-    from submission.run import run
-    from submission.submit import challenge_counts, validate_submission
-    from submission.tasks import export_kaggle, load_challenges
+    from submission.model.engine import build_engine
+    from submission.finetune.run import finetune
+    from submission.runtime.run import run
+    from submission.arc.submit import challenge_counts, validate_submission
+    from submission.arc.tasks import export_kaggle, load_challenges
 
     data = write_task_dir(tmp_path / "data", dict(list(load_dataset("arc-agi-2", "training").items())[:5]))
     full = finetune(tiny_model, str(data), tmp_path / "a", FT, log=lambda m: None)
@@ -122,7 +122,7 @@ def test_finetune_full_modules_are_trained_and_merged(tmp_path, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from submission.finetune import finetune
+    from submission.finetune.run import finetune
 
     data = write_task_dir(tmp_path / "data", dict(list(load_dataset("arc-agi-2", "training").items())[:2]))
     cfg = FT.with_overrides(["finetune.modules_to_save=embed_tokens,lm_head",
@@ -143,8 +143,8 @@ def test_finetune_full_modules_are_trained_and_merged(tmp_path, tiny_model):
 def tied_finetune(tmp_path_factory):
     """A tiny base with tied embeddings (as Qwen3-4B), fine-tuned with embed_tokens and lm_head
     trained in full, and with lm_head alone."""
-    from submission.finetune import finetune
-    from submission.tiny import make_tiny_model
+    from submission.finetune.run import finetune
+    from submission.model.tiny import make_tiny_model
 
     root = tmp_path_factory.mktemp("tied")
     base = make_tiny_model(root / "base", tie_embeddings=True)
@@ -176,7 +176,7 @@ def test_trained_embeddings_of_a_tied_base_are_untied_in_training_and_merge(tied
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from submission.backends.peft_loader import load_peft
+    from submission.model.backends.peft_loader import load_peft
 
     base, root, reports = tied_finetune
     assert json.loads((base / "config.json").read_text())["tie_word_embeddings"] is True
@@ -210,7 +210,7 @@ def test_vllm_serves_the_merged_untied_model_as_peft_trained_it(tied_finetune):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from submission.backends.vllm_sampler import VLLMSampler
+    from submission.model.backends.vllm_sampler import VLLMSampler
 
     base, root, _ = tied_finetune
     cfg = Config().with_overrides(["model.max_seq_len=512", "sampling.max_num_seqs=8"])

@@ -19,7 +19,7 @@ import pytest
 
 from submission.config import Config
 from submission.errors import ConfigError, InputError
-from submission.tasks import load_dataset, tasks_to_challenges, tasks_to_solutions
+from submission.arc.tasks import load_dataset, tasks_to_challenges, tasks_to_solutions
 
 ROOT = Path(__file__).resolve().parents[1]
 FT = Config().with_overrides([
@@ -77,7 +77,7 @@ def torchrun(args: list[str], *, script: Path | None = None, nproc: int = 2,
 def adapter(out: Path) -> dict:
     from safetensors.torch import load_file
 
-    from submission.finetune import latest_checkpoint
+    from submission.finetune.run import latest_checkpoint
 
     return load_file(str(latest_checkpoint(out) / "adapter_model.safetensors"))
 
@@ -95,7 +95,7 @@ def assert_same_adapter(a: dict, b: dict) -> None:
 # ---- fast: no model, no launch ----
 
 def test_jsonl_and_folders_are_indexed_not_loaded(tmp_path):
-    from submission.stream import open_sources
+    from submission.finetune.data import open_sources
 
     tasks = small_tasks(4)
     items = list(tasks.items())
@@ -119,7 +119,7 @@ def test_jsonl_and_folders_are_indexed_not_loaded(tmp_path):
 
 
 def test_bad_jsonl_line_is_named(tmp_path):
-    from submission.stream import open_sources
+    from submission.finetune.data import open_sources
 
     path = write_jsonl(tmp_path / "bad.jsonl", small_tasks(1))
     with open(path, "a") as f:
@@ -131,8 +131,8 @@ def test_bad_jsonl_line_is_named(tmp_path):
 
 
 def test_stream_samples_are_deterministic_and_too_long_is_none(tmp_path):
-    from submission.formats import build_tokenizer, get_format
-    from submission.stream import StreamSamples, open_sources
+    from submission.arc.formats import build_tokenizer, get_format
+    from submission.finetune.data import StreamSamples, open_sources
 
     tok = build_tokenizer("qwen-chat", tmp_path)
     fmt = get_format("qwen-chat", tok)
@@ -148,7 +148,7 @@ def test_stream_samples_are_deterministic_and_too_long_is_none(tmp_path):
 
 
 def test_pack_rows_fills_rows_without_overflow():
-    from submission.stream import pack_rows
+    from submission.finetune.data import pack_rows
 
     lengths = [700, 300, 500, 1000, 200, 90, 1200]
     rows = pack_rows(lengths, 1024)
@@ -158,7 +158,7 @@ def test_pack_rows_fills_rows_without_overflow():
 
 
 def test_global_batch_must_split_over_ranks(monkeypatch):
-    from submission.distributed import DataParallel, dist_env, local_grad_accum
+    from submission.finetune.distributed import DataParallel, dist_env, local_grad_accum
 
     assert local_grad_accum(16, 8) == 2 and local_grad_accum(16, 1) == 16
     with pytest.raises(ConfigError, match="grad_accum=6 is not divisible by the world size 4"):
@@ -181,9 +181,9 @@ def test_packed_row_gives_each_sequence_its_own_loss(tiny_model):
     """A packed row (position ids restarting, no 2D mask) equals the sequences run one by one."""
     import torch
 
-    from submission.engine import load_trainer
-    from submission.formats import get_format
-    from submission.stream import StreamSamples, open_sources
+    from submission.model.engine import load_trainer
+    from submission.arc.formats import get_format
+    from submission.finetune.data import StreamSamples, open_sources
 
     trainer, tok, _ = load_trainer(tiny_model, FT, FT.finetune)
     fmt = get_format("qwen-chat", tok)
@@ -213,7 +213,7 @@ def test_packed_row_gives_each_sequence_its_own_loss(tiny_model):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model):
     """A one-process run: 5 tasks x 2 samples, global batch 2 (5 steps; checkpoints at 2, 4, 5)."""
-    from submission.finetune import finetune
+    from submission.finetune.run import finetune
 
     tmp = tmp_path_factory.mktemp("ftdist")
     data = write_jsonl(tmp / "data.jsonl", small_tasks(5))
@@ -254,7 +254,7 @@ def test_fsdp_with_packing_under_accelerate_gives_the_same_adapter(reference, ti
 
 DIE = """
 import os, sys
-from submission import train
+from submission.model import train
 
 steps = []
 def step(self, *args, **kwargs):
@@ -271,7 +271,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.slow
 def test_dead_rank_fails_the_job_and_its_checkpoint_resumes_in_one_process(reference, tiny_model):
-    from submission.finetune import finetune, latest_checkpoint
+    from submission.finetune.run import finetune, latest_checkpoint
 
     tmp, data, one = reference
     out = tmp / "dies"

@@ -1,4 +1,4 @@
-"""Tests of submission.formats: exact prompt layouts, loss masks, the reduced tokenizers, parsing,
+"""Tests of submission.arc.formats: exact prompt layouts, loss masks, the reduced tokenizers, parsing,
 lenient parsing and format detection."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from submission.errors import FormatError
-from submission.formats import build_tokenizer, detect_format, get_format, reduced_vocab
-from submission.grids import Pair, as_grid
+from submission.arc.formats import build_tokenizer, detect_format, get_format, reduced_vocab
+from submission.arc.grids import Pair, as_grid
 
 FORMAT_NAMES = ("qwen-chat", "architects")
 FAST = settings(max_examples=150, deadline=None)
@@ -62,7 +62,7 @@ def bound(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_grids():
-    from submission.tasks import load_dataset
+    from submission.arc.tasks import load_dataset
 
     tasks = load_dataset("arc-agi-2", "evaluation")
     grids = []

@@ -1,4 +1,4 @@
-"""Tests of submission.gpu_check, submission.machine and the `gpu-check` command: driver and torch
+"""Tests of submission.tools.gpu_check, submission.runtime.machine and the `gpu-check` command: driver and torch
 checks on made-up machines, the adapter-routing verdict, the memory plan's fallbacks, the report
 when the engine cannot be built (no model needed), and (slow) the whole check on CPU with the tiny
 model."""
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from submission import cli, gpu_check as gc, machine
-from submission.calibrate import RATE_KEYS, load_calibration
+from submission import cli
+from submission.tools import gpu_check as gc
+from submission.runtime import machine
+from submission.worker.calibrate import RATE_KEYS, load_calibration
 from submission.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,11 +158,11 @@ def test_memory_plan_skipped_without_gpu(tmp_path, monkeypatch):
 
 
 def _fake_memory(monkeypatch, plan_memory):
-    module = types.ModuleType("submission.memory")
+    module = types.ModuleType("submission.runtime.memory")
     module.plan_memory = plan_memory
     module.detect_gpu = lambda: (22.0, (8, 9))
     module.format_plan = lambda plan: "FITS: a table\nnote: a note"
-    monkeypatch.setitem(sys.modules, "submission.memory", module)
+    monkeypatch.setitem(sys.modules, "submission.runtime.memory", module)
 
 
 def test_memory_plan_that_raises_is_reported_and_the_check_goes_on(monkeypatch, tmp_path):
@@ -176,7 +178,7 @@ def test_memory_plan_that_raises_is_reported_and_the_check_goes_on(monkeypatch, 
 
 
 def test_memory_plan_module_missing(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "submission.memory", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "submission.runtime.memory", None)  # import raises ImportError
     lines = []
     checks = gc.Checks(lines.append)
     assert gc.check_memory(tmp_path, Config(), checks, lines.append)[0] is None
@@ -191,7 +193,7 @@ def _model(tmp_path, **changes) -> Path:
 
 
 def _smi(monkeypatch, mib: int, cap: str) -> None:
-    import submission.backends as backends
+    import submission.model.backends as backends
 
     def run(cmd):
         if "--query-gpu=index,memory.total,compute_cap" in cmd:
@@ -222,7 +224,7 @@ def test_gpu_check_and_run_plan_with_the_same_gpu_memory_figure(monkeypatch, tmp
     """torch's total_memory (env) and nvidia-smi's memory.total differ; both commands must use one."""
     from types import SimpleNamespace
 
-    from submission.startup import plan_memory_for_run
+    from submission.runtime.startup import plan_memory_for_run
 
     _smi(monkeypatch, 23034, "8.9")
     model = _model(tmp_path, vocab_size=16)
@@ -296,12 +298,12 @@ def fake_model_dir(root: Path) -> Path:
 
 
 def test_engine_failure_is_reported_and_written(monkeypatch, tmp_path):
-    import submission.engine
+    import submission.model.engine
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
 
-    monkeypatch.setattr(submission.engine, "build_engine", broken)
+    monkeypatch.setattr(submission.model.engine, "build_engine", broken)
     out = tmp_path / "out"
     out.mkdir()
     (out / "calibration.json").write_text("{}")  # from an older machine: must not survive
@@ -319,9 +321,9 @@ def test_engine_failure_is_reported_and_written(monkeypatch, tmp_path):
 
 
 def test_cli_gpu_check_exit_codes(monkeypatch, tmp_path, capsys):
-    import submission.engine
+    import submission.model.engine
 
-    monkeypatch.setattr(submission.engine, "build_engine",
+    monkeypatch.setattr(submission.model.engine, "build_engine",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no engine")))
     model = fake_model_dir(tmp_path)
     code = cli.main(["gpu-check", "--model", str(model), "--out", str(tmp_path / "o")])

@@ -19,12 +19,11 @@ import pytest
 
 from submission import cli
 from submission.errors import InputError
-from submission.grids import Pair, Task, as_grid
-from submission.modelfiles import check_model_weights, check_safetensors, model_identity
-from submission.paths import (check_finetune_paths, check_run_paths, inside, same_file,
-                              task_file_name)
-from submission.submit import read_record, validate_submission, valid_record
-from submission.tasks import tasks_to_challenges
+from submission.arc.grids import Pair, Task, as_grid
+from submission.runtime.modelfiles import check_model_weights, check_safetensors, model_identity
+from submission.runtime.paths import check_finetune_paths, check_run_paths, inside, same_file, task_file_name
+from submission.arc.submit import read_record, validate_submission, valid_record
+from submission.arc.tasks import tasks_to_challenges
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_IDS = ["../../x", "..", ".", "/etc/passwd", "a/b", "a\\b", "a\nb", "tab\there", "\x00",
@@ -133,7 +132,7 @@ def test_run_refuses_out_equal_to_challenges(tmp_path, capsys, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the run started")
 
-    monkeypatch.setattr("submission.run.run", must_not_run)
+    monkeypatch.setattr("submission.runtime.run.run", must_not_run)
     ch = tmp_path / "ch.json"
     text = json.dumps(tasks_to_challenges({"t1": small_task("t1", 0)}))
     ch.write_text(text)
@@ -529,7 +528,7 @@ def test_hostile_task_ids_stay_inside_the_workdir(tmp_path, tiny_model):
 @pytest.mark.slow
 def test_rerun_with_another_model_redoes_answers_and_adapters(tmp_path, tiny_model):
     """Needs `model_identity` in the record identity and in the adapter's ttt_done identity."""
-    from submission.tiny import make_tiny_model
+    from submission.model.tiny import make_tiny_model
 
     other = make_tiny_model(tmp_path / "other", "qwen-chat", seed=1)
     ch = write_challenges(tmp_path / "challenges.json", ["t0000001"])

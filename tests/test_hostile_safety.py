@@ -21,10 +21,10 @@ import pytest
 
 from submission import cli
 from submission.errors import InputError, printable
-from submission.files import write_json_atomic, write_text_atomic
-from submission.lock import LOCK_NAME, workdir_lock
-from submission.tasks import tasks_to_challenges
-from submission.vllm_tmp import PREFIX, engine_tmpdir, sweep
+from submission.runtime.files import write_json_atomic, write_text_atomic
+from submission.runtime.lock import LOCK_NAME, workdir_lock
+from submission.arc.tasks import tasks_to_challenges
+from submission.runtime.vllm_tmp import PREFIX, engine_tmpdir, sweep
 from tests.test_hostile import (FAST, RATES, _one_error_line, fake_model, run_cli, small_task,
                                 write_challenges)
 
@@ -36,9 +36,9 @@ def nothing_runs(monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the command started its work")
 
-    for name in ("submission.run.run", "submission.dry_run.dry_run", "submission.tasks.export_kaggle",
-                 "submission.tiny.make_tiny_model", "submission.vocab.shrink_vocab",
-                 "submission.finetune.finetune", "submission.gpu_check.gpu_check"):
+    for name in ("submission.runtime.run.run", "submission.tools.dry_run.dry_run", "submission.arc.tasks.export_kaggle",
+                 "submission.model.tiny.make_tiny_model", "submission.model.vocab.shrink_vocab",
+                 "submission.finetune.run.finetune", "submission.tools.gpu_check.gpu_check"):
         monkeypatch.setattr(name, must_not_run)
 
 
@@ -229,7 +229,7 @@ def test_a_solutions_file_as_challenges_is_exit_2(tmp_path, capsys):
 
 def test_the_competition_rerun_still_writes_placeholders_for_unloadable_tasks(tmp_path):
     from submission.config import Config
-    from submission.run import Run
+    from submission.runtime.run import Run
 
     sol = tmp_path / "ch.json"
     sol.write_text(json.dumps({"t1": [[[1]]]}))
@@ -313,7 +313,7 @@ def test_every_atomic_file_write_goes_through_files_py():
 HOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from submission.lock import workdir_lock
+from submission.runtime.lock import workdir_lock
 with workdir_lock({work!r}):
     print("held", flush=True)
     time.sleep(60)
@@ -380,7 +380,7 @@ KILLED = """
 import sys, tempfile, time
 sys.path.insert(0, {root!r})
 tempfile.tempdir = {base!r}
-from submission.vllm_tmp import engine_tmpdir
+from submission.runtime.vllm_tmp import engine_tmpdir
 with engine_tmpdir() as d:
     open(tempfile.gettempdir() + "/vllm_dist_0123", "w").write("store")
     print(d, flush=True)
@@ -452,7 +452,7 @@ def test_ctrl_c_a_second_run_and_a_killed_supervisor(tmp_path, tiny_model):
     """One workdir, worker processes: a second run is refused while the first holds the lock;
     Ctrl-C (SIGINT to the process group) ends the first with exit 130, one line, run.json and a
     submission holding every finished task; a SIGKILLed supervisor leaves no worker behind."""
-    from submission.submit import validate_submission
+    from submission.arc.submit import validate_submission
 
     ids = [f"t{i:07d}" for i in range(30)]  # more than finish before the interrupt lands
     ch = write_challenges(tmp_path / "challenges.json", ids)
@@ -529,7 +529,7 @@ def test_a_failed_vllm_start_keeps_stdout_json_and_leaves_no_temp_files(tmp_path
 @pytest.mark.slow
 def test_ctrl_c_in_process_keeps_what_finished(tmp_path, tiny_model):
     """budget.workers=0: the interrupt lands in the pipeline itself."""
-    from submission.submit import validate_submission
+    from submission.arc.submit import validate_submission
 
     ids = [f"t{i:07d}" for i in range(30)]  # more than finish before the interrupt lands
     ch = write_challenges(tmp_path / "challenges.json", ids)

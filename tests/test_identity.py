@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from submission.config import Config
-from submission.grids import Pair, Task, as_grid
-from submission.modelfiles import model_identity, weight_digest
-from submission.records import record_path, store_record, task_digest
-from submission.run import WEIGHT_DIGESTS, Run
-from submission.tasks import export_kaggle, tasks_to_challenges
+from submission.arc.grids import Pair, Task, as_grid
+from submission.runtime.modelfiles import model_identity, weight_digest
+from submission.runtime.records import record_path, store_record, task_digest
+from submission.runtime.run import WEIGHT_DIGESTS, Run
+from submission.arc.tasks import export_kaggle, tasks_to_challenges
 from tests.test_hostile import write_safetensors
 
 BIG = {"a.weight": ("F32", [300, 256]), "b.bias": ("BF16", [5])}  # 307 kB: a middle past 64 KiB
@@ -156,7 +156,7 @@ def test_task_digest_is_canonical_content():
 @pytest.mark.slow
 def test_changed_grids_retrain_the_adapter(engine, tmp_path):
     """A finished adapter kept for a task is reused for the same grids only."""
-    from submission.run import run
+    from submission.runtime.run import run
     from tests.test_failures import QUICK, RATES
 
     cfg = QUICK.with_overrides(["budget.keep_adapters=true", "budget.workers=0"])

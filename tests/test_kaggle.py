@@ -1,5 +1,5 @@
-"""Tests of submission.kaggle (model discovery, GPU count, input resolution, Kaggle config),
-submission.workers.worker_env, and the CLI `kaggle` command's error path. No models, no GPUs."""
+"""Tests of submission.tools.kaggle (model discovery, GPU count, input resolution, Kaggle config),
+submission.runtime.workers.worker_env, and the CLI `kaggle` command's error path. No models, no GPUs."""
 
 from __future__ import annotations
 
@@ -13,10 +13,20 @@ import pytest
 from submission import cli
 from submission.config import Config
 from submission.errors import InputError
-from submission.kaggle import (SAFETY_MARGIN_S, SCRATCH, SMOKE_TASKS, STAGE_FAILURES, KaggleSetup,
-                               find_model, gpu_count, is_competition_rerun, kaggle_config, resolve,
-                               smoke_verdict)
-from submission.workers import worker_env
+from submission.tools.kaggle import (
+    SAFETY_MARGIN_S,
+    SCRATCH,
+    SMOKE_TASKS,
+    STAGE_FAILURES,
+    KaggleSetup,
+    find_model,
+    gpu_count,
+    is_competition_rerun,
+    kaggle_config,
+    resolve,
+    smoke_verdict,
+)
+from submission.runtime.workers import worker_env
 
 CHALLENGES_REL = Path("competitions/arc-prize-2026-arc-agi-2/arc-agi_test_challenges.json")
 ENV_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "KAGGLE_IS_COMPETITION_RERUN",
@@ -363,8 +373,10 @@ def test_smoke_verdict_names_each_stage_failure_and_its_tasks(key):
 def test_each_declared_fallback_is_decided_once_next_to_its_definition():
     """Every counter a module declares in its FALLBACKS fails a smoke run exactly when it carries a
     meaning; names are declared once."""
-    from submission import engine, pipeline, rescore
-    from submission.backends import hf_sampler
+    from submission.model import engine
+    from submission.worker import pipeline
+    from submission.answers import rescore
+    from submission.model.backends import hf_sampler
 
     declared = [engine.FALLBACKS, pipeline.FALLBACKS, rescore.FALLBACKS, hf_sampler.FALLBACKS]
     names = [n for d in declared for n in d]
@@ -426,7 +438,7 @@ def fake_run(monkeypatch):
         calls.append(dict(kwargs, challenges=challenges, model=model, out=out, workdir=workdir, cfg=cfg))
         return calls.report
 
-    monkeypatch.setattr("submission.run.run", run)
+    monkeypatch.setattr("submission.runtime.run.run", run)
     return calls
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from submission.config import Config
-from submission.grids import Pair, Task, as_grid, grid_to_list
+from submission.arc.grids import Pair, Task, as_grid, grid_to_list
 from submission.lane.ensemble import merge_record, merge_two
 from submission.lane.service import LaneRunner, lane_processes, start_lane, task_cap
-from submission.tasks import export_kaggle
+from submission.arc.tasks import export_kaggle
 
 A, B, C = [[1]], [[2]], [[3]]
 
@@ -103,7 +103,7 @@ def noise_task(tid: str, seed: int, side: int = 6) -> Task:
 
 
 def test_run_gets_lane_answers_where_the_model_gave_none(tmp_path):
-    from submission.run import Run
+    from submission.runtime.run import Run
 
     tasks = {"flip0001": flip_task("flip0001", 1), "flip0002": flip_task("flip0002", 2),
              "noise003": noise_task("noise003", 3)}
@@ -134,7 +134,7 @@ def test_run_gets_lane_answers_where_the_model_gave_none(tmp_path):
 
 
 def test_disabled_lane_starts_nothing(tmp_path):
-    from submission.run import Run
+    from submission.runtime.run import Run
 
     task = flip_task("flip0001", 1)
     challenges, _ = export_kaggle({task.id: task}, tmp_path / "d", "evaluation")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from submission.grids import as_grid
+from submission.arc.grids import as_grid
 from submission.lane import objects as ob
 from submission.lane import primitives as pr
 

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from submission.grids import grid_to_list
-from submission.run import run
-from submission.tasks import export_kaggle
+from submission.arc.grids import grid_to_list
+from submission.runtime.run import run
+from submission.arc.tasks import export_kaggle
 from tests.test_failures import QUICK, RATES
 from tests.test_lane_integration import flip_task
 
@@ -45,7 +45,7 @@ def test_the_default_dry_run_shows_a_task_the_lane_solves(engine, tiny_model, tm
     """The dry-run's default set (ARC-AGI-1 evaluation, in the dataset's order) starts with a task the
     lane solves: its score file shows the program, the lane-only score and a right submission."""
     from submission.cli import DEFAULT_DRY_RUN_DATASET
-    from submission.dry_run import dry_run
+    from submission.tools.dry_run import dry_run
 
     cfg = QUICK.with_overrides(["lane.enabled=true", "lane.processes=1", "lane.task_cap_s=10",
                                 "budget.workers=0"])

@@ -3,7 +3,7 @@ demo consistency, parameters read from the demos, deduplication, ranking, time c
 
 import numpy as np
 
-from submission.grids import Pair, Task, as_grid
+from submission.arc.grids import Pair, Task, as_grid
 from submission.lane import rules, solve
 from submission.lane.catalogue import candidate_steps, read_facts
 from submission.lane.program import Program

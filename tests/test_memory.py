@@ -1,4 +1,4 @@
-"""Tests of submission.memory: the GPU memory plan, from config.json shapes only (no GPU, no torch)."""
+"""Tests of submission.runtime.memory: the GPU memory plan, from config.json shapes only (no GPU, no torch)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ import pytest
 from submission import cli
 from submission.config import Config, ConfigError
 from submission.errors import InputError
-from submission.memory import (GIB, NF4_BYTES_PER_WEIGHT, MemoryPlanError, compute_dtype, format_plan,
-                               plan_for_shape, plan_memory, read_model_shape, shape_from_dict,
-                               unplanned_vllm_kwargs, vllm_max_lora_rank)
+from submission.runtime.memory import (
+    GIB,
+    NF4_BYTES_PER_WEIGHT,
+    MemoryPlanError,
+    compute_dtype,
+    format_plan,
+    plan_for_shape,
+    plan_memory,
+    read_model_shape,
+    shape_from_dict,
+    unplanned_vllm_kwargs,
+    vllm_max_lora_rank,
+)
 
 # Published config.json shapes (the fields the plan reads).
 QWEN3_4B = dict(num_hidden_layers=36, hidden_size=2560, num_attention_heads=32, num_key_value_heads=8,
@@ -249,7 +259,7 @@ def test_cli_missing_field_exit_2(tmp_path, capsys):
 def test_trainer_counts_its_initial_adapter_copy_at_fp32_r128_on_l4():
     """LoRATrainer._init clones the fresh adapter on the GPU at the LoRA's dtype (fp32 under unsloth
     and peft): Qwen3-4B at r=128 on all linear layers holds ~264M LoRA parameters, ~0.98 GiB."""
-    from submission.memory import CUDA_CONTEXT_GIB, LORA_INIT_BYTES_PER_PARAM, TRAIN_FRAGMENTATION, \
+    from submission.runtime.memory import CUDA_CONTEXT_GIB, LORA_INIT_BYTES_PER_PARAM, TRAIN_FRAGMENTATION, \
         TRAIN_SAFETY_GIB
 
     cfg = CFG.with_overrides(["ttt.r=128", "ttt.lora_alpha=128"])
@@ -295,9 +305,9 @@ def test_full_vocab_auto_rescoring_does_not_starve_vllm():
 def test_run_switches_auto_rescoring_to_forward_when_the_plan_says_so(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import submission.backends as backends
-    import submission.memory as memory
-    from submission.startup import plan_memory_for_run
+    import submission.model.backends as backends
+    import submission.runtime.memory as memory
+    from submission.runtime.startup import plan_memory_for_run
 
     monkeypatch.setattr(memory, "detect_gpu", lambda: (22.5, (8, 9)))
     monkeypatch.setattr(backends, "installed", lambda name: True)
@@ -313,8 +323,8 @@ def test_without_a_gpu_vllm_gets_a_bounded_kv_cache(monkeypatch):
     VLLM_CPU_KVCACHE_SPACE; a run without a GPU passes an explicit size instead."""
     from types import SimpleNamespace
 
-    import submission.memory as memory
-    from submission.startup import plan_memory_for_run
+    import submission.runtime.memory as memory
+    from submission.runtime.startup import plan_memory_for_run
 
     monkeypatch.setattr(memory, "detect_gpu", lambda: None)
     st = SimpleNamespace(cfg=CFG, info={}, chunk_size=8)

@@ -13,7 +13,7 @@ import pytest
 from test_hostile import _one_error_line, run_cli, write_challenges
 
 from submission.errors import InputError
-from submission.modelfiles import check_model_config, raised_by_library, reading_model
+from submission.runtime.modelfiles import check_model_config, raised_by_library, reading_model
 
 
 def _config(d, data) -> None:
@@ -157,10 +157,10 @@ def test_trainer_stops_on_a_non_finite_loss(tiny_model, tmp_path):
     from conftest import SMALL
     from test_train import _samples
 
-    from submission.backends.peft_loader import load_peft
+    from submission.model.backends.peft_loader import load_peft
     from submission.errors import NonFiniteLoss
-    from submission.formats import get_format
-    from submission.train import LoRATrainer
+    from submission.arc.formats import get_format
+    from submission.model.train import LoRATrainer
 
     model, tok, _ = load_peft(tiny_model, SMALL)
     with torch.no_grad():

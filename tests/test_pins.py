@@ -56,4 +56,4 @@ def test_every_subpackage_is_installed():
     folders = {".".join(p.relative_to(ROOT).parts[:-1])
                for p in (ROOT / "submission").rglob("__init__.py")}
     assert folders <= found, sorted(folders - found)
-    assert {"submission.lane", "submission.backends", "submission.presets"} <= found
+    assert {"submission.lane", "submission.model.backends", "submission.presets"} <= found

@@ -17,9 +17,9 @@ from test_hostile import run_cli as run_subprocess
 from test_hostile import write_challenges
 
 from submission.errors import FormatError
-from submission.formats import ArchitectsFormat, detect_format, get_format
-from submission.tasks import tasks_to_challenges
-from submission.tokenizer import load_tokenizer
+from submission.arc.formats import ArchitectsFormat, detect_format, get_format
+from submission.arc.tasks import tasks_to_challenges
+from submission.model.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_the_files_are_as_published(published):
 
 def test_a_piece_outside_the_vocabulary_raises_the_bindings_plain_exception(published):
     """The fact detection has to live with (and why `binding_error` looks for exactly Exception)."""
-    from submission.tokenizer import binding_error
+    from submission.model.tokenizer import binding_error
 
     tok = load_tokenizer(published)
     with pytest.raises(Exception, match="Missing \\[UNK\\] token from the vocabulary") as err:
@@ -82,7 +82,7 @@ def test_only_the_binding_error_means_a_format_does_not_fit(published):
 
 
 def test_shrink_vocab_maps_the_published_ids(published):
-    from submission.vocab import original_ids
+    from submission.model.vocab import original_ids
 
     tok = load_tokenizer(published)
     assert original_ids(tok, "qwen-chat") == list(range(16))
@@ -91,7 +91,7 @@ def test_shrink_vocab_maps_the_published_ids(published):
 
 
 def _task():
-    from submission.grids import Pair, Task, as_grid
+    from submission.arc.grids import Pair, Task, as_grid
 
     g = lambda rows: as_grid(np.array(rows))  # noqa: E731
     return Task("t0000001", (Pair(g([[1, 2], [3, 4]]), g([[4, 3], [2, 1]])),
@@ -101,7 +101,7 @@ def _task():
 
 def test_show_prompt_with_default_settings(published, tmp_path, capsys):
     from submission.cli import main
-    from submission.tasks import tasks_to_solutions
+    from submission.arc.tasks import tasks_to_solutions
 
     task = _task()
     ch, sol = tmp_path / "ch.json", tmp_path / "sol.json"

@@ -16,13 +16,20 @@ from hypothesis import strategies as st
 from submission.cli import main
 from submission.config import ANSWER_SECTIONS, Config
 from submission.errors import InputError
-from submission.report import (PALETTE, NotARunError, build_report, grid_svg, render_report,
-                               run_dir, write_report)
-from submission.scoring import score_submission
-from submission import select as S
-from submission.records import task_digest
-from submission.select import Candidate, rank
-from submission.tasks import parse_task
+from submission.tools.report import (
+    PALETTE,
+    NotARunError,
+    build_report,
+    grid_svg,
+    render_report,
+    run_dir,
+    write_report,
+)
+from submission.arc.scoring import score_submission
+from submission.answers import select as S
+from submission.runtime.records import task_digest
+from submission.answers.select import Candidate, rank
+from submission.arc.tasks import parse_task
 
 A = [[1, 2], [3, 4]]
 B = [[5, 5], [5, 5]]

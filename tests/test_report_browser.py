@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from submission.report import build_report, write_report
+from submission.tools.report import build_report, write_report
 from tests.conftest import SMALL
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
@@ -95,8 +95,8 @@ LAYOUT = """<script>
 @pytest.fixture(scope="module")
 def run_report(tmp_path_factory, engine):
     """A dry-run's workdir (data/, run/, submission.json) on 3 public tasks with the tiny model."""
-    from submission.run import run
-    from submission.tasks import export_kaggle, load_dataset
+    from submission.runtime.run import run
+    from submission.arc.tasks import export_kaggle, load_dataset
 
     wd = tmp_path_factory.mktemp("report-run")
     tasks = dict(list(load_dataset("arc-agi-1", "evaluation").items())[:3])
@@ -117,8 +117,8 @@ def panels_page(run_report, engine, tiny_model, tmp_path_factory):
     records them (workers.py: per-worker engine info and calibrations)."""
     from types import SimpleNamespace
 
-    from submission.calibrate import calibrate
-    from submission.startup import plan_memory_for_run
+    from submission.worker.calibrate import calibrate
+    from submission.runtime.startup import plan_memory_for_run
 
     wd = tmp_path_factory.mktemp("panels") / "w"
     shutil.copytree(run_report[0], wd)

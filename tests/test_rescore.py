@@ -10,12 +10,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from submission import rescore as R
-from submission.engine import Engine
+from submission.answers import rescore as R
+from submission.model.engine import Engine
 from submission.errors import STRICT_ENV, SamplerError
-from submission.grids import Pair, Task, as_grid
-from submission.select import Candidate
-from submission.tiny import random_adapter
+from submission.arc.grids import Pair, Task, as_grid
+from submission.answers.select import Candidate
+from submission.model.tiny import random_adapter
 from tests.conftest import SMALL
 
 
@@ -96,7 +96,7 @@ def three_cands(seed: int = 1) -> list[Candidate]:
 
 def old_rescore(task, cands, fmt, scorer, rng, *, n, max_len):
     """The loop re-scoring used before: one score call per (transform, candidate)."""
-    from submission.augment import sample_transforms
+    from submission.arc.augment import sample_transforms
 
     k = len(task.train)
     out = [[] for _ in cands]
@@ -229,7 +229,7 @@ def test_vllm_failure_not_ours_reraises_under_the_strict_switch(monkeypatch):
 def bare_forward(fail: Exception):
     """The transformers scorer's prefix logic alone: every prefix mode raises `fail`, one pass per
     answer is `det_score`."""
-    from submission.backends.hf_sampler import HFSampler
+    from submission.model.backends.hf_sampler import HFSampler
 
     hf, counts = HFSampler.__new__(HFSampler), Counter()
     hf.prefix_kv = {"mode": "tree", "checked": {}, "errors": {}}
@@ -258,7 +258,7 @@ def test_prefix_kv_fallback_strict_switch_both_ways(monkeypatch):
         with pytest.raises(type(bug)):  # never a fallback, strict or not
             hf.score_groups(groups, None)
         assert not counts
-    from submission.backends.hf_sampler import PrefixCacheError
+    from submission.model.backends.hf_sampler import PrefixCacheError
 
     monkeypatch.setenv(STRICT_ENV, "1")
     hf, counts = bare_forward(PrefixCacheError("no KV cache"))  # ours: falls back even strict

@@ -1,4 +1,4 @@
-"""Tests of submission.scoring: the ARC Prize metric, the report, and the file loaders."""
+"""Tests of submission.arc.scoring: the ARC Prize metric, the report, and the file loaders."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from submission import scoring as S
+from submission.arc import scoring as S
 from submission.errors import InputError
-from submission.grids import as_grid, grid_to_list
+from submission.arc.grids import as_grid, grid_to_list
 
 A1, A2, B1 = [[1, 2], [3, 4]], [[5]], [[0, 0, 7]]
 SOLUTIONS = {"A": [as_grid(A1), as_grid(A2)], "B": [as_grid(B1)]}

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from submission.sample import GenRequest, Generation
-from submission.search import search
+from submission.answers.sampling import GenRequest, Generation
+from submission.answers.search import search
 
 VOCAB, STOP, PROMPT = 5, 4, (9, 9)
 
@@ -107,7 +107,7 @@ def test_vllm_and_transformers_search_agree(engine):
 
 
 # --- speculative DFS: the same answers as `_dfs`, with drafts from other views ------------------
-from submission.search import Frame, SearchStats, _dfs, speculative_dfs  # noqa: E402
+from submission.answers.search import Frame, SearchStats, _dfs, speculative_dfs  # noqa: E402
 
 PERMS = [(0, 1, 2, 3), (2, 0, 3, 1), (3, 2, 1, 0), (1, 3, 0, 2), (2, 3, 0, 1), (1, 0, 3, 2)]
 
@@ -267,8 +267,8 @@ from tests.test_engine import adapters  # noqa: E402,F401  (the trained-adapter 
 
 
 def _views_requests(engine, adapters, n_views=4, max_tokens=12, with_base=True):
-    from submission.pipeline import view_frames
-    from submission.sample import build_views
+    from submission.worker.pipeline import view_frames
+    from submission.answers.sampling import build_views
 
     views, reqs = [], []
     for task, adapter in adapters:
@@ -354,8 +354,8 @@ def test_speculative_dfs_on_the_tiny_model(engine, adapters, backend):
 def test_verify_calls_fit_the_kv_cache():
     """vLLM verification batches hold at most the KV blocks that exist (less the null block), so
     no request of a call can be preempted; an oversized request goes alone."""
-    from submission.backends.vllm_sampler import _fit
-    from submission.sample import VerifyRequest
+    from submission.model.backends.vllm_sampler import _fit
+    from submission.answers.sampling import VerifyRequest
 
     reqs = [VerifyRequest((1,) * p, (2,) * a, None, 5) for p, a in
             ((30, 9), (14, 1), (15, 0), (100, 20), (3, 3))]
@@ -371,8 +371,8 @@ def test_verify_calls_fit_the_kv_cache():
 def test_vllm_verify_rows_are_computed(engine, adapters):
     """A draft whose prefix-cache hit reaches into its answer (an earlier draft shared its first
     answer blocks) is verified again without reading the cache: rows equal the forward pass."""
-    from submission.grids import as_grid
-    from submission.sample import VerifyRequest
+    from submission.arc.grids import as_grid
+    from submission.answers.sampling import VerifyRequest
 
     task, adapter = adapters[1]
     prompt = tuple(engine.fmt.encode_prompt(list(task.train), task.test_inputs[0]))

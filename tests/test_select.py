@@ -1,4 +1,4 @@
-"""Tests of submission.select: pooling, the three ranking policies, select_two and to_record."""
+"""Tests of submission.answers.select: pooling, the three ranking policies, select_two and to_record."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from submission import select as S
+from submission.answers import select as S
 from submission.errors import ConfigError
-from submission.grids import as_grid, grids_equal
+from submission.arc.grids import as_grid, grids_equal
 
 G1, G11, G2, G3 = as_grid([[1]]), as_grid([[1, 1]]), as_grid([[2]]), as_grid([[3]])
 

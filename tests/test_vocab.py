@@ -1,4 +1,4 @@
-"""Tests of submission.vocab: shrinking a full-vocabulary model to a format's reduced vocabulary."""
+"""Tests of submission.model.vocab: shrinking a full-vocabulary model to a format's reduced vocabulary."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from submission.errors import FormatError
-from submission.formats import get_format, reduced_vocab
-from submission.grids import Pair, as_grid
-from submission.vocab import shrink_vocab
+from submission.arc.formats import get_format, reduced_vocab
+from submission.arc.grids import Pair, as_grid
+from submission.model.vocab import shrink_vocab
 
 FULL_VOCAB = 200
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -185,7 +185,7 @@ def test_architects_shrink_keeps_the_begin_token(tmp_path):
     """A source with a begin token keeps it as reduced id 67 and the format starts with it."""
     from transformers import AutoModelForCausalLM
 
-    from submission.tokenizer import load_tokenizer
+    from submission.model.tokenizer import load_tokenizer
 
     arch = reduced_vocab("architects")[0]
     assert len(arch) == 68 and arch[-1] == "<s>"

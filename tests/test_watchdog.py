@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from submission.watchdog import Beat, Watchdog, WatchdogInterrupt
+from submission.runtime.watchdog import Beat, Watchdog, WatchdogInterrupt
 
 
 def busy(seconds: float, beat=None, every: float = 0.05) -> None:

@@ -1,6 +1,6 @@
 """A CPU program-search lane: a small DSL of grid transformations and a depth-limited search for
 programs that reproduce every demonstration of a task (numpy only)."""
 
-from .search import LaneResult, solve
+from submission.lane.search import LaneResult, solve
 
 __all__ = ["LaneResult", "solve"]

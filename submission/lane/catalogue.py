@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..grids import Task
-from . import objects as ob
-from . import primitives as pr
-from .program import Step, step
+from submission.arc.grids import Task
+from submission.lane import objects as ob
+from submission.lane import primitives as pr
+from submission.lane.program import Step, step
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..grids import Grid
-from .primitives import outside_mask
+from submission.arc.grids import Grid
+from submission.lane.primitives import outside_mask
 
 _N4 = ((1, 0), (-1, 0), (0, 1), (0, -1))
 _N8 = _N4 + ((1, 1), (1, -1), (-1, 1), (-1, -1))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import resource
 
-from ..grids import Task
-from .search import LaneResult, solve
+from submission.arc.grids import Task
+from submission.lane.search import LaneResult, solve
 
 
 def limit_memory(mem_mib: int) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..augment import dihedral_apply
-from ..grids import MAX_SIDE, Grid
+from submission.arc.augment import dihedral_apply
+from submission.arc.grids import MAX_SIDE, Grid
 
 DIHEDRAL_NAMES = ("id", "rot90", "rot180", "rot270", "transpose", "flip_ud", "antitranspose",
                   "flip_lr")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..grids import Grid
+from submission.arc.grids import Grid
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..augment import dihedral_apply
-from ..grids import Grid
-from .objects import components, object_features
-from .primitives import tile_pattern
+from submission.arc.augment import dihedral_apply
+from submission.arc.grids import Grid
+from submission.lane.objects import components, object_features
+from submission.lane.primitives import tile_pattern
 
 OUTSIDE = 10  # the value of a neighbour beyond the border
 

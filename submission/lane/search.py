@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..grids import Grid, Task
-from .catalogue import candidate_steps, read_facts
-from .primitives import fits
-from .program import Program, Step, allowed_after
-from .rules import LEARNERS, learn_cellwise
+from submission.arc.grids import Grid, Task
+from submission.lane.catalogue import candidate_steps, read_facts
+from submission.lane.primitives import fits
+from submission.lane.program import Program, Step, allowed_after
+from submission.lane.rules import LEARNERS, learn_cellwise
 
 MAX_DEPTH = 3
 MAX_STATE_BYTES = 256 * 2 ** 20  # grids held by one depth's frontier

@@ -15,9 +15,9 @@ import os
 import time
 from typing import Any
 
-from ..config import Config
-from ..grids import Task, grid_to_list
-from .ensemble import merge_record
+from submission.config import Config
+from submission.arc.grids import Task, grid_to_list
+from submission.lane.ensemble import merge_record
 
 POLL_S = 0.5
 
@@ -42,7 +42,7 @@ def _init(mem_mib: int, nice: int) -> None:
     where a KeyboardInterrupt here would only print a pool worker's traceback."""
     import signal
 
-    from .pool import limit_memory
+    from submission.lane.pool import limit_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(nice)
@@ -50,7 +50,7 @@ def _init(mem_mib: int, nice: int) -> None:
 
 
 def _solve(task: Task, cap_s: float) -> dict[str, Any]:
-    from .pool import solve_guarded
+    from submission.lane.pool import solve_guarded
 
     r = solve_guarded(task, cap_s)
     return {**r.to_json(), "answers": [[grid_to_list(g) for g in a] for a in r.answers]}
@@ -98,7 +98,7 @@ class LaneRunner:
         """Wait for the lane (until all tasks are done or `until`), terminate the pool, merge every
         result not merged yet into the run's records; tasks without a neural record get the lane's
         answers alone (kept in memory only, so that a rerun retries the neural path)."""
-        from ..records import store_record
+        from submission.runtime.records import store_record
 
         while self.pending and time.monotonic() < until:
             self.poll()

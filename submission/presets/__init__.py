@@ -8,7 +8,7 @@ import tomllib
 from importlib import resources
 from typing import Any
 
-from ..errors import ConfigError
+from submission.errors import ConfigError
 
 NAMES = ("nvarc-2025", "architects-2024", "mit-2024")
 

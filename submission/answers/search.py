@@ -1,0 +1,309 @@
+"""Depth-first answer search: every answer whose probability reaches a threshold, not only the
+greedy one (the 2024 and 2025 winners' DFS, p >= 0.17 / 0.2).
+
+Built on plain batched generation: decode greedily with the top-k logprobs of every position, then
+open a branch wherever another token keeps the running probability at or above the threshold, and
+decode each branch greedily from there (prefix caching makes the shared prompt free). Repeating
+until no branch is left finds every sequence above the threshold: such a sequence leaves the greedy
+path of some round at a token whose prefix probability is already above the threshold, and no
+token above the threshold ranks below 1/threshold, so k = ceil(1/threshold) alternatives suffice.
+Each round is one batched `generate` call for all open branches of all prompts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, fields, replace
+
+from submission.answers.sampling import GenRequest, Generation, Sampler, VerifyRequest
+
+
+def search(sampler: Sampler, requests: list[GenRequest], *, threshold: float, max_paths: int,
+           stop_ids: list[int], frames: list[Frame | None] | None = None,
+           stats: SearchStats | None = None) -> list[list[Generation]]:
+    """Per greedy request: the greedy answer first, then every other complete answer with
+    probability >= `threshold` (at most `max_paths` in all). Sampled requests (temperature > 0)
+    and threshold <= 0 are plain generation. With `frames` (one per request, None for none) and
+    a sampler that can `verify`, greedy requests that have a frame search speculatively."""
+    if not requests:
+        return []
+    greedy = [i for i, r in enumerate(requests) if r.temperature == 0 and r.n == 1]
+    if threshold <= 0 or not greedy:
+        return sampler.generate(requests)
+    spec = ([i for i in greedy if frames[i] is not None]
+            if frames is not None and hasattr(sampler, "verify") else [])
+    chosen = set(spec)
+    plain = [i for i in greedy if i not in chosen]
+    out = _dfs(sampler, [requests[i] for i in plain], threshold, max_paths, stop_ids, stats)
+    greedy = plain + spec
+    if spec:
+        out += speculative_dfs(sampler, [requests[i] for i in spec], [frames[i] for i in spec],
+                               threshold, max_paths, stop_ids, stats)
+    results: list[list[Generation]] = [[] for _ in requests]
+    for i, gens in zip(greedy, out):
+        results[i] = gens
+    rest = [i for i in range(len(requests)) if i not in set(greedy)]  # temperature samples
+    for i, gens in zip(rest, sampler.generate([requests[i] for i in rest]) if rest else []):
+        results[i] = gens
+    return results
+
+
+def _dfs(sampler: Sampler, requests: list[GenRequest], threshold: float, max_paths: int,
+         stop_ids: list[int], stats: SearchStats | None = None) -> list[list[Generation]]:
+    k = math.ceil(1.0 / threshold)
+    floor, stops = math.log(threshold), set(stop_ids)
+    found: list[list[Generation]] = [[] for _ in requests]
+    opened = [1] * len(requests)  # paths started per request (the greedy one included)
+    # (request index, prefix ids, prefix logprob); the first round is the greedy decode itself
+    frontier: list[tuple[int, list[int], float]] = [(i, [], 0.0) for i in range(len(requests))]
+    while frontier:
+        batch = [replace(requests[i], prompt=requests[i].prompt + tuple(prefix), n=1,
+                         temperature=0.0, top_logprobs=k,
+                         max_tokens=requests[i].max_tokens - len(prefix))
+                 for i, prefix, _ in frontier]
+        nxt = []
+        for (i, prefix, lp0), g in zip(frontier, _generate(sampler, batch, stats)):
+            gen = g[0]
+            ids, total = prefix + gen.ids, lp0 + gen.logprob
+            if not found[i] or (total >= floor and ids and ids[-1] in stops):
+                found[i].append(Generation(ids, total))
+            for branch, lp, ended in _branches(prefix, lp0, gen, floor, stops, requests[i].max_tokens,
+                                               max_paths - opened[i]):
+                opened[i] += 1
+                if ended:
+                    found[i].append(Generation(branch, lp))
+                elif ended is not None:
+                    nxt.append((i, branch, lp))
+        frontier = nxt
+    return found
+
+
+def _branches(prefix: list[int], lp0: float, gen: Generation, floor: float, stops: set[int],
+              max_tokens: int, room: int) -> list[tuple[list[int], float, bool | None]]:
+    """The branches a decoded path opens, in the search's order: wherever another token keeps the
+    running log p at or above `floor`, at most `room` of them. Each is (ids, log p, ended): True
+    when the branch ends right there (a stop token), False when it is to be decoded further, None
+    when it has no tokens left (opened and counted, never decoded)."""
+    out: list[tuple[list[int], float, bool | None]] = []
+    running = lp0
+    for pos, token in enumerate(gen.ids):
+        alts = (gen.top or [{}] * len(gen.ids))[pos]
+        for alt, alt_lp in sorted(alts.items(), key=lambda kv: -kv[1]):
+            if alt == token or running + alt_lp < floor or len(out) >= room:
+                continue
+            branch = prefix + gen.ids[:pos] + [alt]
+            out.append((branch, running + alt_lp,
+                        True if alt in stops else (False if len(branch) < max_tokens else None)))
+        running += alts.get(token, 0.0)
+        if running < floor:
+            break  # no later branch can reach the threshold
+    return out
+
+
+# --- speculative DFS ----------------------------------------------------------------------------
+# The same search (rounds, branch openings and their order per request, the `max_paths` cap) with
+# one change: a path's greedy continuation is first looked up in answers other views of the same
+# test input already found. Such a candidate, mapped into this view's frame and encoded as its
+# answer tokens (a draft), is checked in one prefill (`Sampler.verify`: top-k logprobs at every
+# answer position). Where the draft's token is the strict argmax at a position it is what greedy
+# decoding would pick there; from the first position where it is not (an exact tie included: the
+# decoder resolves ties itself), greedy decoding resumes. Verified rows serve every path of the
+# view whose prefix they cover (the greedy path and branches alike).
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a request's answers meet the other views of its test input: `group` names the test
+    input, `wave` when the view starts (wave w after w iterations: later waves see more drafts),
+    `to_key` maps answer ids to a key shared by the group (None: not an answer), `to_ids` maps a
+    key to answer ids in this view's frame (None: no such answer here)."""
+
+    group: Hashable
+    wave: int
+    to_key: Callable[[list[int]], Hashable | None]
+    to_ids: Callable[[Hashable], list[int] | None]
+
+
+@dataclass
+class SearchStats:
+    """What a search cost. `decode_steps`: per generate call its longest generation, summed (the
+    sequential steps of an engine with unlimited batch width); `decoded_tokens`: tokens generated
+    (each one a step of its own sequence); `verify_tokens`: draft tokens checked by prefill, of
+    which `accepted_tokens` were taken as greedy tokens; `unverified`: drafts whose rows the
+    sampler could not prove computed (those paths were decoded instead)."""
+
+    generate_calls: int = 0
+    verify_calls: int = 0
+    decode_steps: int = 0
+    decoded_tokens: int = 0
+    drafts: int = 0
+    drafts_accepted: int = 0  # drafts taken whole (no decoding of that path)
+    verify_tokens: int = 0
+    accepted_tokens: int = 0
+    unverified: int = 0
+
+    def add(self, other: SearchStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_json(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _generate(sampler: Sampler, batch: list[GenRequest], stats: SearchStats | None
+              ) -> list[list[Generation]]:
+    out = sampler.generate(batch)
+    if stats is not None and batch:
+        lengths = [len(g[0].ids) for g in out]
+        stats.generate_calls += 1
+        stats.decode_steps += max(lengths)
+        stats.decoded_tokens += sum(lengths)
+    return out
+
+
+def _accepted(ids: list[int], rows: list[dict[int, float]], start: int, budget: int,
+              stops: set[int]) -> tuple[list[int], list[dict[int, float]], float, bool]:
+    """Walk a verified draft from `start` while its token is the strict argmax: (tokens, their
+    rows, summed log p, whether the path is complete: a stop token taken or `budget` reached)."""
+    toks: list[int] = []
+    tops: list[dict[int, float]] = []
+    lp = 0.0
+    for pos in range(start, len(ids)):
+        if len(toks) >= budget:
+            break
+        row, t = rows[pos], ids[pos]
+        lt = row.get(t)
+        if lt is None or any(alt != t and v >= lt for alt, v in row.items()):
+            break  # not the argmax, or tied with another token
+        toks.append(t)
+        tops.append(row)
+        lp += lt
+        if t in stops:
+            return toks, tops, lp, True
+    return toks, tops, lp, len(toks) >= budget
+
+
+def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[Frame],
+                    threshold: float, max_paths: int, stop_ids: list[int],
+                    stats: SearchStats | None = None) -> list[list[Generation]]:
+    """`_dfs` with drafts from the other views of each request's group (see above): the same
+    answers in the same order."""
+    k = math.ceil(1.0 / threshold)
+    floor, stops = math.log(threshold), set(stop_ids)
+    n = len(requests)
+    found: list[list[Generation]] = [[] for _ in requests]
+    opened = [1] * n
+    rounds: list[list[tuple[list[int], float]]] = [[] for _ in requests]
+    waves = sorted({f.wave for f in frames})
+    start_at = [waves.index(f.wave) for f in frames]  # iteration at which each request starts
+    known: dict[Hashable, dict[Hashable, int]] = {}  # group -> candidate key -> times found
+    verified: list[list[tuple[list[int], list[dict[int, float]]]]] = [[] for _ in requests]
+    tried: list[set[tuple[int, ...]]] = [set() for _ in requests]
+    started = [False] * n
+    stalled: set[Hashable] = set()  # groups whose drafts do not help: their views start at once
+    it = 0
+    while not all(started) or any(rounds):
+        for i in range(n):
+            if not started[i] and (start_at[i] <= it or frames[i].group in stalled):
+                started[i] = True
+                rounds[i] = [([], 0.0)]
+        it += 1
+        items = [(i, prefix, lp0) for i in range(n) for prefix, lp0 in rounds[i]]
+        if not items:
+            continue
+        # 1. a draft for every path that no verified draft of its view covers yet
+        checks: list[tuple[int, list[int]]] = []
+        for i, prefix, _ in items:
+            if any(ids[:len(prefix)] == prefix and len(ids) > len(prefix) for ids, _ in verified[i]):
+                continue
+            draft = _pick_draft(frames[i], known.get(frames[i].group, {}), prefix, tried[i])
+            if draft is not None:
+                tried[i].add(tuple(draft))
+                checks.append((i, draft))
+        if checks:
+            rows = sampler.verify([VerifyRequest(requests[i].prompt, tuple(d), requests[i].adapter, k)
+                                   for i, d in checks])
+            if stats is not None:
+                stats.verify_calls += 1
+                stats.drafts += len(checks)
+                stats.verify_tokens += sum(len(d) for _, d in checks)
+            for (i, d), r in zip(checks, rows):
+                if r is None:
+                    if stats is not None:
+                        stats.unverified += 1
+                    continue
+                verified[i].append((d, r))
+        # 2. each path: as far as a verified draft goes, then greedy decoding from there
+        helped: set[Hashable] = set()
+        partial: list[tuple[list[int], list[dict[int, float]], float] | None] = []
+        batch, where = [], []
+        for idx, (i, prefix, _) in enumerate(items):
+            best = ([], [], 0.0, False)
+            for ids, r in verified[i]:
+                if ids[:len(prefix)] == prefix:
+                    got = _accepted(ids, r, len(prefix), requests[i].max_tokens - len(prefix), stops)
+                    if got[3] or len(got[0]) > len(best[0]):
+                        best = got
+                    if got[3]:
+                        break
+            toks, tops, lp, done = best
+            helped.add(frames[i].group) if done else None
+            if stats is not None:
+                stats.accepted_tokens += len(toks)
+                stats.drafts_accepted += int(done)
+            partial.append((toks, tops, lp))
+            if not done:
+                where.append(idx)
+                batch.append(replace(requests[i], prompt=requests[i].prompt + tuple(prefix + toks),
+                                     n=1, temperature=0.0, top_logprobs=k,
+                                     max_tokens=requests[i].max_tokens - len(prefix) - len(toks)))
+        gens: list[Generation | None] = [None] * len(items)
+        for idx, (toks, tops, lp) in enumerate(partial):
+            gens[idx] = Generation(toks, lp, tops)
+        for idx, g in zip(where, _generate(sampler, batch, stats) if batch else []):
+            toks, tops, lp = partial[idx]
+            gen = g[0]
+            top = gen.top or [{}] * len(gen.ids)
+            gens[idx] = Generation(toks + gen.ids, lp + gen.logprob, tops + top)
+        # 3. the round's bookkeeping, exactly as `_dfs`
+        nxt: list[list[tuple[list[int], float]]] = [[] for _ in requests]
+        for (i, prefix, lp0), gen in zip(items, gens):
+            ids, total = prefix + gen.ids, lp0 + gen.logprob
+            if not found[i] or (total >= floor and ids and ids[-1] in stops):
+                found[i].append(Generation(ids, total))
+            _note(known, frames[i], ids)  # below the threshold too: a greedy path other views take
+            for branch, lp, ended in _branches(prefix, lp0, gen, floor, stops, requests[i].max_tokens,
+                                               max_paths - opened[i]):
+                opened[i] += 1
+                if ended:
+                    found[i].append(Generation(branch, lp))
+                    _note(known, frames[i], branch)
+                elif ended is not None:
+                    nxt[i].append((branch, lp))
+        rounds = nxt
+        # a group with no answer to draft, or whose drafts this iteration were all rejected, stops
+        # waiting: its later waves would only serialise their decoding
+        for i in range(n):
+            g = frames[i].group
+            if started[i] and (not known.get(g) or g not in helped):
+                stalled.add(g)
+    return found
+
+
+def _note(known: dict[Hashable, dict[Hashable, int]], frame: Frame, ids: list[int]) -> None:
+    key = frame.to_key(ids)
+    if key is not None:
+        group = known.setdefault(frame.group, {})
+        group[key] = group.get(key, 0) + 1
+
+
+def _pick_draft(frame: Frame, known: dict[Hashable, int], prefix: list[int],
+                tried: set[tuple[int, ...]]) -> list[int] | None:
+    """The most often found candidate of the group that extends `prefix` in this view's frame
+    and was not checked for this view yet (first found first among equals)."""
+    for key, _ in sorted(known.items(), key=lambda kv: -kv[1]):
+        ids = frame.to_ids(key)
+        if ids and len(ids) > len(prefix) and ids[:len(prefix)] == prefix and tuple(ids) not in tried:
+            return list(ids)
+    return None

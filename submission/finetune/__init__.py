@@ -1,0 +1,1 @@
+"""The initial fine-tune under torchrun: the run, its streaming data and the distributed hooks."""

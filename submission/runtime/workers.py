@@ -1,0 +1,324 @@
+"""Supervised worker processes: one per GPU, each with its own engine, pulling chunks of tasks.
+
+The supervisor (this process) never imports torch: it holds the scheduler and the planner, sends
+each idle worker a chunk with its plans over a pipe, merges every finished task into
+submission.json, and kills a worker that dies, stops sending heartbeats for its stall allowance, or
+passes its chunk's hard cap (its unfinished tasks are re-queued once with a larger allowance, then
+given fallback answers; a replacement worker is started while time allows). A worker measures its
+machine's rates right after building its engine and sends them with its "ready" message. At the
+budget's end every worker is killed and the run closes with what it has. Workers get
+`CUDA_VISIBLE_DEVICES` and their own unsloth compile cache before anything imports torch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from submission.runtime.budget import Planner
+from submission.config import Config
+from submission.errors import SubmissionError
+from submission.runtime.schedule import Scheduler
+
+POLL_S = 0.5
+MAX_RESPAWNS_PER_WORKER = 3
+RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv", "vllm_lost")  # decided mid-run
+STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
+PARENT_POLL_S = 0.5  # how often a worker checks that its supervisor is still alive
+STOP_S = 5.0  # a worker told to stop (SIGTERM) that has not exited by then is killed
+WORKER_NAME = "arc-worker-"
+
+
+class WorkerStartError(SubmissionError):
+    """No worker could build its engine (missing backend, bad model directory)."""
+
+
+@dataclass
+class Handle:
+    wid: int
+    proc: Any
+    inbox: Connection  # supervisor -> worker
+    outbox: Connection  # worker -> supervisor
+    started: float = 0.0
+    ready: bool = False
+    respawns: int = 0
+
+
+def worker_env(wid: int, gpus: int, workdir: Path, scratch: Path | None = None) -> dict[str, str]:
+    """Environment a worker needs before importing torch (one GPU each when there are GPUs), with
+    its own unsloth and vLLM compile caches: vLLM writes its cache index in place, without an
+    atomic rename (vllm/compilation/backends.py:218-224), and parses it back without error
+    handling (:188-194), all under VLLM_CACHE_ROOT (:1074-1076), so workers compiling at once
+    must not share one. vLLM's goes under `scratch` (room; default the workdir)."""
+    env = {"UNSLOTH_COMPILE_LOCATION": str((workdir / "unsloth_cache" / f"w{wid}").resolve()),
+           "VLLM_CACHE_ROOT": str(((scratch or workdir) / "vllm_cache" / f"w{wid}").resolve()),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(wid % gpus)
+    return env
+
+
+def supervise(state: Any, model: str | Path) -> dict[str, Any]:
+    """Run `state.pending` on `state.cfg.budget.workers` processes; returns backend info."""
+    from submission.tools.kaggle import gpu_count
+
+    cfg: Config = state.cfg
+    n = cfg.budget.workers
+    gpus = gpu_count()
+    planner = Planner(cfg, start=state.start, workers=n)
+    sched = Scheduler(state.pending, planner, chunk_size=state.chunk_size)
+    end = planner.end
+    ctx = mp.get_context("spawn")
+    handles: dict[int, Handle] = {}
+    info: dict[str, Any] = {"workers": n, "worker_info": {}, "killed": [], "calibrations": {}}
+    job = {"model": str(model), "cfg": cfg.to_dict(), "challenges": str(state.challenges),
+           "workdir": str(state.workdir), "scratch": str(state.scratch), "identity": state.identity,
+           "all_policies": state.all_policies, "calibration": state.calibration,
+           "engine_kwargs": state.info.get("engine_kwargs"), "supervisor": os.getpid()}
+
+    def start(wid: int, respawns: int = 0) -> None:
+        inbox_r, inbox_w = ctx.Pipe(duplex=False)
+        out_r, out_w = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=worker_main, name=f"{WORKER_NAME}{wid}", daemon=False,
+                           args=(wid, worker_env(wid, gpus, state.workdir, state.scratch), job,
+                                 inbox_r, out_w))
+        proc.start()
+        inbox_r.close()
+        out_w.close()
+        handles[wid] = Handle(wid, proc, inbox_w, out_r, started=time.monotonic(), respawns=respawns)
+
+    def kill(h: Handle, reason: str) -> None:
+        if h.proc.is_alive():
+            h.proc.kill()
+        h.proc.join(timeout=10)
+        a = sched.active.get(h.wid)
+        info["killed"].append({"worker": h.wid, "reason": reason, "tasks": a.tasks if a else []})
+        for task_id in sched.fail(h.wid, reason):
+            state.faults.append({"task": task_id, "stage": "worker", "error": reason})
+            state.fallbacks["tasks_given_up"] += 1
+        handles.pop(h.wid, None)
+        if h.respawns < MAX_RESPAWNS_PER_WORKER and sched.queue and time.monotonic() < end - 60:
+            start(h.wid, h.respawns + 1)
+
+    def give_work(h: Handle) -> None:
+        a = sched.assign(h.wid, time.monotonic())
+        _send(h.inbox, None if a is None else (a.tasks, {k: vars(p) for k, p in a.plans.items()}))
+
+    bar = tqdm(total=len(state.pending), desc=f"tasks ({n} workers)", unit="task")
+    try:  # the bar is closed before any error line (Ctrl-C)
+        for wid in range(n):
+            start(wid)
+        while not sched.complete() and time.monotonic() < end and "gpu_unusable" not in info:
+            now = time.monotonic()
+            for wid in sched.overdue(now):
+                if wid in handles:
+                    kill(handles[wid], sched.active[wid].why(now))
+            for h in list(handles.values()):
+                if not h.proc.is_alive() and not h.outbox.poll():
+                    kill(h, f"worker died (exit code {h.proc.exitcode})")
+                elif not h.ready and now - h.started > STARTUP_S:
+                    kill(h, f"worker not ready {now - h.started:.0f} s after its start")
+            if not handles:
+                break
+            for conn in wait([h.outbox for h in handles.values()], timeout=POLL_S):
+                h = next(x for x in handles.values() if x.outbox is conn)
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    kill(h, f"worker pipe closed (exit code {h.proc.exitcode})")
+                    continue
+                _handle(msg, h, state, sched, planner, info, give_work)
+                bar.n = len(sched.finished)
+                bar.refresh()
+    finally:
+        bar.close()
+    for h in list(handles.values()):
+        _send(h.inbox, None)
+        h.proc.join(timeout=2)
+        if h.proc.is_alive():
+            h.proc.kill()
+            h.proc.join(timeout=10)
+    if "fatal" in info and not info["worker_info"].get("ready"):
+        raise WorkerStartError(info.get("fatal_message")
+                               or f"no worker could start its engine: {info['fatal']}")
+    info.pop("fatal_message", None)
+    skipped = sched.unfinished()
+    if skipped:
+        state.fallbacks["gpu_unusable" if "gpu_unusable" in info
+                        else "deadline_skipped_tasks"] += len(skipped)
+    return info
+
+
+def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planner,
+            info: dict[str, Any], give_work) -> None:
+    from submission.runtime.startup import apply_rates
+
+    kind = msg[0]
+    if kind == "ready":
+        _, wid, engine_info, cal, fallbacks, faults = msg
+        h.ready = True
+        info["worker_info"][str(h.wid)] = engine_info
+        info["worker_info"]["ready"] = True
+        state.fallbacks.update(fallbacks)
+        state.faults.extend(faults)
+        if cal is not None:
+            info["calibrations"][str(h.wid)] = cal
+            if state.calibration is None:
+                state.calibration = cal
+            if cal.get("source") == "measured" or not planner.measured:
+                apply_rates(planner, sched, cal)
+        give_work(h)
+    elif kind == "done":
+        _, task_id, record, fallbacks, faults = msg
+        state.accept(task_id, record)
+        state.fallbacks.update(fallbacks)
+        state.faults.extend(faults)
+        sched.task_done(h.wid, task_id)
+        sched.observe(task_id, record)
+    elif kind == "progress":
+        sched.progress(h.wid, msg[1], msg[2], time.monotonic())
+    elif kind == "chunk_error":
+        state.faults.append({"tasks": msg[1], "stage": "chunk", "error": msg[2], "worker": h.wid})
+    elif kind == "chunk_done":
+        for task_id in sched.chunk_done(h.wid, time.monotonic()):
+            state.faults.append({"task": task_id, "stage": "chunk", "error": "gave up after retry"})
+            state.fallbacks["tasks_given_up"] += 1
+        mine = info["worker_info"].setdefault(str(h.wid), {})
+        mine["compute"] = msg[1]
+        mine.update(msg[2])  # the re-scoring check's result, once it has decided
+        give_work(h)
+    elif kind == "unusable":  # a GPU torch cannot use: stop, nothing trains on the CPU
+        state.faults.append({"stage": "gpu", "worker": h.wid, "error": msg[1]})
+        info["gpu_unusable"] = msg[1]
+        h.respawns = MAX_RESPAWNS_PER_WORKER
+    elif kind == "fatal":  # the engine cannot start: retrying the same setup would fail again
+        state.faults.append({"stage": "worker_start", "worker": h.wid, "error": msg[1]})
+        info["fatal"] = msg[1]
+        info["fatal_message"] = msg[2] if len(msg) > 2 else None  # ours: said as in-process
+        h.respawns = MAX_RESPAWNS_PER_WORKER
+
+
+def stop_workers() -> None:
+    """Stop this process's worker processes now (Ctrl-C ended the supervisor's loop): SIGTERM,
+    which a worker turns into a normal exit (its semaphores and temp files are released, so the
+    resource tracker has nothing to warn about), then SIGKILL for any still alive after STOP_S."""
+    procs = [p for p in mp.active_children() if p.name.startswith(WORKER_NAME)]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + STOP_S
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=10)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_with_supervisor(supervisor: int) -> None:
+    """In a worker: a daemon thread ends the process as soon as its supervisor is gone (the worker
+    is re-parented), not at its next pipe write, which may be minutes away in a long stage."""
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(PARENT_POLL_S)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def _send(conn: Connection, obj: Any) -> None:
+    try:
+        conn.send(obj)
+    except (BrokenPipeError, OSError):
+        pass  # the worker is gone; the supervisor notices it on the next poll
+
+
+class WorkerSink:
+    """What pipeline.process_chunk reports to, inside a worker: records go to disk and the pipe."""
+
+    def __init__(self, cfg: Config, job: dict[str, Any], outbox: Connection) -> None:
+        self.cfg, self.outbox = cfg, outbox
+        self.workdir, self.scratch = Path(job["workdir"]), Path(job["scratch"])
+        self.identity, self.all_policies = job["identity"], job["all_policies"]
+        self.calibration = job["calibration"]
+        self.fallbacks: Counter = Counter()
+        self.faults: list[dict[str, Any]] = []
+
+    def progress(self, stage: str, task_id: str | None) -> None:
+        self.outbox.send(("progress", stage, task_id))
+
+    def take_counts(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """The fallbacks and faults since the last message (sent along with it)."""
+        out = dict(self.fallbacks), list(self.faults)
+        self.fallbacks.clear()
+        self.faults.clear()
+        return out
+
+    def finish_task(self, task, record: dict[str, Any]) -> None:
+        from submission.runtime.records import store_record
+
+        store_record(self, task, record)
+        self.outbox.send(("done", task.id, record, *self.take_counts()))
+
+
+def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Connection,
+                outbox: Connection) -> None:
+    """Entry of a worker process: build the engine once, measure the machine's rates, then
+    process chunks until told to stop."""
+    os.environ.update(env)  # before torch: CUDA_VISIBLE_DEVICES, the compile cache
+    exit_with_supervisor(job["supervisor"])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop_workers: exit, running the cleanups
+    from submission.runtime.budget import TaskPlan
+    from submission.model.engine import build_engine
+    from submission.worker.pipeline import TTT_ERRORS, process_chunk
+    from submission.runtime.startup import engine_started, gpu_unusable_reason, start_rates
+    from submission.arc.tasks import load_tasks_lenient
+
+    unusable = gpu_unusable_reason(import_torch=True)
+    if unusable is not None:
+        outbox.send(("unusable", unusable))
+        return
+    cfg = Config.from_dict(job["cfg"])
+    tasks, _ = load_tasks_lenient(job["challenges"])
+    sink = WorkerSink(cfg, job, outbox)
+    try:
+        t0 = time.monotonic()
+        engine = build_engine(job["model"], cfg, job["engine_kwargs"])
+        engine.info["load_s"] = time.monotonic() - t0
+    except SubmissionError as exc:  # a bad model directory (InputError naming the file), ...
+        outbox.send(("fatal", repr(exc), str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - anything else a model directory throws: reported,
+        outbox.send(("fatal", repr(exc), None))  # never a crash and respawn loop
+        return
+    engine_started(sink, engine)
+    try:
+        cal = start_rates(sink, engine)
+    except TTT_ERRORS as exc:  # no measurement: the planner keeps its priors
+        cal = None
+        sink.faults.append({"stage": "calibrate", "worker": wid, "error": repr(exc)})
+    outbox.send(("ready", wid, engine.info, cal, *sink.take_counts()))
+    while (msg := inbox.recv()) is not None:
+        ids, plans = msg
+        start, compute0 = time.monotonic(), engine.compute_seconds()
+        try:
+            process_chunk(engine, sink, [tasks[i] for i in ids],
+                          {k: TaskPlan(**p) for k, p in plans.items()})
+        except TTT_ERRORS as exc:
+            outbox.send(("chunk_error", ids, repr(exc)))
+        outbox.send(("chunk_done", {"loop_s": time.monotonic() - start,
+                                    "compute_s": engine.compute_seconds() - compute0},
+                     {k: engine.info[k] for k in RESCORE_INFO if k in engine.info}))
