@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+
+# A shell starts a background job (`pytest ... &`) with SIGINT ignored, and an ignored signal stays
+# ignored across exec: every CLI subprocess a test starts would then ignore the Ctrl-C that the
+# interrupt tests send. Python's own handler is not inherited, so children start from the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -370,30 +370,20 @@ def test_smoke_verdict_names_each_stage_failure_and_its_tasks(key):
     assert "(tasks b)" in problems[0] and STAGE_FAILURES[key] in problems[0]
 
 
-def test_each_declared_fallback_is_decided_once_next_to_its_definition():
-    """Every counter a module declares in its FALLBACKS fails a smoke run exactly when it carries a
-    meaning; names are declared once."""
-    from submission.model import engine
-    from submission.worker import pipeline
-    from submission.answers import rescore
-    from submission.model.backends import hf_sampler
+def test_each_registered_fallback_fails_a_smoke_run_exactly_when_registered_so():
+    """The smoke verdict takes its stage failures from the one registry (events.py)."""
+    from submission.events import REGISTRY
 
-    declared = [engine.FALLBACKS, pipeline.FALLBACKS, rescore.FALLBACKS, hf_sampler.FALLBACKS]
-    names = [n for d in declared for n in d]
-    assert len(names) == len(set(names))
-    for d in declared:
-        for name, meaning in d.items():
-            assert (name in STAGE_FAILURES) == (meaning is not None), name
-            if meaning:
-                assert STAGE_FAILURES[name] == meaning
     fails = {"rescore_vllm_failed_use_forward", "rescore_prefix_batch_off",
-             "vllm_rebuild_failed_use_transformers", "sample_requests_rejected"}
+             "vllm_rebuild_failed_use_transformers", "sample_requests_rejected", "ttt_failed",
+             "bad_task", "tasks_given_up", "gpu_unusable", "record_write_failed"}
     passes = {"rescore_vllm_disagrees_use_forward", "rescore_prefix_tree_off",
               "rescore_prefix_tree_chunk_halved", "rescore_prefix_batch_chunk_halved",
-              "views_too_long_dropped", "rescore_out_of_time_vote"}
+              "views_too_long_dropped", "rescore_out_of_time_vote", "ttt_adapter_reused",
+              "attempt_placeholder", "tasks_answered_by_lane_only"}
     assert fails <= set(STAGE_FAILURES) and not passes & set(STAGE_FAILURES)
-    assert fails | passes == set(names)
-    for name in passes:
+    assert set(STAGE_FAILURES) == {n for n, f in REGISTRY.items() if f.fails_smoke}
+    for name in set(REGISTRY) - set(STAGE_FAILURES):
         report = clean_report()
         report["fallbacks"][name] = 1
         assert smoke_verdict(report) == [], name

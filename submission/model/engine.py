@@ -11,16 +11,10 @@ from typing import Any
 
 from submission.model.backends import choose_sampler_backend, choose_trainer_backend, resolve_dtype
 from submission.config import Config, TTTConfig
+from submission.events import VLLM_LOST, Counts
 from submission.arc.formats import TextFormat, get_format
 from submission.answers.sampling import Adapter, Sampler
 from submission.model.train import LoRATrainer
-
-# The engine's own fallback counter, and what it means for a Kaggle smoke run (kaggle.STAGE_FAILURES).
-VLLM_LOST = "vllm_rebuild_failed_use_transformers"
-FALLBACKS: dict[str, str | None] = {
-    VLLM_LOST: "vLLM failed and could not be rebuilt; this engine sampled with transformers from "
-               "then on",
-}
 
 
 @dataclass
@@ -31,7 +25,7 @@ class Engine:
     sampler: Sampler
     forward: Sampler  # transformers forward pass over the trainer's model (reference scorer)
     info: dict[str, Any] = field(default_factory=dict)
-    fallbacks: Counter = field(default_factory=Counter)
+    fallbacks: Counter = field(default_factory=Counts)
     _next_id: int = 0
     _rescore_checked: bool = False  # False: the next `auto` scorer call starts a new RankCheck
     _rank_check: Any = None

@@ -20,6 +20,7 @@ from submission.arc.grids import Task, grid_to_list
 from submission.runtime.paths import task_file_name
 from submission.runtime.files import write_json_atomic
 from submission.arc.submit import read_record
+from submission.events import RECORD_WRITE_FAILED
 
 __all__ = ["identity_mismatch", "load_task_record", "record_path", "store_record", "task_digest",
            "write_task_record"]
@@ -78,6 +79,6 @@ def store_record(sink: Any, task: Task, record: dict[str, Any]) -> bool:
         write_task_record(sink.workdir, task, record, sink.identity)
     except OSError as exc:
         sink.faults.append({"task": task.id, "stage": "record", "error": repr(exc)})
-        sink.fallbacks["record_write_failed"] += 1
+        sink.fallbacks[RECORD_WRITE_FAILED] += 1
         return False
     return True

@@ -23,6 +23,7 @@ from submission.runtime.budget import Planner
 from submission.config import ANSWER_SECTIONS, Config
 from submission.model.engine import Engine, build_engine, check_model_dir
 from submission.errors import InputError, Interrupted
+from submission.events import BAD_TASK, DEADLINE_SKIPPED, GPU_UNUSABLE, TASKS_GIVEN_UP, Counts
 from submission.arc.grids import Task
 from submission.runtime.lock import workdir_lock
 from submission.runtime.modelfiles import model_identity
@@ -73,7 +74,7 @@ class Run:
         self.counts = {i: _raw_test_count(raw[i]) for i in ids}  # every task, so the file validates
         self.faults: list[dict[str, Any]] = [{"task": i, "stage": "load", "error": bad[i]}
                                              for i in ids if i in bad]
-        self.fallbacks: Counter = Counter(bad_task=len(self.faults))
+        self.fallbacks: Counter = Counts({BAD_TASK: len(self.faults)})
         self.answers: dict[str, list[list[Any]]] = {}
         self.records: dict[str, dict[str, Any]] = {}
         for i in ids:
@@ -166,7 +167,7 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
     unusable = bool(state.pending) and engine is None and stop_for_unusable_gpu(
         state, import_torch=cfg.budget.workers == 0)
     if unusable:
-        state.fallbacks["gpu_unusable"] += len(state.pending)
+        state.fallbacks[GPU_UNUSABLE] += len(state.pending)
     if not state.pending:
         report = state.report(engine.info if engine else {}, time.monotonic() - state.start)
         html_report(state.workdir, challenges=challenges)
@@ -279,12 +280,12 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
             for task_id in given_up:
                 state.faults.append({"task": task_id, "stage": "chunk",
                                      "error": reason or "gave up after retry"})
-                state.fallbacks["tasks_given_up"] += 1
+                state.fallbacks[TASKS_GIVEN_UP] += 1
             bar.update(len(sched.finished) - bar.n)
         state.watchdog = state.sched = None
     skipped = sched.unfinished()
     if skipped:
-        state.fallbacks["deadline_skipped_tasks"] += len(skipped)
+        state.fallbacks[DEADLINE_SKIPPED] += len(skipped)
     loop_s, compute_s = time.monotonic() - loop_start, engine.compute_seconds() - compute_start
     engine.info["compute"] = {"loop_s": loop_s, "compute_s": compute_s,
                               "host_share": max(0.0, loop_s - compute_s) / loop_s if loop_s else 0.0}

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from submission.runtime.budget import Planner
 from submission.runtime.schedule import Scheduler
+from submission.events import VLLM_START_FAILED
 
 if TYPE_CHECKING:
     from submission.model.engine import Engine
@@ -20,7 +21,7 @@ def engine_started(state: Any, engine: "Engine") -> None:
     engine's own fallback counts (re-scoring, a lost vLLM) to this run's or worker's counts."""
     engine.fallbacks = state.fallbacks
     if "vllm_start_error" in engine.info:
-        state.fallbacks["vllm_start_failed"] += 1
+        state.fallbacks[VLLM_START_FAILED] += 1
         state.faults.append({"stage": "engine_start", "error": engine.info["vllm_start_error"]})
 
 

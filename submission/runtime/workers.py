@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from submission.runtime.budget import Planner
 from submission.config import Config
 from submission.errors import SubmissionError
+from submission.events import DEADLINE_SKIPPED, GPU_UNUSABLE, TASKS_GIVEN_UP, Counts
 from submission.runtime.schedule import Scheduler
 
 POLL_S = 0.5
@@ -105,7 +106,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         info["killed"].append({"worker": h.wid, "reason": reason, "tasks": a.tasks if a else []})
         for task_id in sched.fail(h.wid, reason):
             state.faults.append({"task": task_id, "stage": "worker", "error": reason})
-            state.fallbacks["tasks_given_up"] += 1
+            state.fallbacks[TASKS_GIVEN_UP] += 1
         handles.pop(h.wid, None)
         if h.respawns < MAX_RESPAWNS_PER_WORKER and sched.queue and time.monotonic() < end - 60:
             start(h.wid, h.respawns + 1)
@@ -154,8 +155,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     info.pop("fatal_message", None)
     skipped = sched.unfinished()
     if skipped:
-        state.fallbacks["gpu_unusable" if "gpu_unusable" in info
-                        else "deadline_skipped_tasks"] += len(skipped)
+        state.fallbacks[GPU_UNUSABLE if "gpu_unusable" in info else DEADLINE_SKIPPED] += len(skipped)
     return info
 
 
@@ -192,7 +192,7 @@ def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planne
     elif kind == "chunk_done":
         for task_id in sched.chunk_done(h.wid, time.monotonic()):
             state.faults.append({"task": task_id, "stage": "chunk", "error": "gave up after retry"})
-            state.fallbacks["tasks_given_up"] += 1
+            state.fallbacks[TASKS_GIVEN_UP] += 1
         mine = info["worker_info"].setdefault(str(h.wid), {})
         mine["compute"] = msg[1]
         mine.update(msg[2])  # the re-scoring check's result, once it has decided
@@ -253,7 +253,7 @@ class WorkerSink:
         self.workdir, self.scratch = Path(job["workdir"]), Path(job["scratch"])
         self.identity, self.all_policies = job["identity"], job["all_policies"]
         self.calibration = job["calibration"]
-        self.fallbacks: Counter = Counter()
+        self.fallbacks: Counter = Counts()
         self.faults: list[dict[str, Any]] = []
 
     def progress(self, stage: str, task_id: str | None) -> None:

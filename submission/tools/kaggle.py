@@ -15,11 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from submission.model import engine
-from submission.worker import pipeline
-from submission.answers import rescore
-from submission.model.backends import hf_sampler
 from submission.config import Config
+from submission.events import SMOKE_FAILURES
 from submission.errors import InputError
 from submission.arc.tasks import find_kaggle_challenges
 
@@ -29,28 +26,10 @@ SMOKE_TASKS = 3  # interactive/commit runs see a placeholder file: exercise ever
 SAFETY_MARGIN_S = 45 * 60  # start-up, wheel install and final writes inside Kaggle's 12 h
 SCRATCH = "/tmp/arc-scratch"  # adapters: local disk with room, outside the kept /kaggle/working
 
-# run.json fallback counters that mean a stage did not work. A smoke run must have none of them.
-# Not listed, on purpose (they are designed behaviour, model quality or a working fallback):
-# ttt_adapter_reused (resume), ttt_samples_too_long / view_demos_dropped (long tasks are cut to fit),
-# ttt_cut_by_deadline (the per-task training allowance), unsure_inputs_resampled (spare time spent),
-# base_model_sampled_inputs / attempt_from_base_model / attempt_placeholder (the adapter found fewer
-# than two distinct answers). The modules that define further counters decide each next to it,
-# in their FALLBACKS (a meaning: fails a smoke run; None: does not), merged here.
-# A test input with no parseable answer at all is judged separately (`require_answers`).
-STAGE_FAILURES = {
-    "bad_task": "a task failed to load and got placeholder answers",
-    "ttt_failed": "test-time training failed; the task fell back to base-model answers or placeholders",
-    "tasks_given_up": "a worker died or overran and its tasks were given up (placeholders)",
-    "deadline_skipped_tasks": "tasks never ran before the deadline (placeholders)",
-    "gpu_unusable": "nvidia-smi sees a GPU that torch cannot use: nothing trained on the CPU; the "
-                    "program-search lane answered what it could, the other tasks kept placeholders",
-    "vllm_start_failed": "vLLM did not start; sampling fell back to transformers",
-    "rescore_failed": "re-scoring failed; the test input was ranked by counts alone",
-    "record_write_failed": "a task record could not be written (no resume point)",
-    **{name: meaning for name, meaning in {**engine.FALLBACKS, **pipeline.FALLBACKS,
-                                            **rescore.FALLBACKS, **hf_sampler.FALLBACKS}.items()
-       if meaning},
-}
+# run.json fallback counters that mean a stage did not work: a smoke run must have none of them.
+# Each is decided once, where it is named (events.py); a test input with no parseable answer at
+# all is judged separately (`require_answers`).
+STAGE_FAILURES = SMOKE_FAILURES
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from submission.events import TTT_ADAPTER_REUSED
 from submission.errors import InputError, SubmissionError
 from submission.runtime.files import write_text_atomic
 from submission.config import ANSWER_SECTIONS
@@ -265,7 +266,7 @@ def build_task(tid: str, rec: dict, challenge: dict, truths: list | None, faults
               "partly" if score > 0 else "unsolved")
     fallbacks = {k: v for k, v in _d(rec.get("fallbacks")).items() if _num(v)}
     if rec.get("ttt_reused"):
-        fallbacks.setdefault("ttt_adapter_reused", 1)
+        fallbacks.setdefault(TTT_ADAPTER_REUSED, 1)
     my_faults = [f for f in faults if tid in _fault_tasks(f)] + [
         f for f in _l(rec.get("faults")) if isinstance(f, dict)]
     stages = _stage_times(_d(rec.get("timing")))

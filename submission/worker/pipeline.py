@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from submission.runtime.budget import TaskPlan
 from submission.config import Config
+from submission import events as ev
 from submission.model.engine import Engine
 from submission.errors import AdapterError, SamplerError, SamplerLost, SubmissionError
 from submission.runtime.faults import inject
@@ -44,16 +45,6 @@ from submission.model.ttt_data import build_ttt_data
 from submission.runtime.watchdog import Beat
 
 TTT_ERRORS = (RuntimeError, OSError, ValueError, SubmissionError)  # torch OOM is a RuntimeError
-# Fallback counters of the sampling stage, and what each means for a Kaggle smoke run
-# (kaggle.STAGE_FAILURES): a meaning fails the smoke run, None is designed behaviour.
-VIEW_TOO_LONG = "views_too_long_dropped"
-REQUESTS_REJECTED = "sample_requests_rejected"
-FALLBACKS: dict[str, str | None] = {
-    VIEW_TOO_LONG: None,  # a test input too large for the context even with one demo
-    REQUESTS_REJECTED: "the sampler rejected a task's requests; the task got no answers from them",
-    # a budget decision, not a broken stage: re-scoring would have run past the task's due time
-    "rescore_out_of_time_vote": None,
-}
 
 
 class Sink(Protocol):
@@ -122,7 +113,7 @@ def process_chunk(engine: Engine, state: Sink, chunk: Sequence[Task],
             adapters[task.id] = train_task(engine, state, cfgs[task.id], task, rec,
                                            t0 + plans[task.id].ttt_s, beat)
         except TTT_ERRORS as exc:
-            _count(state, rec, "ttt_failed")
+            _count(state, rec, ev.TTT_FAILED)
             state.faults.append({"task": task.id, "stage": "ttt", "error": repr(exc)})
         rec["timing"]["ttt_s"] = time.monotonic() - t0
     beat.at("sample")
@@ -161,7 +152,7 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
     reused = _finished_adapter(out, state, task)
     if reused is not None:
         rec.update(reused, ttt_reused=True)
-        state.fallbacks["ttt_adapter_reused"] += 1
+        state.fallbacks[ev.TTT_ADAPTER_REUSED] += 1
         return engine.new_adapter(task.id, out)
     inject(task.id, "ttt", state.workdir)
     rng = task_rng(cfg.ttt.seed, task.id, "ttt")
@@ -170,7 +161,7 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
                           skip_first_output=cfg.ttt.skip_first_output)
     rec["ttt_data"] = data.stats()
     if data.too_long:
-        state.fallbacks["ttt_samples_too_long"] += data.too_long
+        state.fallbacks[ev.TTT_SAMPLES_TOO_LONG] += data.too_long
     if not data.samples:
         raise ValueError("no TTT sample fits the token limit")
     def on_step(done: int) -> None:
@@ -188,7 +179,7 @@ def train_task(engine: Engine, state: Sink, cfg: Config, task: Task, rec: dict[s
         engine.forward.forget_loaded()  # the live adapter weights changed, finished or not
     rec["ttt"] = dict(vars(result))
     if result.stopped_by_deadline:
-        state.fallbacks["ttt_cut_by_deadline"] += 1
+        state.fallbacks[ev.TTT_CUT_BY_DEADLINE] += 1
     inject(task.id, "save", state.workdir, out)
     path = engine.trainer.save(out, dtype=resolve_dtype(state.cfg.model.dtype))
     inject(task.id, "saved", state.workdir, path)
@@ -238,7 +229,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                                       keep_background=s.keep_background,
                                       shuffle_order=s.shuffle_order)
             if dropped:
-                state.fallbacks["view_demos_dropped"] += dropped
+                state.fallbacks[ev.VIEW_DEMOS_DROPPED] += dropped
             vs = fitting_views(state, records[task.id], vs)
             base_views[(task.id, i)] = vs[:2]
             adapter = adapters.get(task.id)
@@ -265,7 +256,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
     if base_req:
         generate_into(engine, state, [(v, True) for v, _ in base_req], [r for _, r in base_req], out,
                       records, stats)
-        state.fallbacks["base_model_sampled_inputs"] += len(need)
+        state.fallbacks[ev.BASE_MODEL_SAMPLED] += len(need)
     elapsed, total = time.monotonic() - t0, max(1, len(views) + len(base_req))
     for task in chunk:
         mine = sum(1 for v, _ in views if v.task_id == task.id) + sum(
@@ -274,7 +265,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
         records[task.id]["views"] = mine
         records[task.id]["chunk_search"] = stats.to_json()  # the whole chunk's answer search
     if stats.unverified:  # drafts whose rows could not be proven computed: decoded instead
-        state.fallbacks["dfs_draft_unproven"] += stats.unverified
+        state.fallbacks[ev.DFS_DRAFT_UNPROVEN] += stats.unverified
     return out
 
 
@@ -305,7 +296,7 @@ def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: di
                                 keep_background=s.keep_background, shuffle_order=s.shuffle_order,
                                 first_index=s.n_views)
             vs = fitting_views(state, records[task.id], vs)
-            state.fallbacks["unsure_inputs_resampled"] += 1
+            state.fallbacks[ev.UNSURE_RESAMPLED] += 1
             for v in vs:
                 views.append((v, adapter is None))
                 requests.append(GenRequest(v.prompt, adapter, max_tokens(v, fmt, cfg.model.max_seq_len)))
@@ -319,7 +310,7 @@ def fitting_views(state: Sink, rec: dict[str, Any], views: list) -> list:
     call: vllm/v1/engine/input_processor.py:574-601)."""
     keep = [v for v in views if len(v.prompt) < state.cfg.model.max_seq_len]
     for _ in range(len(views) - len(keep)):
-        _count(state, rec, VIEW_TOO_LONG)
+        _count(state, rec, ev.VIEW_TOO_LONG)
     return keep
 
 
@@ -343,7 +334,7 @@ def generate_into(engine: Engine, state: Sink, views: list, requests: list[GenRe
                 got = _search(engine, state.cfg, [views[i] for i in idx], [requests[i] for i in idx],
                               stats)
             except SamplerError as exc:
-                _count(state, records[task_id], REQUESTS_REJECTED)
+                _count(state, records[task_id], ev.REQUESTS_REJECTED)
                 state.faults.append({"task": task_id, "stage": "sample", "error": repr(exc)[:2000]})
                 continue
             for i, g in zip(idx, got):
@@ -418,7 +409,7 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
     if scoring and t0 > due:  # out of time: the candidates still answer, ranked by vote
         scoring, policy = False, "vote"
         policies = tuple(dict.fromkeys(policies + (policy,)))
-        _count(state, rec, "rescore_out_of_time_vote")
+        _count(state, rec, ev.RESCORE_OUT_OF_TIME)
     if scoring:
         try:
             scorer = engine.scorer(cfg.selection.rescore_backend)
@@ -429,7 +420,7 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
         except TTT_ERRORS as exc:  # this input is ranked by counts alone; the chunk goes on
             for c in top:
                 c.rescore_logprobs = None
-            _count(state, rec, "rescore_failed")
+            _count(state, rec, ev.RESCORE_FAILED)
             state.faults.append({"task": task.id, "stage": "rescore", "test_index": test_index,
                                  "error": repr(exc)})
     rec["timing"]["rescore_s"] = rec["timing"].get("rescore_s", 0.0) + time.monotonic() - t0
@@ -438,9 +429,9 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
     keyed = {c.key(): c for c in cands}
     for g in chosen:
         if keyed[grid_key(g)].from_base and cfg.ttt.enabled:
-            _count(state, rec, "attempt_from_base_model")
+            _count(state, rec, ev.ATTEMPT_FROM_BASE)
     for _ in range(2 - len(chosen)):
-        _count(state, rec, "attempt_placeholder")
+        _count(state, rec, ev.ATTEMPT_PLACEHOLDER)
     rescored = sum(len(c.rescore_logprobs or []) for c in top)  # all pairs, not only those listed
     entry = {"test_index": test_index, "samples": len(samples), "rescored_pairs": rescored,
              "unparsed": sum(1 for s in samples if s.grid is None),
@@ -455,6 +446,6 @@ def choose(engine: Engine, state: Sink, cfg: Config, task: Task, test_index: int
 
 def _count(state: Sink, rec: dict[str, Any], name: str) -> None:
     state.fallbacks[name] += 1
-    rec["fallbacks"][name] = rec["fallbacks"].get(name, 0) + 1
+    rec["fallbacks"][ev.check(name)] = rec["fallbacks"].get(name, 0) + 1
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from submission.errors import SubmissionError, reraise_unless_ours
 from submission.answers.sampling import Adapter, GenRequest, Generation, VerifyRequest
 from submission.model.train import LoRATrainer
+from submission.events import PREFIX_BATCH_HALVED, PREFIX_BATCH_OFF, PREFIX_TREE_HALVED, PREFIX_TREE_OFF
 
 
 LOGITS_ENV = "UNSLOTH_RETURN_LOGITS"
@@ -39,17 +40,9 @@ KV_TOL = 2e-2  # a mode's first group vs one pass per answer: |a - b| <= KV_TOL 
 # (CPU fp32 agrees to ~1e-5; bf16 kernels differ by rounding; a cache used wrongly is off by whole nats)
 
 
-# The prefix paths' fallback counters, and what each means for a Kaggle smoke run
-# (kaggle.STAGE_FAILURES): a meaning fails the smoke run, None is designed behaviour.
-PREFIX_OFF = {m: f"rescore_prefix_{m}_off" for m in PREFIX_MODES}
-CHUNK_HALVED = {m: f"rescore_prefix_{m}_chunk_halved" for m in PREFIX_MODES}
-FALLBACKS: dict[str, str | None] = {
-    PREFIX_OFF["tree"]: None,  # e.g. a model without 4D masks: batch mode still reuses the KV
-    PREFIX_OFF["batch"]: "no prefix-KV path works (tree is switched off before batch); "
-                         "re-scoring runs one full forward pass per answer",
-    CHUNK_HALVED["tree"]: None,  # out of memory: the chunks adapt
-    CHUNK_HALVED["batch"]: None,
-}
+# The prefix paths' fallback counters (named and decided in events.py)
+PREFIX_OFF = {"tree": PREFIX_TREE_OFF, "batch": PREFIX_BATCH_OFF}
+CHUNK_HALVED = {"tree": PREFIX_TREE_HALVED, "batch": PREFIX_BATCH_HALVED}
 
 
 class PrefixCacheError(SubmissionError, RuntimeError):
