@@ -8,6 +8,7 @@ Each check runs in a fresh interpreter: this test process has torch loaded alrea
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -57,3 +58,49 @@ def test_the_cli_plans_memory_without_the_model_libraries(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     code, heavy = json.loads(r.stdout.strip().splitlines()[-1])
     assert code == 0 and heavy == [], (code, heavy, r.stderr[-2000:])
+
+
+SUPERVISOR = ("submission/runtime", "submission/lane", "submission/arc", "submission/events.py",
+              "submission/config.py", "submission/errors.py")
+MODEL_SIDE = ("submission.model", "submission.worker", "submission.tools", "submission.finetune")
+
+
+def _supervisor_files() -> list[Path]:
+    out = []
+    for entry in SUPERVISOR:
+        p = ROOT / entry
+        out += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    return out
+
+
+def test_the_supervisor_side_imports_no_model_side_module_at_the_top_of_a_file():
+    """runtime/ (and the torch-free layers it stands on) reach the model and worker side only
+    inside a function, never at module level (a TYPE_CHECKING block is for annotations only)."""
+    found = []
+    for path in _supervisor_files():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    break
+                names = ([sub.module or ""] if isinstance(sub, ast.ImportFrom) else
+                         [a.name for a in sub.names] if isinstance(sub, ast.Import) else [])
+                found += [f"{path.relative_to(ROOT)}:{sub.lineno} {n}" for n in names
+                          if n.startswith(MODEL_SIDE) or n.split(".")[0] in HEAVY]
+    assert found == []
+    assert len(_supervisor_files()) > 25
+
+
+def test_importing_the_whole_supervisor_side_loads_no_model_side_module():
+    mods = [m for m in modules() if m.startswith(("submission.runtime", "submission.lane", "submission.arc"))]
+    code = ("import importlib, json, sys\n"
+            f"for m in {mods!r}:\n"
+            "    importlib.import_module(m)\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
+            f"or m.startswith({MODEL_SIDE!r}))))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    assert len(mods) > 20

@@ -223,13 +223,13 @@ def challenges_file(tmp_path: Path) -> Path:
 
 def no_engine(monkeypatch) -> None:
     """Nothing may build an engine, train or sample: the run must stop before."""
-    from submission.runtime import run as run_mod
+    from submission.model import engine
     from submission.runtime import workers
 
     def refuse(*args, **kwargs):
         raise AssertionError("an engine was started on a GPU torch cannot use")
 
-    monkeypatch.setattr(run_mod, "build_engine", refuse)
+    monkeypatch.setattr(engine, "build_engine", refuse)  # run_here imports it when it runs
     monkeypatch.setattr(workers, "supervise", refuse)
 
 
@@ -310,6 +310,7 @@ def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkey
     from types import SimpleNamespace
 
     from submission.runtime import workers
+    from submission.worker import main as worker
 
     fake_machine(monkeypatch, [L4], driver="550.54.15", cuda="12.4")
     cuda13_torch(monkeypatch, available=False)
@@ -317,13 +318,13 @@ def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkey
     outbox = SimpleNamespace(send=sent.append)
     # the supervisor watch is tested on a real process (test_hostile_safety); here it would stay
     # behind as a thread of the test process
-    monkeypatch.setattr(workers, "exit_with_supervisor", lambda pid: None)
+    monkeypatch.setattr(worker, "exit_with_supervisor", lambda pid: None)
     # worker_main installs a worker's signal dispositions (Ctrl-C ignored: the supervisor's to
     # handle); in this test process they would outlive the test and be inherited by every later
     # test's subprocess, which then could not be interrupted
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        workers.worker_main(3, {}, {"cfg": None, "supervisor": 1}, None, outbox)  # returns before
+        worker.worker_main(3, {}, {"cfg": None, "supervisor": 1}, None, outbox)  # returns before
         # reading anything else of the job
     finally:
         for sig, handler in saved.items():

@@ -133,7 +133,8 @@ def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow
     from tqdm.auto import tqdm
 
     from submission.finetune.distributed import DataParallel, all_sum, barrier, broadcast
-    from submission.model.engine import check_model_dir, load_trainer
+    from submission.model.engine import load_trainer
+    from submission.runtime.modelfiles import check_model_dir
     from submission.arc.formats import get_format
     from submission.finetune.data import StreamSamples
     from submission.model.train import planned_steps

@@ -90,23 +90,6 @@ class Engine:
         self.fallbacks[name] += 1
 
 
-def check_model_dir(model_path: str | Path | None) -> Path:
-    """A local model directory with a usable config.json and intact weight files (InputError
-    naming the file otherwise; nothing is downloaded, no weight is loaded)."""
-    from submission.errors import InputError
-    from submission.runtime.modelfiles import check_model_config, check_model_weights
-
-    if model_path is None:
-        raise InputError("no model directory given (--model)")
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path} is not a model directory (no config.json); models are loaded "
-                         "from local paths only", file=str(path))
-    check_model_config(path)
-    check_model_weights(path)
-    return path
-
-
 def load_trainer(model_path: str | Path, cfg: Config, section: TTTConfig | None = None
                  ) -> tuple[LoRATrainer, Any, dict[str, Any]]:
     """(trainer, tokenizer, info) with the LoRA of `section` (default cfg.ttt) on unsloth or peft.

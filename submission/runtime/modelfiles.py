@@ -287,3 +287,17 @@ def reading_model(file: str | Path, what: str = "the model") -> Iterator[None]:
         text = text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS - 3] + "..."
         raise InputError(f"cannot load {what}: {type(exc).__name__}: {text}",
                          file=str(file)) from exc
+
+
+def check_model_dir(model_path: str | Path | None) -> Path:
+    """A local model directory with a usable config.json and intact weight files (InputError
+    naming the file otherwise; nothing is downloaded, no weight is loaded)."""
+    if model_path is None:
+        raise InputError("no model directory given (--model)")
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a model directory (no config.json); models are loaded "
+                         "from local paths only", file=str(path))
+    check_model_config(path)
+    check_model_weights(path)
+    return path

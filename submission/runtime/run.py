@@ -15,20 +15,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from submission.runtime.budget import Planner
 from submission.config import ANSWER_SECTIONS, Config
-from submission.model.engine import Engine, build_engine, check_model_dir
 from submission.errors import InputError, Interrupted
 from submission.events import BAD_TASK, DEADLINE_SKIPPED, GPU_UNUSABLE, TASKS_GIVEN_UP, Counts
 from submission.arc.grids import Task
 from submission.runtime.lock import workdir_lock
-from submission.runtime.modelfiles import model_identity
-from submission.worker.pipeline import TTT_ERRORS as CHUNK_ERRORS
-from submission.worker.pipeline import process_chunk
+from submission.runtime.modelfiles import check_model_dir, model_identity
 from submission.runtime.records import load_task_record, store_record
 from submission.runtime.schedule import Scheduler
 from submission.runtime.startup import (
@@ -43,6 +40,9 @@ from submission.arc.submit import build_submission
 from submission.arc.tasks import load_tasks_lenient, read_json_object
 from submission.runtime.vllm_tmp import sweep
 from submission.runtime.watchdog import Watchdog, WatchdogInterrupt
+
+if TYPE_CHECKING:  # the model side is imported in run_here only: the supervisor stays torch-free
+    from submission.model.engine import Engine
 
 WEIGHT_DIGESTS = "weight_digests.json"  # in the workdir: each weight file is read in full once
 
@@ -233,6 +233,10 @@ def html_report(workdir: str | Path, **kwargs: Any) -> Path | None:
 def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dict[str, Any]:
     """The in-process loop: same planner and scheduler as the workers; the watchdog interrupts a
     chunk that stops making progress (its tasks are re-queued) and the loop at the budget's end."""
+    from submission.model.engine import build_engine
+    from submission.worker.pipeline import TTT_ERRORS as CHUNK_ERRORS
+    from submission.worker.pipeline import process_chunk
+
     if engine is None:
         t0 = time.monotonic()
         engine = build_engine(model, state.cfg, state.info.get("engine_kwargs"))

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -28,14 +25,12 @@ from tqdm.auto import tqdm
 from submission.runtime.budget import Planner
 from submission.config import Config
 from submission.errors import SubmissionError
-from submission.events import DEADLINE_SKIPPED, GPU_UNUSABLE, TASKS_GIVEN_UP, Counts
+from submission.events import DEADLINE_SKIPPED, GPU_UNUSABLE, TASKS_GIVEN_UP
 from submission.runtime.schedule import Scheduler
 
 POLL_S = 0.5
 MAX_RESPAWNS_PER_WORKER = 3
-RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv", "vllm_lost")  # decided mid-run
 STARTUP_S = 1800.0  # a worker not ready by then (engine load + calibration) is killed and replaced
-PARENT_POLL_S = 0.5  # how often a worker checks that its supervisor is still alive
 STOP_S = 5.0  # a worker told to stop (SIGTERM) that has not exited by then is killed
 WORKER_NAME = "arc-worker-"
 
@@ -90,7 +85,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     def start(wid: int, respawns: int = 0) -> None:
         inbox_r, inbox_w = ctx.Pipe(duplex=False)
         out_r, out_w = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=worker_main, name=f"{WORKER_NAME}{wid}", daemon=False,
+        proc = ctx.Process(target=_worker_entry, name=f"{WORKER_NAME}{wid}", daemon=False,
                            args=(wid, worker_env(wid, gpus, state.workdir, state.scratch), job,
                                  inbox_r, out_w))
         proc.start()
@@ -223,21 +218,6 @@ def stop_workers() -> None:
             proc.join(timeout=10)
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
-def exit_with_supervisor(supervisor: int) -> None:
-    """In a worker: a daemon thread ends the process as soon as its supervisor is gone (the worker
-    is re-parented), not at its next pipe write, which may be minutes away in a long stage."""
-    def watch() -> None:
-        while os.getppid() == supervisor:
-            time.sleep(PARENT_POLL_S)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
-
-
 def _send(conn: Connection, obj: Any) -> None:
     try:
         conn.send(obj)
@@ -245,80 +225,9 @@ def _send(conn: Connection, obj: Any) -> None:
         pass  # the worker is gone; the supervisor notices it on the next poll
 
 
-class WorkerSink:
-    """What pipeline.process_chunk reports to, inside a worker: records go to disk and the pipe."""
+def _worker_entry(*args: Any) -> None:
+    """The spawn target: the worker side is imported in the child only, so this module (and the
+    supervisor that imports it) never loads the model side (tests/test_boundary.py)."""
+    from submission.worker.main import worker_main
 
-    def __init__(self, cfg: Config, job: dict[str, Any], outbox: Connection) -> None:
-        self.cfg, self.outbox = cfg, outbox
-        self.workdir, self.scratch = Path(job["workdir"]), Path(job["scratch"])
-        self.identity, self.all_policies = job["identity"], job["all_policies"]
-        self.calibration = job["calibration"]
-        self.fallbacks: Counter = Counts()
-        self.faults: list[dict[str, Any]] = []
-
-    def progress(self, stage: str, task_id: str | None) -> None:
-        self.outbox.send(("progress", stage, task_id))
-
-    def take_counts(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        """The fallbacks and faults since the last message (sent along with it)."""
-        out = dict(self.fallbacks), list(self.faults)
-        self.fallbacks.clear()
-        self.faults.clear()
-        return out
-
-    def finish_task(self, task, record: dict[str, Any]) -> None:
-        from submission.runtime.records import store_record
-
-        store_record(self, task, record)
-        self.outbox.send(("done", task.id, record, *self.take_counts()))
-
-
-def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Connection,
-                outbox: Connection) -> None:
-    """Entry of a worker process: build the engine once, measure the machine's rates, then
-    process chunks until told to stop."""
-    os.environ.update(env)  # before torch: CUDA_VISIBLE_DEVICES, the compile cache
-    exit_with_supervisor(job["supervisor"])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop_workers: exit, running the cleanups
-    from submission.runtime.budget import TaskPlan
-    from submission.model.engine import build_engine
-    from submission.worker.pipeline import TTT_ERRORS, process_chunk
-    from submission.runtime.startup import engine_started, gpu_unusable_reason, start_rates
-    from submission.arc.tasks import load_tasks_lenient
-
-    unusable = gpu_unusable_reason(import_torch=True)
-    if unusable is not None:
-        outbox.send(("unusable", unusable))
-        return
-    cfg = Config.from_dict(job["cfg"])
-    tasks, _ = load_tasks_lenient(job["challenges"])
-    sink = WorkerSink(cfg, job, outbox)
-    try:
-        t0 = time.monotonic()
-        engine = build_engine(job["model"], cfg, job["engine_kwargs"])
-        engine.info["load_s"] = time.monotonic() - t0
-    except SubmissionError as exc:  # a bad model directory (InputError naming the file), ...
-        outbox.send(("fatal", repr(exc), str(exc)))
-        return
-    except Exception as exc:  # noqa: BLE001 - anything else a model directory throws: reported,
-        outbox.send(("fatal", repr(exc), None))  # never a crash and respawn loop
-        return
-    engine_started(sink, engine)
-    try:
-        cal = start_rates(sink, engine)
-    except TTT_ERRORS as exc:  # no measurement: the planner keeps its priors
-        cal = None
-        sink.faults.append({"stage": "calibrate", "worker": wid, "error": repr(exc)})
-    outbox.send(("ready", wid, engine.info, cal, *sink.take_counts()))
-    while (msg := inbox.recv()) is not None:
-        ids, plans = msg
-        start, compute0 = time.monotonic(), engine.compute_seconds()
-        try:
-            process_chunk(engine, sink, [tasks[i] for i in ids],
-                          {k: TaskPlan(**p) for k, p in plans.items()})
-        except TTT_ERRORS as exc:
-            outbox.send(("chunk_error", ids, repr(exc)))
-        outbox.send(("chunk_done", {"loop_s": time.monotonic() - start,
-                                    "compute_s": engine.compute_seconds() - compute0},
-                     {k: engine.info[k] for k in RESCORE_INFO if k in engine.info}))
+    worker_main(*args)

@@ -325,7 +325,8 @@ def gpu_check(model_dir: str | Path, cfg: Config, *, out_dir: str | Path,
     """Run every check (module docstring); returns the report also written to
     out_dir/gpu_check.json, with "ok" False when any check failed (listed in "failed").
     `side` shrinks the synthetic grids (quick CPU checks; the rates then mean less)."""
-    from submission.model.engine import build_engine, check_model_dir
+    from submission.model.engine import build_engine
+    from submission.runtime.modelfiles import check_model_dir
 
     start = time.monotonic()
     model = check_model_dir(model_dir)
