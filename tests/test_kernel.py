@@ -277,7 +277,7 @@ def test_notebook_runs_on_cpu(tmp_path):
     assert "--calibration" in r.stdout and "every stage worked" in r.stdout  # smoke verdict: green
     kernel_pkg = tmp_path / "kernel" / "submission"
     assert f"package: {kernel_pkg / '__init__.py'}" in r.stdout  # imported from ARC_KERNEL_DIR
-    assert list((kernel_pkg / "__pycache__").glob("run.*.pyc"))  # ... by the run's processes too
+    assert list((kernel_pkg / "runtime" / "__pycache__").glob("run.*.pyc"))  # ... by the run's processes too
     assert (tmp_path / "kernel" / "VERSION").read_text().strip() == assigned(
         code_cells("notebook.ipynb")[1], "SOURCES_SHA256")
     sub = tmp_path / "working" / "submission.json"
