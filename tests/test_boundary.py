@@ -30,15 +30,21 @@ def modules() -> list[str]:
     return out
 
 
+def _last_json_line(code: str):
+    """Run `code` in a fresh interpreter (this test process has torch loaded already) and return
+    the JSON its last stdout line holds."""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def test_every_module_imports_without_the_model_libraries():
     code = ("import importlib, json, sys\n"
             f"for m in {modules()!r}:\n"
             "    importlib.import_module(m)\n"
             f"print(json.dumps(sorted(h for h in {HEAVY!r} if h in sys.modules)))\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    assert _last_json_line(code) == []
     assert len(modules()) > 40  # the walk found the package
 
 
@@ -99,8 +105,5 @@ def test_importing_the_whole_supervisor_side_loads_no_model_side_module():
             "    importlib.import_module(m)\n"
             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
             f"or m.startswith({MODEL_SIDE!r}))))\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    assert _last_json_line(code) == []
     assert len(mods) > 20

@@ -17,7 +17,6 @@ from submission.tools.kaggle import (
     SAFETY_MARGIN_S,
     SCRATCH,
     SMOKE_TASKS,
-    STAGE_FAILURES,
     KaggleSetup,
     find_model,
     gpu_count,
@@ -27,6 +26,7 @@ from submission.tools.kaggle import (
     smoke_verdict,
 )
 from submission.runtime.workers import worker_env
+from submission.events import SMOKE_FAILURES as STAGE_FAILURES
 
 CHALLENGES_REL = Path("competitions/arc-prize-2026-arc-agi-2/arc-agi_test_challenges.json")
 ENV_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "KAGGLE_IS_COMPETITION_RERUN",

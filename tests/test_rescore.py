@@ -16,6 +16,7 @@ from submission.errors import STRICT_ENV, SamplerError
 from submission.arc.grids import Pair, Task, as_grid
 from submission.answers.select import Candidate
 from submission.model.tiny import random_adapter
+from submission.events import RESCORE_VLLM_FAILED
 from tests.conftest import SMALL
 
 
@@ -220,7 +221,7 @@ def test_vllm_failure_not_ours_reraises_under_the_strict_switch(monkeypatch):
     monkeypatch.delenv(STRICT_ENV)
     check, info, counts, got = run_check(monkeypatch, det_score, vllm_cost=0.1,
                                          fail=RuntimeError("engine died"), inputs=1)
-    assert check.choice == "forward" and counts == {R.VLLM_FAILED: 1}
+    assert check.choice == "forward" and counts == {RESCORE_VLLM_FAILED: 1}
     assert all(len(lps) == 3 for lps in got[0])
     with pytest.raises(TypeError):
         run_check(monkeypatch, det_score, vllm_cost=0.1, fail=TypeError("a bug"), inputs=1)

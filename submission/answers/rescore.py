@@ -41,7 +41,6 @@ MIN_RANK_CORR = 0.8  # Spearman correlation both orders must reach (inputs with 
 # as SamplerError; an engine failure as RuntimeError or ValueError); the check then keeps the
 # forward pass. Programming errors (KeyError, TypeError, ...) are not caught.
 VLLM_SCORE_ERRORS = (SamplerError, RuntimeError, ValueError)
-VLLM_FAILED, VLLM_DISAGREES = RESCORE_VLLM_FAILED, RESCORE_VLLM_DISAGREES  # events.py
 
 
 class GroupScorer(Protocol):
@@ -175,7 +174,7 @@ class RankCheck:
             other = score_pairs(self.vllm, pairs, adapter)
         except VLLM_SCORE_ERRORS as exc:
             reraise_unless_ours(exc)
-            self.count(VLLM_FAILED)
+            self.count(RESCORE_VLLM_FAILED)
             self._decide("forward", f"vLLM scoring failed: {type(exc).__name__}: {exc}"[:500])
             return trusted
         seconds["vllm"] += time.perf_counter() - t0
@@ -200,7 +199,7 @@ class RankCheck:
         agree = top2 == len(rows) and all(c >= MIN_RANK_CORR for c in corrs)
         speed = sec["forward"] / max(sec["vllm"], 1e-9)
         if not agree:
-            self.count(VLLM_DISAGREES)
+            self.count(RESCORE_VLLM_DISAGREES)
             self._decide("forward", f"candidate orders differ (same top two on {top2}/{len(rows)} "
                                     f"inputs, rank correlation {min(corrs, default=1.0):.2f})")
         elif speed <= 1.0:

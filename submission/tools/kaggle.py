@@ -26,10 +26,6 @@ SMOKE_TASKS = 3  # interactive/commit runs see a placeholder file: exercise ever
 SAFETY_MARGIN_S = 45 * 60  # start-up, wheel install and final writes inside Kaggle's 12 h
 SCRATCH = "/tmp/arc-scratch"  # adapters: local disk with room, outside the kept /kaggle/working
 
-# run.json fallback counters that mean a stage did not work: a smoke run must have none of them.
-# Each is decided once, where it is named (events.py); a test input with no parseable answer at
-# all is judged separately (`require_answers`).
-STAGE_FAILURES = SMOKE_FAILURES
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,7 @@ def kaggle_config(cfg: Config, setup: KaggleSetup, *, budget_s: float | None = N
 
 def smoke_verdict(report: dict[str, Any], *, require_answers: bool = True) -> list[str]:
     """What did not work in a smoke run, one line each (empty: every stage worked): the
-    STAGE_FAILURES counters with the tasks they hit, every recorded fault, and (with
+    stage-failure counters (events.SMOKE_FAILURES) with the tasks they hit, every recorded fault, and (with
     `require_answers`) every test input that got no parseable answer at all."""
     problems = []
     fallbacks = report.get("fallbacks") or {}
@@ -121,7 +117,7 @@ def smoke_verdict(report: dict[str, Any], *, require_answers: bool = True) -> li
     if len(per_task) <= resumed:  # nothing trained, sampled or scored: nothing was checked
         problems.append(f"no stage ran: {report.get('tasks', 0)} task(s) in the test file, "
                         f"{resumed} reused from an earlier run, none processed")
-    for key, meaning in STAGE_FAILURES.items():
+    for key, meaning in SMOKE_FAILURES.items():  # a test input with no answer: `require_answers`
         n = fallbacks.get(key) or 0
         if not n:
             continue
