@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from submission.arc.augment import sample_transforms
+from submission.arc.fit import fit_pairs, ordered_pairs
 from submission.errors import SamplerError, reraise_unless_ours
 from submission.events import RESCORE_VLLM_DISAGREES, RESCORE_VLLM_FAILED
 from submission.arc.formats import TextFormat
@@ -81,15 +82,14 @@ def augmented_pairs(task: Task, test_index: int, candidates: Sequence[Candidate]
     pairs: list[Pair] = []
     owner: list[int] = []
     for t in transforms:
-        order = t.order if t.order is not None else tuple(range(n_demos))
-        demos = [t.apply_pair(task.train[j]) for j in order]
+        demos = ordered_pairs(t, task.train)
         query = t.apply_grid(task.test_inputs[test_index])
-        whole = fmt.encode_prompt(demos, query)
+        by_len: dict[int, list[int]] = {}  # the fitted prompt depends on the answer's length only
         for i, c in enumerate(candidates):
             answer = fmt.encode_answer(t.apply_grid(c.grid))
-            prompt = (whole if len(whole) + len(answer) <= max_len
-                      else fitted_prompt(fmt, demos, query, len(answer), max_len))
-            pairs.append((prompt, answer))
+            if len(answer) not in by_len:
+                by_len[len(answer)] = fitted_prompt(fmt, demos, query, len(answer), max_len)
+            pairs.append((by_len[len(answer)], answer))
             owner.append(i)
     return pairs, owner
 
@@ -116,12 +116,8 @@ def score_pairs(scorer: Sampler | GroupScorer, pairs: Sequence[Pair],
 def fitted_prompt(fmt: TextFormat, demos: Sequence, query, answer_len: int, max_len: int) -> list[int]:
     """The prompt of `demos` + `query`, demos dropped from the front until an answer of
     `answer_len` tokens fits in `max_len` (at least one demo is kept)."""
-    kept = list(demos)
-    prompt = fmt.encode_prompt(kept, query)
-    while len(prompt) + answer_len > max_len and len(kept) > 1:
-        kept = kept[1:]
-        prompt = fmt.encode_prompt(kept, query)
-    return prompt
+    return fit_pairs(fmt, demos, query=query, max_len=max_len, answer_tokens=answer_len,
+                     overlong="keep").ids
 
 
 def scores_agree(a: Sampler, b: Sampler, prompt: list[int], answer: list[int],

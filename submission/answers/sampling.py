@@ -14,6 +14,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from submission.arc.augment import Transform, sample_transforms, view_transforms
+from submission.arc.fit import fit_pairs, ordered_pairs
 from submission.arc.formats import TextFormat
 from submission.arc.grids import Task
 from submission.answers.select import Sample
@@ -95,14 +96,10 @@ def build_views(task: Task, test_index: int, fmt: TextFormat, rng: np.random.Gen
         transforms = view_transforms(rng, n_views, n, keep_background=keep_background,
                                      shuffle_order=shuffle_order)
     for i, t in enumerate(transforms, start=first_index):
-        order = t.order if t.order is not None else tuple(range(n))
-        demos = [t.apply_pair(task.train[j]) for j in order]
-        query = t.apply_grid(task.test_inputs[test_index])
-        prompt = fmt.encode_prompt(demos, query)
-        while len(prompt) + answer_tokens > max_len and len(demos) > 1:
-            demos, dropped = demos[1:], dropped + 1
-            prompt = fmt.encode_prompt(demos, query)
-        views.append(View(task.id, test_index, i, t, tuple(prompt)))
+        fitted = fit_pairs(fmt, ordered_pairs(t, task.train), query=t.apply_grid(task.test_inputs[test_index]),
+                           max_len=max_len, answer_tokens=answer_tokens, overlong="keep")
+        dropped += fitted.dropped
+        views.append(View(task.id, test_index, i, t, tuple(fitted.ids)))
     return views, dropped
 
 

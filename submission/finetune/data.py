@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from submission.arc.augment import sample_transforms
+from submission.arc.fit import fit_pairs, ordered_pairs
 from submission.errors import InputError
 from submission.arc.formats import TextFormat
 from submission.arc.grids import Pair, Task
@@ -191,18 +192,13 @@ class StreamSamples:
         key = int.from_bytes(self.source.refs[t].digest[:8], "little")
         rng = np.random.default_rng([self.seed, 1, key])
         tf = sample_transforms(rng, self.per_task, len(pairs), keep_background=self.keep_background)[k]
-        order = tf.order if tf.order is not None else tuple(range(len(pairs)))
-        seq = [tf.apply_pair(pairs[j]) for j in order]
-        while True:
-            ids, mask = self.fmt.encode_training(seq)
-            if len(ids) <= self.max_len or len(seq) == 1:
-                break
-            seq = seq[1:]
-        if len(ids) > self.max_len:
+        fitted = fit_pairs(self.fmt, ordered_pairs(tf, pairs), max_len=self.max_len, overlong="none")
+        if fitted is None:
             self.too_long += 1
             return None
-        self.shortened += len(seq) < len(pairs)
-        return TrainSample(ids, mask, tf, len(seq) - 1, len(pairs) - len(seq))
+        assert fitted.mask is not None
+        self.shortened += fitted.dropped > 0
+        return TrainSample(fitted.ids, fitted.mask, tf, len(pairs) - fitted.dropped - 1, fitted.dropped)
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:

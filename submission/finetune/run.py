@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 from submission.config import Config
 from submission.finetune.distributed import DEFAULT_TIMEOUT_S, DistEnv
 from submission.errors import ConfigError, InputError
-from submission.runtime.files import write_json_atomic
+from submission.runtime.files import replace_dir_atomic, write_json_atomic
 from submission.arc.grids import Task
 from submission.finetune.data import TaskSource, open_sources
 from submission.arc.tasks import DATASETS, load_dataset
@@ -195,16 +194,11 @@ def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow
     def save_checkpoint(step: int, state: dict[str, Any]) -> None:
         full = trainer.parallel.adapter_state() if trainer.parallel is not None else None
         if env.is_main:
-            final = out / "checkpoints" / f"step-{step:07d}"
-            tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
+            def fill(tmp: Path) -> None:
                 trainer.model.save_pretrained(str(tmp), state_dict=full)
                 torch.save(dict(state, step=step, fingerprint=fp, world=env.world), tmp / STATE)
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+
+            final = replace_dir_atomic(out / "checkpoints" / f"step-{step:07d}", fill)
             kept = sorted(final.parent.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
             for old in kept[:-f.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -262,14 +256,12 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, cfg: C
         untie_embeddings(model)  # as trained (peft_loader.load_peft): lm_head and embeddings apart
     with torch.no_grad():
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp))
-    copy_tokenizer_files(base, tmp)  # verbatim: the merged model keeps the base's tokenizer
-    for extra in ("generation_config.json", "arc_format.json"):
-        if (Path(base) / extra).exists() and not (tmp / extra).exists():
-            shutil.copy(Path(base) / extra, tmp / extra)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+
+    def fill(tmp: Path) -> None:
+        merged.save_pretrained(str(tmp))
+        copy_tokenizer_files(base, tmp)  # verbatim: the merged model keeps the base's tokenizer
+        for extra in ("generation_config.json", "arc_format.json"):
+            if (Path(base) / extra).exists() and not (tmp / extra).exists():
+                shutil.copy(Path(base) / extra, tmp / extra)
+
+    return replace_dir_atomic(out, fill)

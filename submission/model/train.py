@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ import numpy as np
 from submission.config import TTTConfig
 from submission.errors import NonFiniteLoss
 from submission.model.ttt_data import TrainSample
+from submission.runtime.files import replace_dir_atomic
 
 IGNORE = -100
 
@@ -254,18 +253,12 @@ class LoRATrainer:
         """Write the current adapter as a PEFT directory, atomically (temp dir, then rename), its
         floating tensors cast to `dtype` (the served model's: unsloth keeps LoRA weights in fp32,
         twice the bytes vLLM needs). A failed write (a full disk) leaves no partial directory."""
-        out = Path(out_dir)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        def fill(tmp: Path) -> None:
             self.model.save_pretrained(str(tmp))
             if dtype is not None:
                 _cast_safetensors(tmp / "adapter_model.safetensors", dtype)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out
+
+        return replace_dir_atomic(out_dir, fill)
 
     def load_adapter_weights(self, adapter_dir: str | Path) -> None:
         """Put a saved adapter's weights into the live model (forward-pass re-scoring)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from submission.arc.augment import Transform, random_colour_perm
+from submission.arc.fit import fit_pairs, ordered_pairs
 from submission.arc.formats import TextFormat
 from submission.arc.grids import Task
 
@@ -76,13 +77,9 @@ def build_ttt_data(task: Task, fmt: TextFormat, rng: np.random.Generator, *, max
 
 def _encode(task: Task, fmt: TextFormat, transform: Transform, query: int, max_len: int,
             skip_first: bool) -> TrainSample | None:
-    assert transform.order is not None
-    pairs = [transform.apply_pair(task.train[i]) for i in transform.order]
-    dropped = 0
-    while True:
-        ids, mask = fmt.encode_training(pairs, skip_first=skip_first and len(pairs) > 1)
-        if len(ids) <= max_len:
-            return TrainSample(ids, mask, transform, query, dropped)
-        if len(pairs) == 1:
-            return None
-        pairs, dropped = pairs[1:], dropped + 1
+    fitted = fit_pairs(fmt, ordered_pairs(transform, task.train), max_len=max_len,
+                       skip_first=skip_first, overlong="none")
+    if fitted is None:
+        return None
+    assert fitted.mask is not None
+    return TrainSample(fitted.ids, fitted.mask, transform, query, fitted.dropped)

@@ -2,6 +2,7 @@
 
 `write_json_atomic` / `write_text_atomic` are how every output file is written (submission.json,
 records, run.json, configs): a reader sees the old file or the whole new one, never a torn write.
+`replace_dir_atomic` is how a whole directory is written (adapters, checkpoints, merged models).
 This module reads nothing.
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -44,6 +47,27 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             pass  # some filesystems cannot fsync a directory; the file itself is already synced
         finally:
             os.close(dir_fd)
+
+
+def replace_dir_atomic(path: str | Path, fill: Callable[[Path], object]) -> Path:
+    """Write a whole directory: `fill(tmp)` writes the contents into `tmp`, an empty sibling named
+    `.{name}.tmp{pid}` (one a killed run left behind is removed first), then the old `path` is
+    removed and `tmp` renamed into its place. A reader sees the old directory, the whole new one,
+    or (between the removal and the rename) none, never a partial one; a `fill` that raises
+    leaves the old directory as it was and no `tmp` behind. Creates parent directories. The
+    contents are not fsynced (what `fill` writes is its own business). Returns `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        fill(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def _umask() -> int:
