@@ -57,10 +57,11 @@ def answer_tokens(task: Task) -> float:
 def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang: float,
              rng: np.random.Generator, kinds: dict[str, str] | None = None,
              noise_sd: float = 0.3, engine_start_s: float = ENGINE_START_S,
-             calibrate: bool = True) -> dict:
+             calibrate: bool = True, accept: float = 0.0) -> dict:
     """One run; `speed` = true throughput / planner prior. `kinds` fixes tasks' kinds ('ok',
     'slow', 'hang') instead of drawing them with the `slow` and `hang` probabilities. With
-    `calibrate`, each starting worker measures the true rates (noise 20%) before its first chunk."""
+    `calibrate`, each starting worker measures the true rates (noise 20%) before its first chunk.
+    `accept`: the share of answer paths speculative search verifies instead of decoding."""
     workers = cfg.budget.workers
     planner = Planner(cfg, start=0.0, workers=workers)
     sched = Scheduler(tasks, planner, chunk_size=cfg.sampling.max_loras)
@@ -74,6 +75,7 @@ def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang:
     scales, last, adapters, kills, killed_stages = [], 0.0, set(), 0, []
     answers = {t.id: answer_tokens(t) for t in tasks}
     rescored: list[tuple[int, int]] = []  # (augmentations, candidates) of every sampled task
+    thresholds: list[float] = []  # DFS threshold of every sampled task
     score_s = one_pass_s = 0.0
     fresh = set(range(workers))  # workers whose engine just started: they calibrate first
     while events:
@@ -117,19 +119,29 @@ def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang:
                 factor = noise[task_id] * (4.0 if kind[task_id] == "slow" else 1.0)
                 per_input = cost.n_test * cost.view_tokens
                 views = plan.n_views + UNSURE_SHARE * plan.extra_views  # adaptive extra views
-                sampling = views * per_input / true_rates["sample"] * factor
+                # a lower threshold opens more branches; verified answers cost a prefill
+                threshold = plan.dfs_threshold
+                branches = cfg.sampling.dfs_threshold / threshold if threshold > 0 else 1.0
+                accepted = accept if cfg.sampling.speculative and threshold > 0 else 0.0
+                checked = views * per_input * branches * accepted
+                verify_s = checked / true_rates["verify"] * factor
+                sampling = (views * per_input * branches * (1 - accepted) / true_rates["sample"]
+                            * factor + verify_s)
                 augs, cands = plan.rescore_augmentations, plan.max_rescore
                 n_scored = cands * augs
                 prompt = cost.view_tokens - answers[task_id]
                 scoring = (cost.n_test * augs * (prompt + cands * answers[task_id])
                            / true_rates["score"] * factor)
                 rescored.append((augs, cands))
+                thresholds.append(threshold)
                 score_s += scoring
                 one_pass_s += n_scored * per_input / true_rates["score"] * factor
                 rest += sampling + scoring
                 planner.observe(cost, ttt_s=0.0, train_tokens=0, sample_s=sampling,
                                 views=round(views * cost.n_test), rescore_s=scoring,
-                                rescored=n_scored * cost.n_test)
+                                rescored=n_scored * cost.n_test, accepted=accepted,
+                                verify_s=verify_s, verify_tokens=checked,
+                                dfs_threshold=threshold)
             if t + rest > min(a.cap_at, end):
                 killed = min(a.cap_at, end)
             else:
@@ -156,6 +168,7 @@ def simulate(tasks: list[Task], cfg: Config, *, speed: float, slow: float, hang:
             "given_up": len(sched.given_up), "skipped": len(sched.unfinished()),
             "mean_scale": float(np.mean(scales)) if scales else 0.0, "kills": kills,
             "rescore": tuple(float(np.mean(x)) for x in zip(*rescored)) if rescored else (0.0, 0.0),
+            "threshold": float(np.mean(thresholds)) if thresholds else 0.0,
             "score_h": score_s / 3600, "one_pass_h": one_pass_s / 3600,
             "injected": {k: sum(1 for v in kind.values() if v == k) for k in ("slow", "hang")}}
 
@@ -167,30 +180,34 @@ def main() -> int:
     base = list(load_dataset("arc-agi-2", "evaluation").values())
     tasks = base + [Task(t.id + "b", t.train, t.test_inputs) for t in base]
     full = 12 * 3600 - 2700
-    scenarios = [  # (name, budget, speed, must every task be answered by its own adapter?, sets)
-        ("12 h, machine at 1000% of prior", full, 10.0, True, []),
-        ("12 h, machine at 100% of prior", full, 1.0, True, []),
-        ("12 h, machine at 40% of prior", full, 0.4, True, []),
-        ("12 h, machine at 10% of prior", full, 0.1, True, []),
-        ("3 h, machine at 40% of prior", 3 * 3600, 0.4, False, []),
-        ("1 h, machine at 40% of prior", 3600, 0.4, False, []),
-        # spare time spent: more TTT, views and re-scoring (augmentations up to 32)
-        ("12 h, 100% of prior, max_scale 4", full, 1.0, True, ["budget.max_scale=4"]),
-        ("12 h, 40% of prior, max_scale 4", full, 0.4, True, ["budget.max_scale=4"]),
+    # (name, budget, speed, must every task be answered by its own adapter?, sets, verified share)
+    # At the defaults spare time is spent (budget.max_scale 4: more TTT, views, a lower DFS
+    # threshold, re-scoring up to 32 augmentations); max_scale 1 is the run that spends none.
+    scenarios = [
+        ("12 h, machine at 1000% of prior", full, 10.0, True, [], 0.0),
+        ("12 h, machine at 100% of prior", full, 1.0, True, [], 0.0),
+        ("12 h, machine at 40% of prior", full, 0.4, True, [], 0.0),
+        ("12 h, machine at 10% of prior", full, 0.1, True, [], 0.0),
+        ("3 h, machine at 40% of prior", 3 * 3600, 0.4, False, [], 0.0),
+        ("1 h, machine at 40% of prior", 3600, 0.4, False, [], 0.0),
+        ("12 h, 100% of prior, max_scale 1", full, 1.0, True, ["budget.max_scale=1"], 0.0),
+        ("12 h, 40% of prior, max_scale 1", full, 0.4, True, ["budget.max_scale=1"], 0.0),
+        # speculative search verifying 60% of the answer paths instead of decoding them
+        ("12 h, 40% of prior, 60% verified", full, 0.4, True, [], 0.6),
     ]
     print(f"{len(tasks)} tasks (ARC-AGI-2 evaluation x2), 4 workers, engine start {ENGINE_START_S:.0f} s, "
           "5% slow (x4), 2% hang on first try\n")
     print(f"{'scenario':<34}{'finish/budget':>14}{'own adapter':>13}{'fell back':>11}"
-          f"{'TTT scale':>11}{'kills':>7}{'augs x cands':>14}{'score h':>9}{'1-pass h':>10}")
+          f"{'TTT scale':>11}{'DFS p':>7}{'kills':>7}{'augs x cands':>14}{'score h':>9}{'1-pass h':>10}")
     ok = True
-    for name, budget, speed, all_own, sets in scenarios:
+    for name, budget, speed, all_own, sets, accept in scenarios:
         cfg = Config().with_overrides([f"budget.time_budget_s={budget}", "budget.workers=4", *sets])
         r = simulate(tasks, cfg, speed=speed, slow=0.05, hang=0.02,
-                     rng=np.random.default_rng(args.seed))
+                     rng=np.random.default_rng(args.seed), accept=accept)
         fell = r["given_up"] + r["skipped"]
         augs, cands = r["rescore"]
         print(f"{name:<34}{r['finish_fraction']:>14.2f}{r['own_adapter']:>13}{fell:>11}"
-              f"{r['mean_scale']:>11.2f}{r['kills']:>7}{f'{augs:.1f} x {cands:.1f}':>14}"
+              f"{r['mean_scale']:>11.2f}{r['threshold']:>7.3f}{r['kills']:>7}{f'{augs:.1f} x {cands:.1f}':>14}"
               f"{r['score_h']:>9.2f}{r['one_pass_h']:>10.2f}")
         ok &= r["finish_fraction"] <= 1.0 and (not all_own or r["own_adapter"] == len(tasks))
     print("\nfinish/budget <= 1.00 everywhere, and every task answered by its own adapter in the"

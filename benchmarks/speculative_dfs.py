@@ -6,15 +6,24 @@ adapters:
 - agreeing: TTT of the tiny model on a synthetic family built from the task itself (its demos
   and its test input, every output replaced by one fixed background square, invariant under the
   views' augmentations), so views answer the same grid, as a trained model's views mostly do.
-  The square is SIDE x SIDE = 2 x 2: the tiny model (2 layers, width 64) does not learn to count
-  the rows of a larger one after a prompt of several hundred tokens (measured: 6 x 6 and 3 x 3
-  never parse), so the agreement, not the answer's size, is what this measures;
+  The square is --side cells a side (2 by default: the tiny model, 2 layers of width 64, learns
+  to end a small square after a prompt of several hundred tokens; at 4 epochs it did not even
+  learn that, and every view decoded to the token budget without an answer, so nothing could be
+  drafted). The share of views whose greedy answer is the square is printed: it is the
+  agreement the ratios are measured at;
 - disagreeing: random LoRA weights (views answer noise, each its own).
 Reports per test input and in total: sequential decode steps (per generate call its longest
 generation, summed), decoded tokens, prefilled tokens (prompt and verification tokens computed,
-prefix-cache hits excluded) and wall time, and the ratios today / speculative. The answers of
-both searches are compared (they must be equal). Absolute times depend on the machine; compare
-the ratios. Goal: >= 3x fewer decoded tokens with agreeing adapters, no loss with disagreeing.
+prefix-cache hits excluded), wall time on this CPU, and the same counts priced on an L4 serving
+Qwen3-4B (`l4_model_s`, a roofline: a decode step reads the weights once and, per sequence, the
+KV cache of everything it attends to, at the memory bandwidth; a prefilled token costs 2 FLOPs
+per parameter at peak compute), with the ratios today / speculative. Decode steps count per
+generate call its longest generation: with unlimited batch width they are the sequential
+latency, which waves of views lengthen; on a GPU whose batch is full (many views of many tasks,
+long prompts) decoded tokens and their KV reads are the cost, which the roofline prices. The
+answers of both searches are compared (they must be equal). Absolute times depend on the
+machine; compare the ratios. Goal: >= 3x fewer decoded tokens with agreeing adapters, no loss
+with disagreeing.
 
     python benchmarks/speculative_dfs.py [--tasks 3] [--views 16] [--threshold 0.17] [--samples 8]
 """
@@ -38,17 +47,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 MAX_LEN = 8192
-SIDE = 2  # the synthetic family's answer: a SIDE x SIDE background square
 GOAL = 3.0
-KEYS = ("decode_steps", "decoded_tokens", "prefilled_tokens", "wall_s")
+KEYS = ("decode_steps", "decoded_tokens", "prefilled_tokens", "wall_s", "l4_model_s")
+# The roofline's machine and model: L4 spec sheet (300 GB/s GDDR6, 121 TFLOPS dense bf16);
+# Qwen3-4B's config.json (36 layers, 8 KV heads of 128, bf16) and its ~4.0e9 parameters.
+L4_BYTES_S, L4_FLOPS = 300e9, 121e12
+PARAMS = 4.0e9
+WEIGHT_BYTES = 2 * PARAMS
+KV_BYTES = 36 * 8 * 128 * 2 * 2  # per token: layers x KV heads x head dim x (K, V) x bf16
 
 
-def family_task(task):
+def l4_seconds(decode_steps: int, context_tokens: int, prefilled: int) -> float:
+    """The roofline price of a search's counts on an L4 with Qwen3-4B (module docstring)."""
+    return ((decode_steps * WEIGHT_BYTES + context_tokens * KV_BYTES) / L4_BYTES_S
+            + prefilled * 2 * PARAMS / L4_FLOPS)
+
+
+def family_task(task, side: int):
     """`task` with every output replaced by the background square, its test inputs among the
     demos (TTT then sees prompts as long as the views')."""
     from submission.arc.grids import Pair, as_grid
 
-    square = as_grid(np.zeros((SIDE, SIDE), dtype=np.uint8))
+    square = as_grid(np.zeros((side, side), dtype=np.uint8))
     inputs = [p.input for p in task.train] + list(task.test_inputs)
     return replace(task, train=tuple(Pair(g, square) for g in inputs),
                    test_outputs=tuple(square for _ in task.test_inputs))
@@ -63,9 +83,10 @@ def measure(engine, views, reqs, frames, args) -> tuple[dict, list]:
     p0, t0 = v.prefill_tokens + v.verify_tokens, time.perf_counter()
     gens = search(v, reqs, threshold=args.threshold, max_paths=args.max_paths,
                   stop_ids=engine.fmt.stop_token_ids, frames=frames, stats=stats)
+    prefilled = v.prefill_tokens + v.verify_tokens - p0
     row = {"decode_steps": stats.decode_steps, "decoded_tokens": stats.decoded_tokens,
-           "prefilled_tokens": v.prefill_tokens + v.verify_tokens - p0,
-           "wall_s": time.perf_counter() - t0}
+           "prefilled_tokens": prefilled, "wall_s": time.perf_counter() - t0,
+           "l4_model_s": l4_seconds(stats.decode_steps, stats.decode_context_tokens, prefilled)}
     return row, [[tuple(g.ids) for g in x] for x in gens]
 
 
@@ -76,7 +97,8 @@ def main() -> int:
     ap.add_argument("--threshold", type=float, default=0.17)
     ap.add_argument("--max-paths", type=int, default=8)
     ap.add_argument("--samples", type=int, default=32, help="TTT samples of the agreeing adapters")
-    ap.add_argument("--epochs", type=int, default=4, help="TTT epochs of the agreeing adapters")
+    ap.add_argument("--epochs", type=int, default=16, help="TTT epochs of the agreeing adapters")
+    ap.add_argument("--side", type=int, default=2, help="side of the agreeing family's square answer")
     args = ap.parse_args()
 
     from submission.config import Config
@@ -101,7 +123,7 @@ def main() -> int:
     rows: dict[str, list] = {"agreeing": [], "disagreeing": []}
     equal = True
     for n, task in enumerate(tasks):
-        fam = family_task(task)
+        fam = family_task(task, args.side)
         rng = np.random.default_rng(n)
         data = build_ttt_data(fam, fmt, rng, max_samples=args.samples, max_len=MAX_LEN)
         engine.trainer.reset()
@@ -118,23 +140,25 @@ def main() -> int:
             plain, a = measure(engine, views, reqs, None, args)
             spec, b = measure(engine, views, reqs, frames, args)
             equal &= a == b
-            rows[kind].append((task.id, np.mean([len(v.prompt) for v in views]), plain, spec))
+            square = tuple((0,) * args.side for _ in range(args.side))
+            agree = np.mean([bool(x) and f.to_key(list(x[0])) == square for x, f in zip(a, frames)])
+            rows[kind].append((task.id, np.mean([len(v.prompt) for v in views]), agree, plain, spec))
     print(f"{len(tasks)} ARC-AGI-2 evaluation test inputs x {args.views} views, DFS p >= "
           f"{args.threshold}, <= {args.max_paths} paths; tiny model, vLLM on CPU\n")
     ok = equal
     for kind, rs in rows.items():
         print(f"{kind} adapters: today / speculative")
-        print(f"{'input':<10}{'prompt':>8}" + "".join(f"{k:>24}" for k in KEYS))
+        print(f"{'input':<10}{'prompt':>8}{'agree':>7}" + "".join(f"{k:>24}" for k in KEYS))
         tot = {k: [0.0, 0.0] for k in KEYS}
-        for tid, plen, p, s in rs:
+        for tid, plen, agree, p, s in rs:
             cells = []
             for k in KEYS:
                 tot[k][0] += p[k]
                 tot[k][1] += s[k]
                 cells.append(f"{p[k]:.5g}/{s[k]:.5g} ({p[k] / max(s[k], 1e-9):.2f}x)")
-            print(f"{tid:<10}{plen:>8.0f}" + "".join(f"{c:>24}" for c in cells))
+            print(f"{tid:<10}{plen:>8.0f}{agree:>7.2f}" + "".join(f"{c:>24}" for c in cells))
         ratios = {k: t[0] / max(t[1], 1e-9) for k, t in tot.items()}
-        print(f"{'total':<18}" + "".join(f"{f'{ratios[k]:.2f}x':>24}" for k in KEYS) + "\n")
+        print(f"{'total':<25}" + "".join(f"{f'{ratios[k]:.2f}x':>24}" for k in KEYS) + "\n")
         if kind == "agreeing":
             ok &= ratios["decoded_tokens"] >= GOAL
         else:

@@ -80,9 +80,10 @@ class SamplingConfig:
     n_views: int = 16  # ARChitects/NVARC: 16 views (8 dihedral x 2 colour perms), demo order shuffled
     dfs_threshold: float = 0.17  # ARChitects' DFS: every answer with p >= 0.17 (NVARC: 0.2); 0: greedy only
     dfs_max_paths: int = 8  # answers searched per view at most (the greedy one included)
-    # views check the answers earlier views found in one prefill (same answers). Off by default until
-    # benchmarks/speculative_dfs.py measures a saving with adapters that agree (README).
-    speculative: bool = False
+    # views check the answers earlier views found in one prefill instead of decoding them again: the
+    # same answers (tests/test_search.py), 8x fewer decoded tokens when 8 views agree
+    # (benchmarks/speculative_dfs.py, docs/method.md); false: every view decodes (plain DFS)
+    speculative: bool = True
     unsure_extra_views: int = 16  # more views for a test input whose answers disagree (if time allows)
     unsure_agreement: float = 0.5  # "disagree": the top answer has under this share of the parsed ones
     n_samples: int = 0  # extra samples per view at `temperature` on top of the greedy answer
@@ -115,10 +116,16 @@ class BudgetConfig:
     stall_s: float = 300.0  # no heartbeat (step, finished request, score call) this long = hung
     calibrate: bool = True  # measure the three rates at engine start (a few seconds on GPU)
     keep_adapters: bool = False  # False deletes each adapter once its task's answers are written
-    max_scale: float = 1.0  # >1 lets spare time buy more TTT samples and views than configured
+    # >1 lets spare time buy more TTT samples, views, a lower DFS threshold and more re-scoring than
+    # configured; benchmarks/budget_sim.py: 240 tasks all answered by their own adapter at 40% of
+    # the priors with 4 (docs/operations.md)
+    max_scale: float = 4.0
     prior_train_tokens_per_s: float = 2500.0  # L4, 4B 4-bit: 128 samples of ~2.5k tokens in ~2 min
     prior_sample_tokens_per_s: float = 3000.0  # L4: 16 views of ~2.9k tokens in ~15 s
     prior_score_tokens_per_s: float = 9000.0  # as one pass per (aug., candidate); prefix reuse: ~4x
+    # speculative verification, (prompt + draft) tokens prefilled per second: L4 bf16 peak 121 TFLOPS
+    # over 2 x 4e9 FLOPs per token of a 4B model is ~15k tokens/s; at 40% of peak
+    prior_verify_tokens_per_s: float = 6000.0
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,7 @@ _POSITIVE = {("sampling", "n_views"), ("sampling", "max_loras"), ("sampling", "m
              ("model", "max_seq_len"), ("budget", "time_budget_s"), ("budget", "max_scale"),
              ("budget", "task_cap_s"), ("budget", "stall_s"), ("budget", "prior_train_tokens_per_s"),
              ("budget", "prior_sample_tokens_per_s"), ("budget", "prior_score_tokens_per_s"),
+             ("budget", "prior_verify_tokens_per_s"),
              ("selection", "rescore_augmentations"),
              ("lane", "task_cap_s"), ("lane", "mem_mib")}
 TRAIN_SECTIONS = ("ttt", "finetune")  # one training loop (train.py): the same rules for both

@@ -86,6 +86,9 @@ UNSURE_RESAMPLED = _register(
 DFS_DRAFT_UNPROVEN = _register(
     "dfs_draft_unproven", "a speculative draft's verification could not be proven computed; it was decoded",
     fails_smoke=False)
+SPECULATIVE_OFF = _register(
+    "speculative_search_off", "speculative search stopped for the rest of this engine's run: too few of "
+    "its answer paths were verified whole to repay the waves (plain DFS from here on)", fails_smoke=False)
 RESCORE_OUT_OF_TIME = _register(
     "rescore_out_of_time_vote", "re-scoring would have run past the task's due time: ranked by votes",
     fails_smoke=False)

@@ -15,6 +15,7 @@ from submission.runtime.budget import (
     ANSWER_GUESS,
     MAX_RESCORE_AUGMENTATIONS,
     MIN_AUGMENTATIONS,
+    MIN_DFS_THRESHOLD,
     MIN_RESCORE,
     MIN_SAMPLES,
     MIN_VIEWS,
@@ -44,7 +45,9 @@ def make_task(task_id: str, side: int = 5, *, n_train: int = 2, test_sides: tupl
 
 
 def cfg_with(*sets: str) -> Config:
-    return Config().with_overrides(list(sets))
+    """The default config, but spending no spare time (`budget.max_scale=1`) unless `sets` say:
+    these tests check the planner up to scale 1 and set a larger one where they test it."""
+    return Config().with_overrides(["budget.max_scale=1", *sets])
 
 
 def demand(planner: Planner, costs: list[TaskCost], scale: float) -> float:
@@ -100,7 +103,7 @@ def test_task_cost_counts_tests_and_averages_views():
 
 
 def test_full_seconds_formula_at_defaults():
-    cfg = Config()
+    cfg = cfg_with()
     p = Planner(cfg, start=0.0, workers=1)
     c = TaskCost.of(make_task("a", 10, n_train=3))
     ttt, total = p.full_seconds(c)
@@ -115,7 +118,7 @@ def test_full_seconds_formula_at_defaults():
 
 
 def test_full_seconds_grows_with_scale_and_size():
-    p = Planner(Config().with_overrides(["budget.max_scale=4"]), start=0.0, workers=1)
+    p = Planner(cfg_with("budget.max_scale=4"), start=0.0, workers=1)
     small, big = TaskCost.of(make_task("a", 4)), TaskCost.of(make_task("b", 15, n_train=3))
     totals = [p.full_seconds(small, s)[1] for s in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)]
     assert all(x < y for x, y in zip(totals, totals[1:]))
@@ -130,20 +133,20 @@ def test_full_seconds_grows_with_scale_and_size():
 
 def test_full_seconds_counts_extra_samples():
     c = TaskCost.of(make_task("a", 6))
-    base = Planner(Config(), start=0.0, workers=1)
+    base = Planner(cfg_with(), start=0.0, workers=1)
     extra = Planner(cfg_with("sampling.n_samples=3"), start=0.0, workers=1)
     assert extra.full_seconds(c)[0] == base.full_seconds(c)[0]
     assert extra.full_seconds(c)[1] > base.full_seconds(c)[1]
 
 
 def test_amounts_at_scale_one_is_the_config():
-    cfg = Config()
+    cfg = cfg_with()
     p = Planner(cfg, start=0.0, workers=1)
     assert p.amounts(1.0) == (cfg.ttt.max_samples, cfg.sampling.n_views, cfg.selection.max_rescore)
 
 
 def test_amounts_floors():
-    p = Planner(Config(), start=0.0, workers=1)
+    p = Planner(cfg_with(), start=0.0, workers=1)
     assert p.amounts(0.0) == (MIN_SAMPLES, MIN_VIEWS, MIN_RESCORE)
     assert p.amounts(1e-6) == (MIN_SAMPLES, MIN_VIEWS, MIN_RESCORE)
     for s in np.linspace(0.0, 1.0, 41):
@@ -152,7 +155,7 @@ def test_amounts_floors():
 
 
 def test_amounts_caps():
-    cfg = Config()
+    cfg = cfg_with()
     p = Planner(cfg, start=0.0, workers=1)
     cap = (4 * cfg.ttt.max_samples, 4 * cfg.sampling.n_views, cfg.selection.max_rescore)
     assert p.amounts(4.0) == cap
@@ -164,7 +167,7 @@ def test_amounts_caps():
 
 
 def test_amounts_monotone_in_scale():
-    p = Planner(Config(), start=0.0, workers=1)
+    p = Planner(cfg_with(), start=0.0, workers=1)
     prev = p.amounts(0.0)
     for s in np.linspace(0.0, 6.0, 121):
         cur = p.amounts(float(s))
@@ -362,7 +365,7 @@ def test_planner_end_leaves_grace_before_the_deadline():
 
 
 def test_observe_first_replaces_then_averages():
-    planner = Planner(Config(), start=0.0, workers=1)
+    planner = Planner(cfg_with(), start=0.0, workers=1)
     c = TaskCost.of(make_task("a", 8))
     planner.observe(c, ttt_s=10.0, train_tokens=10000.0, sample_s=2.0, views=16, rescore_s=4.0,
                     rescored=64)
@@ -379,7 +382,7 @@ def test_observe_first_replaces_then_averages():
 
 
 def test_observe_moves_rates_toward_measured():
-    planner = Planner(Config(), start=0.0, workers=1)
+    planner = Planner(cfg_with(), start=0.0, workers=1)
     c = TaskCost.of(make_task("a", 8))
     target = 500.0
     planner.observe(c, ttt_s=1.0, train_tokens=5000.0, sample_s=0, views=0, rescore_s=0, rescored=0)
@@ -393,7 +396,7 @@ def test_observe_moves_rates_toward_measured():
 
 
 def test_observe_slower_machine_means_longer_estimates():
-    planner = Planner(Config(), start=0.0, workers=1)
+    planner = Planner(cfg_with(), start=0.0, workers=1)
     c = TaskCost.of(make_task("a", 8))
     before = planner.full_seconds(c)
     prior = planner.rates["train"]
@@ -405,7 +408,7 @@ def test_observe_slower_machine_means_longer_estimates():
 
 
 def test_observe_ignores_tiny_durations_and_zero_tokens():
-    planner = Planner(Config(), start=0.0, workers=1)
+    planner = Planner(cfg_with(), start=0.0, workers=1)
     prior = dict(planner.rates)
     c = TaskCost.of(make_task("a", 8))
     planner.observe(c, ttt_s=0.04, train_tokens=1e6, sample_s=0.049, views=16, rescore_s=0.01,
@@ -416,7 +419,7 @@ def test_observe_ignores_tiny_durations_and_zero_tokens():
 
 
 def test_observe_first_real_measurement_replaces_prior_even_after_ignored_ones():
-    planner = Planner(Config(), start=0.0, workers=1)
+    planner = Planner(cfg_with(), start=0.0, workers=1)
     c = TaskCost.of(make_task("a", 8))
     # a task whose stages were all too short to measure: nothing learnt
     planner.observe(c, ttt_s=0.01, train_tokens=100.0, sample_s=0.01, views=16, rescore_s=0.01,
@@ -427,7 +430,7 @@ def test_observe_first_real_measurement_replaces_prior_even_after_ignored_ones()
 
 
 def test_observe_first_sampling_measurement_replaces_prior_after_ttt_only_call():
-    planner = Planner(Config(), start=0.0, workers=1)
+    planner = Planner(cfg_with(), start=0.0, workers=1)
     c = TaskCost.of(make_task("a", 8))
     planner.observe(c, ttt_s=10.0, train_tokens=10000.0, sample_s=0.0, views=0, rescore_s=0.0,
                     rescored=0)
@@ -731,7 +734,7 @@ def test_mini_simulation_hang_is_retried_and_finishes():
 
 
 def test_rescore_amounts_shrink_with_the_plan_up_to_scale_one():
-    cfg = Config()
+    cfg = cfg_with()
     conf = cfg.selection.rescore_augmentations
     p = Planner(cfg, start=0.0, workers=1)
     assert p.rescore_amounts(1.0) == (conf, cfg.selection.max_rescore)
@@ -773,8 +776,10 @@ def test_spare_time_plans_more_rescoring_and_prices_it():
     score = (plan.max_rescore * plan.rescore_augmentations * c.n_test * c.view_tokens
              / planner.rates["score"])
     assert plan.expected_s == pytest.approx(total)
-    assert total - ttt == pytest.approx(views * c.n_test * c.view_tokens / planner.rates["sample"]
-                                        + score)
+    branches = cfg.sampling.dfs_threshold / planner.dfs_threshold(4.0)  # a lower threshold
+    assert plan.dfs_threshold == planner.dfs_threshold(4.0) == MIN_DFS_THRESHOLD
+    assert total - ttt == pytest.approx(views * c.n_test * c.view_tokens * branches
+                                        / planner.rates["sample"] + score)
     plain = Planner(cfg_with("budget.time_budget_s=43200"), start=0.0, workers=1).plan(c, 0.0, [c])
     assert (plain.rescore_augmentations, plain.max_rescore) == (
         cfg.selection.rescore_augmentations, cfg.selection.max_rescore)
@@ -1063,3 +1068,130 @@ def test_the_record_says_the_plan_the_task_ran(tmp_path):
             plan["rescore_augmentations"]) == (2, 1, 1, 1)
     assert rec["views"] == 1 and rec["tests"][0]["samples"] == 1  # one view was sampled
     assert rec["tests"][0]["rescored_pairs"] == 1  # one candidate under one augmentation
+
+
+# ---------------------------------------------------------------- speculative search and the threshold
+
+
+def test_dfs_threshold_lowers_with_spare_time_down_to_the_floor():
+    p = Planner(cfg_with("budget.max_scale=8"), start=0.0, workers=1)
+    conf = p.cfg.sampling.dfs_threshold
+    assert p.dfs_threshold(0.3) == p.dfs_threshold(1.0) == conf  # short time never raises it
+    assert p.dfs_threshold(2.0) == pytest.approx(conf / 2)
+    assert p.dfs_threshold(8.0) == MIN_DFS_THRESHOLD
+    prev = conf
+    for s in np.linspace(1.0, 8.0, 29):
+        cur = p.dfs_threshold(float(s))
+        assert MIN_DFS_THRESHOLD <= cur <= prev
+        prev = cur
+    for low in ("0", "0.05"):  # greedy only, or a configured threshold below the floor, stay
+        q = Planner(cfg_with("budget.max_scale=8", f"sampling.dfs_threshold={low}"), start=0.0, workers=1)
+        assert q.dfs_threshold(8.0) == float(low)
+
+
+def test_a_lower_threshold_is_priced_by_the_ratio_and_the_plan_carries_it():
+    from submission.worker.pipeline import planned_config
+
+    cfg = cfg_with("budget.max_scale=2", "budget.time_budget_s=1e6")
+    p = Planner(cfg, start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 10, n_train=3))
+    s = cfg.sampling
+    views = p.amounts(2.0)[1]
+    augs, cands = p.rescore_amounts(2.0)
+    ttt, total = p.full_seconds(c, 2.0)
+    per_input = c.n_test * c.view_tokens
+    exp_samp = views * per_input * (s.dfs_threshold / p.dfs_threshold(2.0)) / p.rates["sample"]
+    assert total - ttt == pytest.approx(exp_samp + cands * augs * per_input / p.rates["score"])
+    plan = p.plan(c, 0.0, [c])
+    assert plan.dfs_threshold == p.dfs_threshold(2.0) < s.dfs_threshold
+    assert planned_config(cfg, plan).sampling.dfs_threshold == plan.dfs_threshold
+
+
+def test_no_saving_is_assumed_before_one_is_seen_then_the_verified_share_is_priced():
+    cfg = cfg_with()
+    assert cfg.sampling.speculative  # the default
+    p = Planner(cfg, start=0.0, workers=1)
+    off = Planner(cfg_with("sampling.speculative=false"), start=0.0, workers=1)
+    c = TaskCost.of(make_task("a", 10, n_train=3))
+    assert p.accept == 0.0 and p.full_seconds(c) == off.full_seconds(c)
+    true = {"sample": 2000.0, "verify": 8000.0}
+    views = cfg.sampling.n_views * c.n_test
+    decoded = views * c.view_tokens * (1 - 0.75)
+    checked = views * c.view_tokens * 0.75
+    verify_s = checked / true["verify"]
+    for planner in (p, off):
+        planner.observe(c, ttt_s=0.0, train_tokens=0, sample_s=decoded / true["sample"] + verify_s,
+                        views=views, rescore_s=0.0, rescored=0, accepted=0.75, verify_s=verify_s,
+                        verify_tokens=checked)
+    # the rates come out exactly: decoded part at the sampling rate, verification at its own
+    assert p.rates["sample"] == pytest.approx(true["sample"])
+    assert p.rates["verify"] == pytest.approx(true["verify"])
+    assert p.accept == 0.75
+    samp = views * c.view_tokens * (0.25 / true["sample"] + 0.75 / true["verify"])
+    ttt, total = p.full_seconds(c)
+    score = cfg.selection.max_rescore * cfg.selection.rescore_augmentations * c.n_test * c.view_tokens
+    assert total - ttt == pytest.approx(samp + score / p.rates["score"])
+    assert off.full_seconds(c)[1] - ttt > total - ttt  # plain DFS prices every view decoded
+    p.observe(c, ttt_s=0.0, train_tokens=0, sample_s=0.0, views=0, rescore_s=0.0, rescored=0,
+              accepted=0.25)
+    assert p.accept == pytest.approx(0.7 * 0.75 + 0.3 * 0.25)  # averaged in like the rates
+
+
+def test_scheduler_feeds_the_search_stats_of_a_record_to_the_planner():
+    cfg = cfg_with()
+    tasks = [make_task("a", 6), make_task("b", 6)]
+    planner = Planner(cfg, start=0.0, workers=1)
+    sched = Scheduler(tasks, planner, chunk_size=2)
+    search = {"paths": 40, "drafts_accepted": 30, "verify_s": 2.0, "verify_prompt_tokens": 30000,
+              "verify_tokens": 2000}
+    rec = {"timing": {"sample_s": 10.0, "verify_s": 1.0}, "views": 16, "chunk_search": search}
+    sched.observe("a", rec)
+    assert planner.accept == 0.75
+    assert planner.rates["verify"] == pytest.approx(16000 / 1.0)  # half the chunk's verification
+    cost = sched.costs["a"]
+    assert planner.rates["sample"] == pytest.approx(16 * cost.view_tokens * 0.25 / 9.0)
+
+
+def test_default_max_scale_leaves_every_task_its_own_adapter_at_40_percent_of_the_priors():
+    """The default spends spare time (max_scale > 1), and the budget simulation of 240
+    ARC-AGI-2-sized tasks on 4 workers still answers every one with its own adapter in 12 h on a
+    machine at 40% of the priors (5% slow tasks, 2% hangs)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from budget_sim import simulate
+    from submission.arc.tasks import load_dataset
+
+    assert Config().budget.max_scale > 1
+    base = list(load_dataset("arc-agi-2", "evaluation").values())
+    tasks = base + [Task(t.id + "b", t.train, t.test_inputs) for t in base]
+    cfg = Config().with_overrides([f"budget.time_budget_s={12 * 3600 - 2700}", "budget.workers=4"])
+    r = simulate(tasks, cfg, speed=0.4, slow=0.05, hang=0.02, rng=np.random.default_rng(0))
+    assert r["own_adapter"] == len(tasks) == 240 and r["finish_fraction"] <= 1.0
+    assert r["mean_scale"] > 1.0  # the spare time was spent
+
+
+def test_each_task_searches_at_its_planned_threshold_one_call_per_threshold():
+    """A chunk whose tasks were planned at two DFS thresholds: each task's requests are searched
+    at its own (the branch width k = ceil(1 / threshold) shows which), one call per threshold,
+    and the answers come back in request order."""
+    from types import SimpleNamespace
+
+    from submission.answers.sampling import GenRequest, Generation
+    from submission.worker.pipeline import _search
+
+    calls = []
+
+    class Recorder:
+        name = "recorder"
+
+        def generate(self, requests):
+            calls.append([(r.prompt[0], r.top_logprobs) for r in requests])
+            return [[Generation([r.prompt[0], 1], -0.1, [{r.prompt[0]: -0.05}, {1: -0.05}])]
+                    for r in requests]
+
+    engine = SimpleNamespace(sampler=Recorder(), fmt=SimpleNamespace(stop_token_ids=[1]))
+    views = [(SimpleNamespace(task_id=t), False) for t in ("a", "b", "a", "b")]
+    requests = [GenRequest((10 + i,), None, 4) for i in range(4)]
+    cfg = cfg_with("sampling.speculative=false")
+    got = _search(engine, cfg, views, requests, None, {"a": 0.17, "b": 0.07})
+    assert calls == [[(10, 6), (12, 6)], [(11, 15), (13, 15)]]
+    assert [g[0].ids for g in got] == [[10 + i, 1] for i in range(4)]

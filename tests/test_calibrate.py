@@ -118,8 +118,11 @@ def test_calibrate_on_the_engine_measures_and_resets(engine, tmp_path):
         assert cal["score_logprob"] == pytest.approx(cal["score_forward_logprob"], abs=1e-2)
     scorers = 1 if engine.sampler is engine.forward else 2
     assert len(beats) == 3 + 1 + 1 + scorers  # steps, one generate and one verify call, the scores
-    assert cal["verify_tokens"] == cal["generated_tokens"] > 0
-    assert cal["verify_tokens_per_s"] > 0 and cal["decode_steps_per_s"] > 0
+    assert cal["verify_tokens"] == cal["generated_tokens"] > 0  # every answer checked as a draft
+    assert cal["verify_prompt_tokens"] > 3 * 2 * 12 * 12 * cal["views"]  # under views of its own
+    assert cal["verify_tokens_per_s"] == pytest.approx(
+        (cal["verify_prompt_tokens"] + cal["verify_tokens"]) / cal["verify_call_s"])  # planner units
+    assert planner_rates(cal)["verify"] == cal["verify_tokens_per_s"] and cal["decode_steps_per_s"] > 0
     loaded = load_calibration(write_calibration(tmp_path / "c.json", cal))
     assert loaded["train_tokens_per_s"] == cal["train_tokens_per_s"]
 

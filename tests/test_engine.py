@@ -157,9 +157,9 @@ def test_speculative_search_changes_the_cost_not_the_answers(engine, tmp_path):
 
     tasks = {t.id: t for t in (zeros_task(f"sp{s}", 2, 30 + s) for s in (1, 2))}
     challenges, _ = export_kaggle(tasks, tmp_path / "data", "evaluation")
-    assert not SMALL.sampling.speculative  # the default: plain DFS
+    assert SMALL.sampling.speculative  # the default: speculative
     reports, subs = {}, {}
-    for name, extra in (("spec", ["sampling.speculative=true"]), ("plain", [])):
+    for name, extra in (("spec", []), ("plain", ["sampling.speculative=false"])):
         out = tmp_path / f"{name}.json"
         reports[name] = run(challenges, None, out, tmp_path / name,
                             SMALL.with_overrides(LEARN + extra), engine=engine)

@@ -13,6 +13,13 @@ from submission.arc.formats import build_tokenizer, get_format
 from submission.arc.grids import Pair, Task, as_grid
 from submission.worker.pipeline import generate_into
 from submission.answers.sampling import GenRequest, Generation, build_views
+from submission.answers.search import SearchStats
+
+
+def fake_engine(sampler, fmt) -> SimpleNamespace:
+    """What the answer search reads of an engine: its sampler, format and speculative totals."""
+    return SimpleNamespace(sampler=sampler, fmt=fmt, speculative=SearchStats(), speculative_off=False,
+                           fallbacks=Counter())
 
 
 def test_lenient_parses_are_counted_per_task():
@@ -28,7 +35,7 @@ def test_lenient_parses_are_counted_per_task():
         def generate(self, requests):
             return [[Generation(list(sloppy if i == 0 else answer), -1.0)] for i, _ in enumerate(requests)]
 
-    engine = SimpleNamespace(sampler=Sampler(), fmt=fmt)
+    engine = fake_engine(Sampler(), fmt)
     cfg = Config().with_overrides(["sampling.dfs_threshold=0"])
     out, records = {("t1", 0): []}, {"t1": {}}
     requests = [GenRequest(v.prompt, None, 20) for v in views]
@@ -67,7 +74,7 @@ def _two_tasks():
 def test_a_rejected_request_costs_only_its_own_task():
     fmt, g, tasks, views = _two_tasks()
     sampler = Picky(fmt.encode_answer(g))
-    engine = SimpleNamespace(sampler=sampler, fmt=fmt)
+    engine = fake_engine(sampler, fmt)
     cfg = Config().with_overrides(["sampling.dfs_threshold=0"])
     state = SimpleNamespace(cfg=cfg, fallbacks=Counter(), faults=[])
     pairs = [(v, False) for t in tasks for v in views[t.id]]

@@ -388,3 +388,48 @@ def test_vllm_verify_rows_are_computed(engine, adapters):
         for g, w in zip(got, want):
             assert g.keys() == w.keys() and max(abs(g[t] - w[t]) for t in g) < 1e-3
     assert engine.sampler.verify_retries == before + 1
+
+
+# --- when speculative search stops: its drafts do not pay ------------------------------------------
+def test_speculative_pays_while_probing_then_only_above_the_accepted_share():
+    from submission.answers.search import MIN_ACCEPTED, PROBE_PATHS, speculative_pays
+
+    assert speculative_pays(SearchStats())
+    assert speculative_pays(SearchStats(paths=PROBE_PATHS - 1))  # still probing: nothing accepted yet
+    assert not speculative_pays(SearchStats(paths=PROBE_PATHS))
+    need = math.ceil(MIN_ACCEPTED * 1000)
+    assert speculative_pays(SearchStats(paths=1000, drafts_accepted=need))
+    assert not speculative_pays(SearchStats(paths=1000, drafts_accepted=need - 1))
+
+
+def test_an_engine_whose_drafts_do_not_pay_goes_on_with_plain_dfs_counted_once():
+    from types import SimpleNamespace
+
+    from submission import events as ev
+    from submission.answers.search import PROBE_PATHS
+    from submission.config import Config
+    from submission.events import Counts
+    from submission.worker.pipeline import _search
+
+    class PlainOnly:
+        name = "plain"
+
+        def generate(self, requests):
+            return [[Generation([STOP], -0.1, [{STOP: -0.1}])] for _ in requests]
+
+        def verify(self, requests):
+            raise AssertionError("no draft is verified once speculative search stopped")
+
+    engine = SimpleNamespace(sampler=PlainOnly(), fmt=SimpleNamespace(stop_token_ids=[STOP]),
+                             speculative=SearchStats(paths=PROBE_PATHS), speculative_off=False,
+                             fallbacks=Counts())
+    cfg = Config()
+    assert cfg.sampling.speculative
+    views = [(SimpleNamespace(task_id="t"), False)] * 3
+    stats = SearchStats()
+    for _ in range(2):
+        got = _search(engine, cfg, views, _requests(3), stats, {"t": 0.17})
+        assert [g[0].ids for g in got] == [[STOP]] * 3
+    assert engine.fallbacks[ev.SPECULATIVE_OFF] == 1 and engine.speculative_off
+    assert stats.paths == 6 and stats.drafts == 0  # the chunk's stats still count the searches
+    assert engine.speculative.paths == PROBE_PATHS  # plain searches do not count as speculative

@@ -13,10 +13,19 @@ Each round is one batched `generate` call for all open branches of all prompts.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields, replace
 
 from submission.answers.sampling import GenRequest, Generation, Sampler, VerifyRequest
+
+# Speculative search pays while other views' answers are taken: each wave of views waits for the
+# earlier ones, so a test input whose views all disagree costs one more sequential decode of its
+# longest answer (benchmarks/speculative_dfs.py: 2x the decode steps, the same decoded tokens)
+# for nothing. After PROBE_PATHS answer paths, an engine whose speculative searches verified
+# under MIN_ACCEPTED of them whole goes on with plain DFS (`speculative_pays`).
+PROBE_PATHS = 128  # about one chunk: 8 tasks x 16 views
+MIN_ACCEPTED = 0.2
 
 
 def search(sampler: Sampler, requests: list[GenRequest], *, threshold: float, max_paths: int,
@@ -127,38 +136,58 @@ class Frame:
 
 @dataclass
 class SearchStats:
-    """What a search cost. `decode_steps`: per generate call its longest generation, summed (the
-    sequential steps of an engine with unlimited batch width); `decoded_tokens`: tokens generated
-    (each one a step of its own sequence); `verify_tokens`: draft tokens checked by prefill, of
-    which `accepted_tokens` were taken as greedy tokens; `unverified`: drafts whose rows the
-    sampler could not prove computed (those paths were decoded instead)."""
+    """What a search cost. `paths`: answer paths searched (greedy ones and branches), of which
+    `drafts_accepted` were verified whole; `decode_steps`: per generate call its longest
+    generation, summed (the sequential steps of an engine with unlimited batch width);
+    `decoded_tokens`: tokens generated (each one a step of its own sequence);
+    `decode_context_tokens`: over every decoded token, the length of the sequence it attends to
+    (what a decode step reads from the KV cache); `verify_tokens`: draft tokens checked by
+    prefill after `verify_prompt_tokens` prompt tokens, of which `accepted_tokens` were taken as
+    greedy tokens; `unverified`: drafts whose rows the sampler could not prove computed (those
+    paths were decoded instead); `generate_s`, `verify_s`: seconds in the sampler's calls."""
 
     generate_calls: int = 0
     verify_calls: int = 0
+    paths: int = 0
     decode_steps: int = 0
     decoded_tokens: int = 0
+    decode_context_tokens: int = 0
     drafts: int = 0
-    drafts_accepted: int = 0  # drafts taken whole (no decoding of that path)
+    drafts_accepted: int = 0  # paths taken whole from a verified draft (no decoding)
+    verify_prompt_tokens: int = 0
     verify_tokens: int = 0
     accepted_tokens: int = 0
     unverified: int = 0
+    generate_s: float = 0.0
+    verify_s: float = 0.0
 
     def add(self, other: SearchStats) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def speculative_pays(totals: SearchStats) -> bool:
+    """Whether speculative search goes on, given an engine's speculative searches so far: until
+    PROBE_PATHS answer paths, then while at least MIN_ACCEPTED of them were verified whole."""
+    return totals.paths < PROBE_PATHS or totals.drafts_accepted >= MIN_ACCEPTED * totals.paths
 
 
 def _generate(sampler: Sampler, batch: list[GenRequest], stats: SearchStats | None
               ) -> list[list[Generation]]:
+    t0 = time.perf_counter()
     out = sampler.generate(batch)
     if stats is not None and batch:
         lengths = [len(g[0].ids) for g in out]
+        stats.generate_s += time.perf_counter() - t0
         stats.generate_calls += 1
+        stats.paths += len(batch)
         stats.decode_steps += max(lengths)
         stats.decoded_tokens += sum(lengths)
+        stats.decode_context_tokens += sum(n * len(r.prompt) + n * (n - 1) // 2
+                                           for r, n in zip(batch, lengths))
     return out
 
 
@@ -222,11 +251,14 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
                 tried[i].add(tuple(draft))
                 checks.append((i, draft))
         if checks:
+            t0 = time.perf_counter()
             rows = sampler.verify([VerifyRequest(requests[i].prompt, tuple(d), requests[i].adapter, k)
                                    for i, d in checks])
             if stats is not None:
+                stats.verify_s += time.perf_counter() - t0
                 stats.verify_calls += 1
                 stats.drafts += len(checks)
+                stats.verify_prompt_tokens += sum(len(requests[i].prompt) for i, _ in checks)
                 stats.verify_tokens += sum(len(d) for _, d in checks)
             for (i, d), r in zip(checks, rows):
                 if r is None:
@@ -252,6 +284,7 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
             if stats is not None:
                 stats.accepted_tokens += len(toks)
                 stats.drafts_accepted += int(done)
+                stats.paths += int(done)  # the decoded ones are counted by `_generate`
             partial.append((toks, tops, lp))
             if not done:
                 where.append(idx)

@@ -14,6 +14,7 @@ from submission.config import Config, TTTConfig
 from submission.events import VLLM_LOST, Counts
 from submission.arc.formats import TextFormat, get_format
 from submission.answers.sampling import Adapter, Sampler
+from submission.answers.search import SearchStats
 from submission.model.train import LoRATrainer
 
 
@@ -26,9 +27,18 @@ class Engine:
     forward: Sampler  # transformers forward pass over the trainer's model (reference scorer)
     info: dict[str, Any] = field(default_factory=dict)
     fallbacks: Counter = field(default_factory=Counts)
+    speculative: SearchStats = field(default_factory=SearchStats)  # this run's speculative searches
+    speculative_off: bool = False  # they stopped paying (answers.search.speculative_pays)
     _next_id: int = 0
     _rescore_checked: bool = False  # False: the next `auto` scorer call starts a new RankCheck
     _rank_check: Any = None
+
+    def start_run(self, fallbacks: Counter) -> None:
+        """A run begins on this engine: its fallbacks (re-scoring, a lost vLLM, speculative search
+        stopped) count into `fallbacks`, the run's or worker's, and the speculative-search totals
+        start over (a test suite runs many runs on one engine)."""
+        self.fallbacks = fallbacks
+        self.speculative, self.speculative_off = SearchStats(), False
 
     def compute_seconds(self) -> float:
         """Seconds spent in model compute so far (training steps, generate and scoring calls);

@@ -1,7 +1,11 @@
 """Time budget: a cost model per task, throughput calibrated on finished tasks, and per-task plans.
 
 Cost units are tokens: TTT costs (samples x epochs x tokens per sample) at the training rate; sampling
-costs (views x test inputs x (prompt + answer) tokens) at the sampling rate; re-scoring costs
+costs (views x test inputs x (prompt + answer) tokens) at the sampling rate, except under speculative
+search the share of answer paths verified whole by a prefill (measured on finished tasks, 0 until
+then: no saving is assumed before one is seen), which costs the same tokens at the verification
+rate; a DFS threshold below the configured one multiplies the search's cost by their ratio (more
+branches clear it; conservative: at most 1/threshold answers exist); re-scoring costs
 (candidates x augmentations x test inputs x (prompt + answer) tokens, as if every pair were one
 forward pass) at the scoring rate. The re-scorer computes each augmented prompt once for all the
 candidates (rescore.py), so its measured rate in these units is several times its raw token rate;
@@ -10,8 +14,9 @@ start from priors (an L4 with a 4B model), are replaced by the engine's start-up
 machine, and then follow the measured ones. Each plan gives the task its share of the worker-seconds
 left, scaled down (fewer TTT samples, views, re-scored candidates and augmentations, never below
 floors, and a floor never above what the config asks for) when the time is short; with
-`budget.max_scale` > 1, spare time scales them up, and re-scoring with them (up to
-`MAX_RESCORE_AUGMENTATIONS` augmentations and `RESCORE_GROWTH` x the configured candidates).
+`budget.max_scale` > 1, spare time scales them up, lowers the DFS threshold (down to
+`MIN_DFS_THRESHOLD`) and re-scores more (up to `MAX_RESCORE_AUGMENTATIONS` augmentations and
+`RESCORE_GROWTH` x the configured candidates), all with the one scale.
 The tasks left are kept as running totals (`Remaining`), so planning one task costs the same with
 10 or 10,000 tasks left. Estimates plan work; they never kill it (the scheduler's watchdog looks at
 heartbeats). This module only computes numbers.
@@ -35,7 +40,9 @@ MIN_RESCORE = 2
 MIN_AUGMENTATIONS = 2  # the identity and one more transform
 MAX_RESCORE_AUGMENTATIONS = 32  # the 2025 ARChitects scored under 32 once prefix reuse made it cheap
 RESCORE_GROWTH = 2  # spare time re-scores at most this many times the configured candidates
-RATE_KEYS = ("train", "sample", "score")
+MIN_DFS_THRESHOLD = 0.07  # the 2025 ARChitects lowered theirs from 17% to 7% with the time their
+# speculative DFS freed
+RATE_KEYS = ("train", "sample", "score", "verify")
 PLAN_SHARE = 0.85  # plans fill this share of the worker-seconds left: slow tasks, hangs and
 # engine restarts are not in the cost model, and a chunk still running at the end is lost whole
 TAIL_SHARE = 0.2  # no remaining task is planned longer than this share of the wall time left
@@ -51,6 +58,7 @@ class TaskPlan:
     n_views: int
     max_rescore: int
     rescore_augmentations: int  # augmented prompts each candidate is re-scored under
+    dfs_threshold: float  # the answer search's probability threshold (lower with spare time)
     extra_views: int  # views added to test inputs whose answers disagree (0 when time is short)
     ttt_s: float  # training time allowed (training stops itself there)
     expected_s: float  # whole task at this plan
@@ -85,8 +93,9 @@ class Planner:
         self.end = self.deadline - min(GRACE_S, 0.1 * cfg.budget.time_budget_s)  # work stops here
         b = cfg.budget
         self.rates = {"train": b.prior_train_tokens_per_s, "sample": b.prior_sample_tokens_per_s,
-                      "score": b.prior_score_tokens_per_s}
-        self.measured: set[str] = set()  # rates measured at least once
+                      "score": b.prior_score_tokens_per_s, "verify": b.prior_verify_tokens_per_s}
+        self.measured: set[str] = set()  # rates measured at least once ("accept" too)
+        self.accept = 0.0  # share of answer paths verified whole (speculative search), measured
 
     def full_seconds(self, cost: TaskCost, scale: float = 1.0) -> tuple[float, float]:
         """(TTT seconds, total seconds) of one task at `scale` of the configured work."""
@@ -100,7 +109,11 @@ class Planner:
         samples, views, _ = self.amounts(scale)
         augmentations, rescore = self.rescore_amounts(scale)
         ttt = samples * t.epochs * sample_tokens / self.rates["train"]
-        samp = views * (1 + s.n_samples) * input_tokens / self.rates["sample"]
+        threshold = self.dfs_threshold(scale)
+        branches = s.dfs_threshold / threshold if threshold > 0 else 1.0
+        accept = self.accept if s.speculative and threshold > 0 else 0.0
+        greedy = branches * ((1 - accept) / self.rates["sample"] + accept / self.rates["verify"])
+        samp = views * input_tokens * (greedy + s.n_samples / self.rates["sample"])
         score = rescore * augmentations * input_tokens / self.rates["score"]
         return ttt, ttt + samp + score
 
@@ -112,6 +125,15 @@ class Planner:
         views = _scaled(s.n_views, scale, MIN_VIEWS, min(4 * s.n_views, MAX_VIEWS))
         rescore = _scaled(sel.max_rescore, scale, MIN_RESCORE, sel.max_rescore)
         return samples, views, rescore
+
+    def dfs_threshold(self, scale: float) -> float:
+        """The DFS threshold at `scale`: the configured one up to scale 1; above it (spare time)
+        the configured one / scale, never below MIN_DFS_THRESHOLD (nor a configured one below
+        it raised; 0, greedy only, stays 0)."""
+        conf = self.cfg.sampling.dfs_threshold
+        if scale <= 1.0 or conf <= MIN_DFS_THRESHOLD:
+            return conf
+        return max(MIN_DFS_THRESHOLD, conf / scale)
 
     def rescore_amounts(self, scale: float) -> tuple[int, int]:
         """(augmentations, candidates re-scored) at `scale`: up to scale 1 both shrink with it
@@ -171,7 +193,8 @@ class Planner:
                           0.5 * max(0.0, self.deadline - now))
         extra = self.cfg.sampling.unsure_extra_views if scale >= 1.0 else 0  # spare time only
         return TaskPlan(max_samples=samples, n_views=views, max_rescore=rescore,
-                        rescore_augmentations=augmentations, extra_views=extra, ttt_s=ttt_allowed,
+                        rescore_augmentations=augmentations,
+                        dfs_threshold=self.dfs_threshold(scale), extra_views=extra, ttt_s=ttt_allowed,
                         expected_s=total_s, sample_s=total_s - ttt_s, cap_s=cap,
                         answer_s=self.answer_s(now, cap))
 
@@ -182,8 +205,9 @@ class Planner:
         return window - min(ANSWER_MARGIN_S, 0.1 * window)
 
     def calibrate(self, rates: dict[str, float]) -> None:
-        """Take rates measured on this machine (tokens/s by key `train`, `sample`, `score`): the
-        first calibration replaces the priors, later ones (other workers) are averaged in."""
+        """Take rates measured on this machine (tokens/s by key `train`, `sample`, `score`,
+        `verify`; a missing one keeps its value): the first calibration replaces the priors,
+        later ones (other workers) are averaged in."""
         for key in RATE_KEYS:
             rate = rates.get(key)
             if rate is None or not math.isfinite(rate) or rate <= 0:
@@ -192,17 +216,39 @@ class Planner:
             self.measured.add(key)
 
     def observe(self, cost: TaskCost, *, ttt_s: float, train_tokens: float, sample_s: float,
-                views: int, rescore_s: float, rescored: int) -> None:
+                views: int, rescore_s: float, rescored: int, accepted: float | None = None,
+                verify_s: float = 0.0, verify_tokens: float = 0.0,
+                dfs_threshold: float | None = None) -> None:
         """Update the rates from one finished task (exponential average, new weight 0.3); `views`
         counts generate requests over all test inputs, `rescored` the (augmentation, candidate) pairs
-        re-scored (each counted as a view's tokens: the units of `full_seconds`)."""
-        pairs = (("train", train_tokens, ttt_s), ("sample", views * cost.view_tokens, sample_s),
+        re-scored (each counted as a view's tokens: the units of `full_seconds`). Speculative
+        search adds `accepted` (share of its answer paths verified whole), `verify_s` (of
+        `sample_s`, the seconds spent verifying) and `verify_tokens` (prompt + draft tokens
+        checked): the sampling rate is then measured on the decoded part alone. `dfs_threshold`:
+        the one the task searched at (its plan's), priced as `_seconds` prices it."""
+        if accepted is not None and 0.0 <= accepted <= 1.0:
+            self._average("accept", accepted)
+        share = accepted if accepted is not None and 0.0 <= accepted <= 1.0 else 0.0
+        conf = self.cfg.sampling.dfs_threshold
+        branches = conf / dfs_threshold if dfs_threshold and conf > dfs_threshold else 1.0
+        pairs = (("train", train_tokens, ttt_s),
+                 ("sample", views * cost.view_tokens * (1 - share) * branches, sample_s - verify_s),
+                 ("verify", verify_tokens, verify_s),
                  ("score", rescored * cost.view_tokens, rescore_s))
         for key, tokens, seconds in pairs:
             if tokens > 0 and seconds > 0.05:
-                rate = tokens / seconds  # the first measurement of a rate replaces its prior
-                self.rates[key] = 0.7 * self.rates[key] + 0.3 * rate if key in self.measured else rate
-                self.measured.add(key)
+                self._average(key, tokens / seconds)
+
+    def _average(self, key: str, value: float) -> None:
+        """The first measurement of a rate (or of the accepted share) replaces its prior; later
+        ones are averaged in with weight 0.3."""
+        old = self.accept if key == "accept" else self.rates[key]
+        new = 0.7 * old + 0.3 * value if key in self.measured else value
+        if key == "accept":
+            self.accept = new
+        else:
+            self.rates[key] = new
+        self.measured.add(key)
 
 
 def _scaled(configured: int, scale: float, floor: int, cap: int, *, up: bool = False) -> int:

@@ -154,10 +154,19 @@ class Scheduler:
         rescored = sum(x["rescored_pairs"] if isinstance(x.get("rescored_pairs"), int) else
                        sum(len(c.get("rescore_logprobs") or []) for c in x.get("candidates") or [])
                        for x in rec.get("tests") or [])
+        # speculative search: the chunk's accepted share, and this task's share of its verification
+        search = rec.get("chunk_search") or {}
+        paths, chunk_verify_s = search.get("paths") or 0, search.get("verify_s") or 0.0
+        verify_s = t.get("verify_s", 0.0) if chunk_verify_s > 0 else 0.0
+        verify_tokens = ((search.get("verify_prompt_tokens", 0) + search.get("verify_tokens", 0))
+                         * verify_s / chunk_verify_s if chunk_verify_s > 0 else 0.0)
         self.planner.observe(self.costs[task_id], ttt_s=ttt.get("seconds", 0.0),
                              train_tokens=ttt.get("tokens", 0), sample_s=t.get("sample_s", 0.0),
                              views=rec.get("views", 0), rescore_s=t.get("rescore_s", 0.0),
-                             rescored=rescored)
+                             rescored=rescored,
+                             accepted=search.get("drafts_accepted", 0) / paths if paths else None,
+                             verify_s=verify_s, verify_tokens=verify_tokens,
+                             dfs_threshold=(rec.get("plan") or {}).get("dfs_threshold"))
 
     def overdue(self, now: float) -> list[int]:
         return [w for w, a in self.active.items() if now > a.kill_at()]

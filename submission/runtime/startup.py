@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from submission.runtime.budget import Planner
+from submission.runtime.budget import RATE_KEYS, Planner
 from submission.runtime.schedule import Scheduler
 from submission.events import VLLM_START_FAILED
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def engine_started(state: Any, engine: "Engine") -> None:
     """Count what the engine's start fell back on (vLLM that would not start), and send the
     engine's own fallback counts (re-scoring, a lost vLLM) to this run's or worker's counts."""
-    engine.fallbacks = state.fallbacks
+    engine.start_run(state.fallbacks)
     if "vllm_start_error" in engine.info:
         state.fallbacks[VLLM_START_FAILED] += 1
         state.faults.append({"stage": "engine_start", "error": engine.info["vllm_start_error"]})
@@ -42,8 +42,7 @@ def apply_rates(planner: Planner, sched: Scheduler, cal: dict[str, Any] | None) 
     """Feed a calibration into the planner, and its slowest call into the stall allowance."""
     if not cal:
         return
-    planner.calibrate({"train": cal.get("train_tokens_per_s"), "sample": cal.get("sample_tokens_per_s"),
-                       "score": cal.get("score_tokens_per_s")})
+    planner.calibrate({key: cal.get(f"{key}_tokens_per_s") for key in RATE_KEYS})
     sched.note_gap(max(float(cal.get(k) or 0.0) for k in ("train_step_s", "generate_call_s",
                                                           "score_call_s")))
 

@@ -18,11 +18,12 @@ from submission.runtime.files import write_json_atomic
 from submission.arc.submit import build_submission
 from submission.arc.tasks import export_kaggle, load_dataset
 
-# A CPU-sized pipeline check: small adapter, few samples and views (every stage still runs).
+# A CPU-sized pipeline check: small adapter, few samples and views (every stage still runs), no
+# scaling up (the tiny model's answers are noise: spare time on a CPU would only lengthen the run).
 TINY_OVERRIDES = ("ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling.n_views=8",
                   "sampling.unsure_extra_views=4",
                   "selection.rescore_augmentations=4", "selection.max_rescore=4",
-                  "model.max_seq_len=4096")
+                  "model.max_seq_len=4096", "budget.max_scale=1")
 
 
 def dry_run(dataset: str, split: str, limit: int | None, model: str | None, workdir: Path,

@@ -6,7 +6,9 @@ the budget planner measured rates before the first real task finishes; the confi
 the fallback. Tokens are counted as the planner counts them (budget.py): training = tokens of the
 samples trained on; sampling = prompt + generated tokens of every view; scoring = prompt + answer
 tokens of the call. Speculative search adds two rates: sequential decode steps per second of the
-generate call, and draft tokens per second of one verification call (`verify_tokens_per_s`).
+generate call, and `verify_tokens_per_s`, prompt + draft tokens per second of one verification
+call on prompts the generate call did not see (as a later view's first check meets them; the
+planner prices verified answers at this rate).
 The adapter is reset afterwards, so nothing leaks into the first real task.
 This module neither plans nor writes anything but the calibration file it is asked to write.
 """
@@ -27,12 +29,13 @@ from submission.config import Config
 from submission.errors import InputError
 from submission.arc.grids import Pair, Task, as_grid
 from submission.answers.sampling import GenRequest, VerifyRequest, build_views
+from submission.runtime.budget import RATE_KEYS as PLANNER_RATES
 from submission.runtime.files import write_json_atomic
 from submission.model.ttt_data import build_ttt_data
 
-RATE_KEYS = ("train_tokens_per_s", "sample_tokens_per_s", "score_tokens_per_s")
-PLANNER_KEYS = {"train": "train_tokens_per_s", "sample": "sample_tokens_per_s",
-                "score": "score_tokens_per_s"}  # Planner.rates key -> calibration key
+PLANNER_KEYS = {key: f"{key}_tokens_per_s" for key in PLANNER_RATES}  # Planner key -> calibration's
+RATE_KEYS = tuple(PLANNER_KEYS[k] for k in ("train", "sample", "score"))  # every calibration has
+# these; `verify_tokens_per_s` only where the sampler can verify
 SIDE = 12  # ARC-AGI-2 grids are mostly 10-20 cells a side
 DEMOS = 3
 MAX_VIEWS = 8  # one generate call with this many views (or max_num_seqs if smaller)
@@ -76,7 +79,7 @@ def calibrate(engine: Any, cfg: Config, *, seed: int = 0, steps: int = 3,
         if key in engine.info:
             out[key] = engine.info[key]
     out.update(_train(engine, cfg, task, rng, steps, beat))
-    out.update(_sample(engine, cfg, task, rng, beat, side))
+    out.update(_sample(engine, cfg, task, rng, beat, side, seed))
     out.update(_score(engine, cfg, task, beat))
     out["seconds"] = time.perf_counter() - start
     return out
@@ -115,7 +118,7 @@ def _train(engine: Any, cfg: Config, task: Task, rng: np.random.Generator, steps
 
 
 def _sample(engine: Any, cfg: Config, task: Task, rng: np.random.Generator,
-            beat: Callable[[], None] | None, side: int) -> dict[str, Any]:
+            beat: Callable[[], None] | None, side: int, seed: int) -> dict[str, Any]:
     fmt = engine.fmt
     n = max(1, min(MAX_VIEWS, cfg.sampling.max_num_seqs))
     answer = fmt.max_answer_tokens(side, side)
@@ -136,28 +139,33 @@ def _sample(engine: Any, cfg: Config, task: Task, rng: np.random.Generator,
             "generated_tokens": generated, "expected_answer_tokens": answer,
             "generate_call_s": seconds, "sample_tokens_per_s": _rate(prompt_tokens + generated, seconds),
             "decode_steps_per_s": _rate(steps, seconds),
-            **_verify(engine, cfg, requests, gens, beat)}
+            **_verify(engine, cfg, task, gens, beat, seed)}
 
 
-def _verify(engine: Any, cfg: Config, requests: list[GenRequest], gens: list,
-            beat: Callable[[], None] | None) -> dict[str, Any]:
-    """The prefill-verify rate of speculative search: the views' own answers checked as drafts
-    in one `verify` call (top-k at every answer position; prompts from the prefix cache where
-    the sampler reads it), in draft tokens per second."""
+def _verify(engine: Any, cfg: Config, task: Task, gens: list, beat: Callable[[], None] | None,
+            seed: int) -> dict[str, Any]:
+    """The prefill-verify rate of speculative search: the generated answers checked as drafts
+    in one `verify` call (top-k at every answer position) under views of their own (another
+    stream: prompts the generate call did not compute), in prompt + draft tokens per second."""
     verify = getattr(engine.sampler, "verify", None)
-    drafts = [VerifyRequest(r.prompt, tuple(per[0].ids), None,
-                            math.ceil(1.0 / max(cfg.sampling.dfs_threshold, 0.05)))
-              for r, per in zip(requests, gens) if per and per[0].ids]
-    if verify is None or not drafts:
+    answers = [per[0].ids for per in gens if per and per[0].ids]
+    if verify is None or not answers:
         return {}
+    views, _ = build_views(task, 0, engine.fmt, np.random.default_rng([seed, 0x7E51]),
+                           n_views=len(answers), max_len=cfg.model.max_seq_len,
+                           answer_tokens=max(len(a) for a in answers), extra=True,
+                           keep_background=cfg.sampling.keep_background)
+    k = math.ceil(1.0 / max(cfg.sampling.dfs_threshold, 0.05))
+    drafts = [VerifyRequest(v.prompt, tuple(a[:max(1, cfg.model.max_seq_len - len(v.prompt))]), None, k)
+              for v, a in zip(views, answers)]
     t0 = time.perf_counter()
     verify(drafts)
     seconds = time.perf_counter() - t0
     if beat is not None:
         beat()
-    tokens = sum(len(d.answer) for d in drafts)
-    return {"verify_tokens": tokens, "verify_call_s": seconds,
-            "verify_tokens_per_s": _rate(tokens, seconds)}
+    prompts, answers_n = sum(len(d.prompt) for d in drafts), sum(len(d.answer) for d in drafts)
+    return {"verify_prompt_tokens": prompts, "verify_tokens": answers_n, "verify_call_s": seconds,
+            "verify_tokens_per_s": _rate(prompts + answers_n, seconds)}
 
 
 def _score(engine: Any, cfg: Config, task: Task, beat: Callable[[], None] | None) -> dict[str, Any]:
@@ -196,8 +204,9 @@ def _device_name(engine: Any) -> str:
 
 
 def planner_rates(data: dict[str, Any]) -> dict[str, float]:
-    """The calibration's rates under the planner's keys (train, sample, score)."""
-    return {key: float(data[name]) for key, name in PLANNER_KEYS.items()}
+    """The calibration's rates under the planner's keys (train, sample, score; verify where
+    measured)."""
+    return {key: float(data[name]) for key, name in PLANNER_KEYS.items() if name in data}
 
 
 def check_calibration(data: Any, where: str) -> dict[str, Any]:

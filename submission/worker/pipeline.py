@@ -19,7 +19,7 @@ import shutil
 import time
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +38,7 @@ from submission.runtime.paths import task_file_name
 from submission.runtime.records import task_digest
 from submission.answers.rescore import rescore
 from submission.answers.sampling import GenRequest, answer_budget, build_views, collect_samples
-from submission.answers.search import Frame, SearchStats, search
+from submission.answers.search import Frame, SearchStats, search, speculative_pays
 from submission.answers.select import POLICIES, Sample, candidate_records, grid_key, pool, select_two
 from submission.runtime.files import write_json_atomic
 from submission.model.ttt_data import build_ttt_data
@@ -70,10 +70,12 @@ def task_rng(seed: int, task_id: str, stage: str) -> np.random.Generator:
 
 
 def planned_config(cfg: Config, plan: TaskPlan) -> Config:
-    """The config of one task under its plan (TTT samples and views scaled by the budget)."""
+    """The config of one task under its plan (TTT samples, views, DFS threshold and re-scoring
+    scaled by the budget)."""
     return replace(cfg, ttt=replace(cfg.ttt, max_samples=plan.max_samples),
                    sampling=replace(cfg.sampling, n_views=plan.n_views,
-                                    unsure_extra_views=plan.extra_views),
+                                    unsure_extra_views=plan.extra_views,
+                                    dfs_threshold=plan.dfs_threshold),
                    selection=replace(cfg.selection, max_rescore=plan.max_rescore,
                                      rescore_augmentations=plan.rescore_augmentations))
 
@@ -246,7 +248,7 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
     t0 = time.monotonic()
     out: dict[tuple[str, int], list[Sample]] = {key: [] for key in base_views}
     stats = SearchStats()
-    generate_into(engine, state, views, requests, out, records, stats)
+    generate_into(engine, state, views, requests, out, records, stats, cfgs)
     views += resample_unsure(engine, state, chunk, cfgs, adapters, out, records, stats)
     # Base-model answers where the adapter produced fewer than two distinct grids (own call: vLLM bug).
     need = [key for key, smp in out.items() if len(pool(smp)) < 2
@@ -255,13 +257,14 @@ def sample_chunk(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: dict[
                 for key in need for v in base_views[key]]
     if base_req:
         generate_into(engine, state, [(v, True) for v, _ in base_req], [r for _, r in base_req], out,
-                      records, stats)
+                      records, stats, cfgs)
         state.fallbacks[ev.BASE_MODEL_SAMPLED] += len(need)
     elapsed, total = time.monotonic() - t0, max(1, len(views) + len(base_req))
     for task in chunk:
         mine = sum(1 for v, _ in views if v.task_id == task.id) + sum(
             1 for v, _ in base_req if v.task_id == task.id)
         records[task.id]["timing"]["sample_s"] = elapsed * mine / total
+        records[task.id]["timing"]["verify_s"] = stats.verify_s * mine / total
         records[task.id]["views"] = mine
         records[task.id]["chunk_search"] = stats.to_json()  # the whole chunk's answer search
     if stats.unverified:  # drafts whose rows could not be proven computed: decoded instead
@@ -300,7 +303,7 @@ def resample_unsure(engine: Engine, state: Sink, chunk: Sequence[Task], cfgs: di
             for v in vs:
                 views.append((v, adapter is None))
                 requests.append(GenRequest(v.prompt, adapter, max_tokens(v, fmt, cfg.model.max_seq_len)))
-    generate_into(engine, state, views, requests, out, records, stats)
+    generate_into(engine, state, views, requests, out, records, stats, cfgs)
     return views
 
 
@@ -316,14 +319,18 @@ def fitting_views(state: Sink, rec: dict[str, Any], views: list) -> list:
 
 def generate_into(engine: Engine, state: Sink, views: list, requests: list[GenRequest],
                   out: dict[tuple[str, int], list[Sample]],
-                  records: dict[str, dict[str, Any]], stats: SearchStats | None = None) -> None:
+                  records: dict[str, dict[str, Any]], stats: SearchStats | None = None,
+                  cfgs: Mapping[str, Config] | None = None) -> None:
     """Answer search for `requests` (one per (view, from_base) of `views`); samples go to `out`,
     and answers that parsed only leniently are counted in their task's record. When the sampler
     rejects the call, each task's requests go again on their own: a rejected request costs only
     its own task (counted, and a fault). With `sampling.speculative` the views of a test input
-    share their answers as drafts."""
+    share their answers as drafts. Each task searches at its own config's DFS threshold (`cfgs`,
+    by task id; the run's config for a task not in it)."""
+    thresholds = {v.task_id: (cfgs[v.task_id] if cfgs and v.task_id in cfgs else state.cfg)
+                  .sampling.dfs_threshold for v, _ in views}
     try:
-        gens = _search(engine, state.cfg, views, requests, stats)
+        gens = _search(engine, state.cfg, views, requests, stats, thresholds)
     except SamplerError:
         gens = [[] for _ in requests]
         by_task: dict[str, list[int]] = {}
@@ -332,7 +339,7 @@ def generate_into(engine: Engine, state: Sink, views: list, requests: list[GenRe
         for task_id, idx in by_task.items():
             try:
                 got = _search(engine, state.cfg, [views[i] for i in idx], [requests[i] for i in idx],
-                              stats)
+                              stats, thresholds)
             except SamplerError as exc:
                 _count(state, records[task_id], ev.REQUESTS_REJECTED)
                 state.faults.append({"task": task_id, "stage": "sample", "error": repr(exc)[:2000]})
@@ -352,18 +359,38 @@ def generate_into(engine: Engine, state: Sink, views: list, requests: list[GenRe
 
 
 def _search(engine: Engine, cfg: Config, views: list, requests: list[GenRequest],
-            stats: SearchStats | None) -> list:
-    """`search` on the engine's sampler (speculative when `sampling.speculative`); if vLLM is lost
-    for good (it could not be rebuilt), the engine switches to the transformers sampler (counted)
-    and the search runs again on it."""
-    frames = view_frames([v for v, _ in views], engine.fmt) if cfg.sampling.speculative else None
-    kwargs = dict(threshold=cfg.sampling.dfs_threshold, max_paths=cfg.sampling.dfs_max_paths,
-                  stop_ids=engine.fmt.stop_token_ids, frames=frames, stats=stats)
-    try:
-        return search(engine.sampler, requests, **kwargs)
-    except SamplerLost as exc:
-        engine.sampler_lost(exc)
-        return search(engine.sampler, requests, **kwargs)
+            stats: SearchStats | None, thresholds: Mapping[str, float]) -> list:
+    """`search` on the engine's sampler (speculative when `sampling.speculative`), one call per
+    DFS threshold among the tasks (`thresholds` by task id: one call when the chunk was planned
+    at one scale); if vLLM is lost for good (it could not be rebuilt), the engine switches to the
+    transformers sampler (counted) and the search runs again on it."""
+    speculative = cfg.sampling.speculative and speculative_pays(engine.speculative)
+    if cfg.sampling.speculative and not speculative and not engine.speculative_off:
+        engine.speculative_off = True
+        engine.fallbacks[ev.SPECULATIVE_OFF] += 1
+    frames = view_frames([v for v, _ in views], engine.fmt) if speculative else None
+    own = SearchStats()
+    groups: dict[float, list[int]] = {}
+    for i, (v, _) in enumerate(views):
+        groups.setdefault(thresholds[v.task_id], []).append(i)
+    out: list = [None] * len(requests)
+    for threshold, idx in groups.items():
+        kwargs = dict(threshold=threshold, max_paths=cfg.sampling.dfs_max_paths,
+                      stop_ids=engine.fmt.stop_token_ids,
+                      frames=[frames[i] for i in idx] if frames is not None else None, stats=own)
+        part = [requests[i] for i in idx]
+        try:
+            got = search(engine.sampler, part, **kwargs)
+        except SamplerLost as exc:
+            engine.sampler_lost(exc)
+            got = search(engine.sampler, part, **kwargs)
+        for i, g in zip(idx, got):
+            out[i] = g
+    if stats is not None:
+        stats.add(own)
+    if speculative:
+        engine.speculative.add(own)
+    return out
 
 
 def view_frames(views: list, fmt) -> list[Frame]:
