@@ -16,6 +16,8 @@ from submission.runtime.budget import (
     MAX_RESCORE_AUGMENTATIONS,
     MIN_AUGMENTATIONS,
     MIN_DFS_THRESHOLD,
+    RESCORE_FROM,
+    THRESHOLD_FROM,
     MIN_RESCORE,
     MIN_SAMPLES,
     MIN_VIEWS,
@@ -752,9 +754,11 @@ def test_rescore_amounts_grow_with_spare_time_within_caps():
     cfg = cfg_with("budget.max_scale=8")
     sel = cfg.selection
     p = Planner(cfg, start=0.0, workers=1)
-    assert p.rescore_amounts(2.0) == (2 * sel.rescore_augmentations, 2 * sel.max_rescore)
-    assert p.rescore_amounts(4.0) == (MAX_RESCORE_AUGMENTATIONS, RESCORE_GROWTH * sel.max_rescore)
-    assert p.rescore_amounts(100.0) == p.rescore_amounts(4.0)
+    conf = (sel.rescore_augmentations, sel.max_rescore)
+    assert p.rescore_amounts(1.5) == p.rescore_amounts(RESCORE_FROM) == conf  # views come first
+    assert p.rescore_amounts(2 * RESCORE_FROM) == (2 * conf[0], 2 * conf[1])
+    assert p.rescore_amounts(8.0) == (MAX_RESCORE_AUGMENTATIONS, RESCORE_GROWTH * sel.max_rescore)
+    assert p.rescore_amounts(100.0) == p.rescore_amounts(8.0)
     prev = p.rescore_amounts(0.0)
     for s in np.linspace(0.0, 8.0, 81):
         cur = p.rescore_amounts(float(s))
@@ -770,7 +774,7 @@ def test_spare_time_plans_more_rescoring_and_prices_it():
     c = TaskCost.of(make_task("a", 8))
     plan = planner.plan(c, 0.0, [c])
     assert (plan.rescore_augmentations, plan.max_rescore) == planner.rescore_amounts(4.0) == (
-        MAX_RESCORE_AUGMENTATIONS, RESCORE_GROWTH * cfg.selection.max_rescore)
+        2 * cfg.selection.rescore_augmentations, RESCORE_GROWTH * cfg.selection.max_rescore)
     ttt, total = planner.full_seconds(c, 4.0)
     samples, views, _ = planner.amounts(4.0)
     score = (plan.max_rescore * plan.rescore_augmentations * c.n_test * c.view_tokens
@@ -812,7 +816,7 @@ def test_planned_config_carries_the_rescore_amounts():
     c = TaskCost.of(make_task("a", 8))
     plan = planner.plan(c, 0.0, [c])
     task_cfg = planned_config(cfg, plan)
-    assert task_cfg.selection.rescore_augmentations == plan.rescore_augmentations == 32
+    assert task_cfg.selection.rescore_augmentations == plan.rescore_augmentations == 16  # 4 / RESCORE_FROM x 8
     assert task_cfg.selection.max_rescore == plan.max_rescore
     assert planned_config(cfg, replace(plan, rescore_augmentations=8)).selection.rescore_augmentations == 8
 
@@ -1077,7 +1081,8 @@ def test_dfs_threshold_lowers_with_spare_time_down_to_the_floor():
     p = Planner(cfg_with("budget.max_scale=8"), start=0.0, workers=1)
     conf = p.cfg.sampling.dfs_threshold
     assert p.dfs_threshold(0.3) == p.dfs_threshold(1.0) == conf  # short time never raises it
-    assert p.dfs_threshold(2.0) == pytest.approx(conf / 2)
+    assert p.dfs_threshold(THRESHOLD_FROM) == conf  # views come first
+    assert p.dfs_threshold(2 * THRESHOLD_FROM) == pytest.approx(conf / 2)
     assert p.dfs_threshold(8.0) == MIN_DFS_THRESHOLD
     prev = conf
     for s in np.linspace(1.0, 8.0, 29):

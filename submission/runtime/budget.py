@@ -14,9 +14,10 @@ start from priors (an L4 with a 4B model), are replaced by the engine's start-up
 machine, and then follow the measured ones. Each plan gives the task its share of the worker-seconds
 left, scaled down (fewer TTT samples, views, re-scored candidates and augmentations, never below
 floors, and a floor never above what the config asks for) when the time is short; with
-`budget.max_scale` > 1, spare time scales them up, lowers the DFS threshold (down to
-`MIN_DFS_THRESHOLD`) and re-scores more (up to `MAX_RESCORE_AUGMENTATIONS` augmentations and
-`RESCORE_GROWTH` x the configured candidates), all with the one scale.
+`budget.max_scale` > 1, spare time buys, in this order as the one scale grows, more TTT samples
+and views (from scale 1), a lower DFS threshold (from `THRESHOLD_FROM`, down to
+`MIN_DFS_THRESHOLD`) and more re-scoring (from `RESCORE_FROM`, up to `MAX_RESCORE_AUGMENTATIONS`
+augmentations and `RESCORE_GROWTH` x the configured candidates).
 The tasks left are kept as running totals (`Remaining`), so planning one task costs the same with
 10 or 10,000 tasks left. Estimates plan work; they never kill it (the scheduler's watchdog looks at
 heartbeats). This module only computes numbers.
@@ -42,6 +43,8 @@ MAX_RESCORE_AUGMENTATIONS = 32  # the 2025 ARChitects scored under 32 once prefi
 RESCORE_GROWTH = 2  # spare time re-scores at most this many times the configured candidates
 MIN_DFS_THRESHOLD = 0.07  # the 2025 ARChitects lowered theirs from 17% to 7% with the time their
 # speculative DFS freed
+THRESHOLD_FROM = 1.5  # spare time lowers the threshold from this scale on (views come first)
+RESCORE_FROM = 2.0  # and re-scores more from this one on (views, then the threshold, then this)
 RATE_KEYS = ("train", "sample", "score", "verify")
 PLAN_SHARE = 0.85  # plans fill this share of the worker-seconds left: slow tasks, hangs and
 # engine restarts are not in the cost model, and a chunk still running at the end is lost whole
@@ -127,27 +130,28 @@ class Planner:
         return samples, views, rescore
 
     def dfs_threshold(self, scale: float) -> float:
-        """The DFS threshold at `scale`: the configured one up to scale 1; above it (spare time)
-        the configured one / scale, never below MIN_DFS_THRESHOLD (nor a configured one below
-        it raised; 0, greedy only, stays 0)."""
+        """The DFS threshold at `scale`: the configured one up to THRESHOLD_FROM; above it (spare
+        time) the configured one x THRESHOLD_FROM / scale, never below MIN_DFS_THRESHOLD (nor a
+        configured one below it raised; 0, greedy only, stays 0)."""
         conf = self.cfg.sampling.dfs_threshold
-        if scale <= 1.0 or conf <= MIN_DFS_THRESHOLD:
+        if scale <= THRESHOLD_FROM or conf <= MIN_DFS_THRESHOLD:
             return conf
-        return max(MIN_DFS_THRESHOLD, conf / scale)
+        return max(MIN_DFS_THRESHOLD, conf * THRESHOLD_FROM / scale)
 
     def rescore_amounts(self, scale: float) -> tuple[int, int]:
         """(augmentations, candidates re-scored) at `scale`: up to scale 1 both shrink with it
-        (`amounts`' candidates; augmentations down to MIN_AUGMENTATIONS); above it (spare time,
-        `budget.max_scale` > 1) both grow with the scale, augmentations up to
-        MAX_RESCORE_AUGMENTATIONS and candidates up to RESCORE_GROWTH x the configured ones
+        (`amounts`' candidates; augmentations down to MIN_AUGMENTATIONS); from RESCORE_FROM on
+        (spare time, `budget.max_scale` > 1) both grow with scale / RESCORE_FROM, augmentations
+        up to MAX_RESCORE_AUGMENTATIONS and candidates up to RESCORE_GROWTH x the configured ones
         (never below the configured amounts)."""
         sel = self.cfg.selection
         rescore = self.amounts(scale)[2]
         if scale <= 1.0:
             conf = sel.rescore_augmentations
             return _scaled(conf, scale, MIN_AUGMENTATIONS, conf), rescore
-        augmentations = min(round(sel.rescore_augmentations * scale), MAX_RESCORE_AUGMENTATIONS)
-        candidates = min(round(sel.max_rescore * scale), RESCORE_GROWTH * sel.max_rescore)
+        grow = max(1.0, scale / RESCORE_FROM)
+        augmentations = min(round(sel.rescore_augmentations * grow), MAX_RESCORE_AUGMENTATIONS)
+        candidates = min(round(sel.max_rescore * grow), RESCORE_GROWTH * sel.max_rescore)
         return max(sel.rescore_augmentations, augmentations), max(rescore, candidates)
 
     def scale(self, now: float, remaining: "Remaining | Iterable[TaskCost]") -> float:
