@@ -8,7 +8,7 @@ import pytest
 
 from submission.model import backends
 from submission.model.backends import choose_sampler_backend, choose_trainer_backend
-from submission.runtime.memory import vllm_max_lora_rank as max_lora_rank
+from submission.runtime.memory_sizing import vllm_max_lora_rank as max_lora_rank
 from submission.errors import BackendUnavailable
 from tests.conftest import SMALL
 

@@ -13,6 +13,7 @@ import pytest
 
 from submission import cli
 from submission.arc.tasks import load_dataset
+from submission.commands import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 N_EXPORT = 5
@@ -294,12 +295,12 @@ def test_usage_errors_exit_2(capsys):
 def test_help_in_a_subprocess():
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "HF_HUB_OFFLINE": "1"}
-    for argv in [[]] + [[name] for name in cli.COMMANDS]:
+    for argv in [[]] + [[name] for name in COMMANDS]:
         proc = subprocess.run([sys.executable, "-m", "submission", *argv, "--help"], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, (argv, proc.stderr)
         assert proc.stdout.startswith("usage: python -m submission"), argv
         assert "Traceback" not in proc.stderr
         if not argv:
-            for name in cli.COMMANDS:
+            for name in COMMANDS:
                 assert name in proc.stdout

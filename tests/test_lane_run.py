@@ -44,7 +44,7 @@ def test_injected_ttt_failure_gives_the_lanes_answers(engine, tmp_path, monkeypa
 def test_the_default_dry_run_shows_a_task_the_lane_solves(engine, tiny_model, tmp_path):
     """The dry-run's default set (ARC-AGI-1 evaluation, in the dataset's order) starts with a task the
     lane solves: its score file shows the program, the lane-only score and a right submission."""
-    from submission.cli import DEFAULT_DRY_RUN_DATASET
+    from submission.cli_args import DEFAULT_DRY_RUN_DATASET
     from submission.tools.dry_run import dry_run
 
     cfg = QUICK.with_overrides(["lane.enabled=true", "lane.processes=1", "lane.task_cap_s=10",

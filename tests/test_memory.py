@@ -10,18 +10,19 @@ from submission import cli
 from submission.config import Config, ConfigError
 from submission.errors import InputError
 from submission.runtime.memory import (
+    format_plan,
+    plan_for_shape,
+    plan_memory,
+    unplanned_vllm_kwargs,
+)
+from submission.runtime.memory_sizing import (
     GIB,
     NF4_BYTES_PER_WEIGHT,
     MemoryPlanError,
     compute_dtype,
-    format_plan,
-    plan_for_shape,
-    plan_memory,
-    read_model_shape,
-    shape_from_dict,
-    unplanned_vllm_kwargs,
     vllm_max_lora_rank,
 )
+from submission.runtime.model_shape import read_model_shape, shape_from_dict
 
 # Published config.json shapes (the fields the plan reads).
 QWEN3_4B = dict(num_hidden_layers=36, hidden_size=2560, num_attention_heads=32, num_key_value_heads=8,
@@ -259,8 +260,8 @@ def test_cli_missing_field_exit_2(tmp_path, capsys):
 def test_trainer_counts_its_initial_adapter_copy_at_fp32_r128_on_l4():
     """LoRATrainer._init clones the fresh adapter on the GPU at the LoRA's dtype (fp32 under unsloth
     and peft): Qwen3-4B at r=128 on all linear layers holds ~264M LoRA parameters, ~0.98 GiB."""
-    from submission.runtime.memory import CUDA_CONTEXT_GIB, LORA_INIT_BYTES_PER_PARAM, TRAIN_FRAGMENTATION, \
-        TRAIN_SAFETY_GIB
+    from submission.runtime.memory_sizing import CUDA_CONTEXT_GIB, LORA_INIT_BYTES_PER_PARAM, \
+        TRAIN_FRAGMENTATION, TRAIN_SAFETY_GIB
 
     cfg = CFG.with_overrides(["ttt.r=128", "ttt.lora_alpha=128"])
     plan = plan_for_shape(shape(QWEN3_4B, vocab_size=16), cfg, 22.5, compute_capability=(8, 9))

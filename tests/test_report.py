@@ -16,15 +16,9 @@ from hypothesis import strategies as st
 from submission.cli import main
 from submission.config import ANSWER_SECTIONS, Config
 from submission.errors import InputError
-from submission.tools.report import (
-    PALETTE,
-    NotARunError,
-    build_report,
-    grid_svg,
-    render_report,
-    run_dir,
-    write_report,
-)
+from submission.tools.report import build_report, write_report
+from submission.tools.report_view import PALETTE, grid_svg, render_report
+from submission.tools.report_workdir import NotARunError, run_dir
 from submission.arc.scoring import score_submission
 from submission.answers import select as S
 from submission.runtime.records import task_digest

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from submission.config import Config
-from submission.runtime.memory import MemoryPlanError
+from submission.runtime.memory_sizing import MemoryPlanError
 from submission.runtime.startup import plan_memory_for_run
 from tests.test_memory import QWEN3_4B
 
