@@ -235,9 +235,10 @@ def test_resolve_explicit_model_without_config(tmp_path):
 # ---------------------------------------------------------------- kaggle_config
 
 
-def setup_with(workers: int, tmp: Path = Path("/tmp/x")) -> KaggleSetup:
+def setup_with(workers: int, tmp: Path = Path("/tmp/x"), full: bool = False) -> KaggleSetup:
     return KaggleSetup(challenges=tmp / "c.json", model=tmp / "m", out=tmp / "w" / "submission.json",
-                       workdir=tmp / "w" / "arc-run", full=False, limit=3, workers=workers)
+                       workdir=tmp / "w" / "arc-run", full=full, limit=None if full else 3,
+                       workers=workers)
 
 
 def test_kaggle_config_defaults():
@@ -247,6 +248,17 @@ def test_kaggle_config_defaults():
     # nothing else changes
     assert cfg.ttt == Config().ttt and cfg.sampling == Config().sampling
     assert cfg.budget.task_cap_s == Config().budget.task_cap_s
+
+
+def test_a_smoke_run_spends_no_spare_time_the_full_run_does():
+    """A smoke run checks every stage quickly: it plans at most the configured amounts; the
+    competition rerun keeps the default budget.max_scale (> 1), and an explicit one is kept."""
+    assert Config().budget.max_scale > 1
+    assert kaggle_config(Config(), setup_with(1)).budget.max_scale == 1.0
+    assert kaggle_config(Config(), setup_with(1, full=True)).budget.max_scale == Config().budget.max_scale
+    custom = Config().with_overrides(["budget.max_scale=2"])
+    kept = kaggle_config(custom, setup_with(1), explicit=frozenset({"budget.max_scale"}))
+    assert kept.budget.max_scale == 2.0
 
 
 def test_kaggle_config_explicit_budget_wins():

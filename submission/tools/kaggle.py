@@ -94,8 +94,9 @@ def resolve(*, input_root: str | Path = INPUT_ROOT, working: str | Path = WORKIN
 
 def kaggle_config(cfg: Config, setup: KaggleSetup, *, budget_s: float | None = None,
                   explicit: frozenset[str] = frozenset()) -> Config:
-    """The config with Kaggle's budget and one worker per GPU, except for the `section.field` keys
-    the user set explicitly (`explicit`, from --set and the config file)."""
+    """The config with Kaggle's budget and one worker per GPU, and for a smoke run no spare time
+    spent (it checks every stage quickly: `budget.max_scale=1`), except for the `section.field`
+    keys the user set explicitly (`explicit`, from --set and the config file)."""
     from dataclasses import replace
 
     budget = cfg.budget
@@ -103,6 +104,8 @@ def kaggle_config(cfg: Config, setup: KaggleSetup, *, budget_s: float | None = N
         budget = replace(budget, time_budget_s=float(budget_s or 12 * 3600 - SAFETY_MARGIN_S))
     if "budget.workers" not in explicit:
         budget = replace(budget, workers=setup.workers)
+    if not setup.full and "budget.max_scale" not in explicit:
+        budget = replace(budget, max_scale=min(budget.max_scale, 1.0))
     return replace(cfg, budget=budget)
 
 
