@@ -20,14 +20,16 @@ dry-run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/host_work.py
 	$(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) dry-run .pytest_cache
+	rm -rf $(VENV) dry-run .pytest_cache .mypy_cache

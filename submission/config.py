@@ -242,7 +242,7 @@ def _section_hints(section: str) -> dict[str, Any]:
     return typing.get_type_hints(hints[section])
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
+def _from_dict(cls: Any, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config {where or 'top level'}: expected an object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)

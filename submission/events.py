@@ -130,7 +130,7 @@ class Counts(Counter):
     def __setitem__(self, key: str, value: int) -> None:
         super().__setitem__(check(key), value)
 
-    def update(self, iterable=None, /, **kwds) -> None:  # type: ignore[override]
+    def update(self, iterable=None, /, **kwds) -> None:
         items = dict(iterable) if hasattr(iterable, "keys") else Counter(iterable or ())
         items.update(kwds)
         for key in items:

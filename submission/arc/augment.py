@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -76,9 +77,9 @@ def dihedral_compose(a: int, b: int) -> int:
     return _COMPOSE[_check_dihedral(a)][_check_dihedral(b)]
 
 
-def _as_perm(values: object, n: int | None, what: str) -> tuple[int, ...]:
+def _as_perm(values: Any, n: int | None, what: str) -> tuple[int, ...]:
     try:
-        perm = tuple(int(v) for v in values)  # type: ignore[union-attr]
+        perm = tuple(int(v) for v in values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{what} must be a sequence of ints, got {values!r}") from exc
     if (n is not None and len(perm) != n) or sorted(perm) != list(range(len(perm))):

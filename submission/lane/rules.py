@@ -6,7 +6,7 @@ object or key never seen in the demos gives no answer rather than a guess)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeGuard, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,14 @@ class Fit:
     text: str  # readable step, e.g. "colour_map{1>2}"
     cost: float  # simplicity prior: lower is simpler
     tests: tuple[Grid, ...]  # the answer for each test input
+
+
+_T = TypeVar("_T")
+
+
+def _all_given(items: list[_T | None]) -> TypeGuard[list[_T]]:
+    """Whether no item is None (every test input got an answer, every grid was cut)."""
+    return all(item is not None for item in items)
 
 
 def same_shapes(xs: list[Grid], ys: list[Grid]) -> bool:
@@ -163,7 +171,7 @@ def learn_cellwise(xs, ys, ts, bg, wide: bool = True) -> Iterator[Fit]:
             outs.append(_apply_table(table, f.reshape(-1, f.shape[-1]), t.shape))
             if outs[-1] is None:
                 break
-        if outs and outs[-1] is not None:
+        if outs and _all_given(outs):
             yield Fit(f"cellwise({name})", cost + len(table) / 200, tuple(outs))
             return
 
@@ -172,7 +180,7 @@ OBJECT_KEYS = ("size", "size_rank", "size_rank_desc", "shape", "colour_size", "t
                "has_hole", "is_rect")
 
 
-def _recolour(grid: Grid, bg: int, diag: bool, table: dict | None, key: str, out: Grid | None):
+def _recolour(grid: Grid, bg: int, diag: bool, table: dict, key: str, out: Grid | None):
     """Apply (out is None) or learn into `table` (out given) an object -> colour rule."""
     objs = components(grid, bg, diag, by_colour=False)
     if not objs or len(objs) > 40:
@@ -202,7 +210,7 @@ def learn_recolour_objects(xs, ys, ts, bg) -> Iterator[Fit]:
             table: dict = {}
             if all(_recolour(x, bg, diag, table, key, y) is not None for x, y in zip(xs, ys)):
                 outs = [_recolour(t, bg, diag, table, key, None) for t in ts]
-                if all(o is not None for o in outs):
+                if _all_given(outs):
                     yield Fit(f"recolour_objects(by={key},diag={diag})", 2.0 + i * 0.1,
                               tuple(outs))
                     return
@@ -235,10 +243,10 @@ def learn_tiling(xs, ys, ts, bg) -> Iterator[Fit]:
                 return
         pattern.append(tuple(row))
     pattern_t = tuple(pattern)
-    outs = [tile_pattern(t, pattern_t) for t in ts]
-    if all(o is not None for o in outs):
+    tiles = [tile_pattern(t, pattern_t) for t in ts]
+    if _all_given(tiles):
         n_kinds = len({k for r in pattern_t for k in r})
-        yield Fit(f"tile{pattern_t}", 1.0 + 0.3 * n_kinds, tuple(outs))
+        yield Fit(f"tile{pattern_t}", 1.0 + 0.3 * n_kinds, tuple(tiles))
 
 
 def _block_ok(x: Grid, y: Grid, i: int, j: int, k: int) -> bool:
@@ -279,7 +287,7 @@ def learn_combine_parts(xs, ys, ts, bg) -> Iterator[Fit]:
     shape = ys[0].shape
     parts_x = [split_parts(x, shape) for x in xs]
     parts_t = [split_parts(t, shape) for t in ts]
-    if any(p is None for p in parts_x + parts_t) or len({len(p) for p in parts_x + parts_t}) != 1:
+    if not _all_given(parts_x) or not _all_given(parts_t) or len({len(p) for p in parts_x + parts_t}) != 1:
         return
     for name, key in (("colours", lambda ps: np.stack(ps, -1)),
                       ("set", lambda ps: np.stack([p != bg for p in ps], -1).astype(np.uint8))):
@@ -287,7 +295,7 @@ def learn_combine_parts(xs, ys, ts, bg) -> Iterator[Fit]:
         if table is None:
             continue
         outs = [_apply_table(table, key(p).reshape(-1, len(p)), shape) for p in parts_t]
-        if all(o is not None for o in outs):
+        if _all_given(outs):
             yield Fit(f"combine_parts(n={len(parts_x[0])},key={name})", 2.0 + len(table) / 50,
                       tuple(outs))
             return

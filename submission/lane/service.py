@@ -119,7 +119,7 @@ class LaneRunner:
                 state.accept(tid, merged)
             elif lane["found"]:
                 n = len(lane["answers"])
-                empty = {"attempts": [[] for _ in range(n)], "timing": {}, "fallbacks": {}}
+                empty: dict[str, Any] = {"attempts": [[] for _ in range(n)], "timing": {}, "fallbacks": {}}
                 self.merged.add(tid)
                 state.accept(tid, merge_record(empty, lane, self.cfg.lane.policy,
                                                self.all_policies))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from submission.config import MAX_VIEWS, Config
@@ -208,7 +208,7 @@ class Planner:
         window = max(0.0, min(cap_s, self.end - now))
         return window - min(ANSWER_MARGIN_S, 0.1 * window)
 
-    def calibrate(self, rates: dict[str, float]) -> None:
+    def calibrate(self, rates: Mapping[str, float | None]) -> None:
         """Take rates measured on this machine (tokens/s by key `train`, `sample`, `score`,
         `verify`; a missing one keeps its value): the first calibration replaces the priors,
         later ones (other workers) are averaged in."""

@@ -85,7 +85,8 @@ def torch_build() -> dict[str, Any] | None:
 
     try:
         spec = find_spec("torch")
-        text = Path(next(iter(spec.submodule_search_locations)), "version.py").read_text()
+        locations = spec.submodule_search_locations if spec is not None else None
+        text = Path(next(iter(locations or ())), "version.py").read_text()
     except (AttributeError, ImportError, StopIteration, TypeError, OSError):
         return None
     version = re.search(r"^__version__\s*=\s*'([^']*)'", text, re.M)

@@ -226,7 +226,7 @@ def _trainer_plan(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int,
         f"{CARD_MARGIN_GIB:.2f} = {need:.2f} GiB; try a smaller model.max_seq_len or ttt.r, or a "
         "bigger GPU")
     return MemoryPlan(
-        fits=not reason, reason=reason, gpu_gib=gpu_gib, compute_capability=tuple(cc), dtype=dtype,
+        fits=not reason, reason=reason, gpu_gib=gpu_gib, compute_capability=(cc[0], cc[1]), dtype=dtype,
         gpu_memory_utilization=0.0, max_loras=s.max_loras, max_cpu_loras=s.max_loras,
         max_lora_rank=vllm_max_lora_rank(t.r), max_num_batched_tokens=0, max_model_len=L,
         max_num_seqs=s.max_num_seqs,
@@ -297,7 +297,7 @@ def _evaluate(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int, int
                   f"{L}-token sequence needs {one_seq:.3f} GiB (+{KV_MARGIN_GIB} margin): vLLM "
                   "would raise ValueError at start-up")
     return MemoryPlan(
-        fits=not reason, reason=reason, gpu_gib=gpu_gib, compute_capability=tuple(cc), dtype=dtype,
+        fits=not reason, reason=reason, gpu_gib=gpu_gib, compute_capability=(cc[0], cc[1]), dtype=dtype,
         gpu_memory_utilization=round(util, 4), max_loras=n_loras, max_cpu_loras=n_loras,
         max_lora_rank=rank, max_num_batched_tokens=tokens, max_model_len=L,
         max_num_seqs=s.max_num_seqs, lora_target_modules=targets, enforce_eager=s.enforce_eager,

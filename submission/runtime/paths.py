@@ -77,6 +77,7 @@ class Spot(NamedTuple):
 
 
 def _overlap(a: Spot, b: Spot) -> bool:
+    assert a.path is not None and b.path is not None  # check_paths compares given paths only
     if "root" in (a.kind, b.kind):
         return False
     if a.kind == "file" and b.kind == "file":
@@ -95,8 +96,10 @@ def check_paths(inputs: Iterable[Spot], outputs: Iterable[Spot]) -> None:
     ins = [s for s in inputs if s.path is not None]
     outs = [s for s in outputs if s.path is not None]
     for s in ins:
+        assert s.path is not None
         regular_input(s.path, s.label, kind=s.kind)
     for s in outs:
+        assert s.path is not None
         p = Path(s.path)
         if s.kind == "file" and p.is_dir():
             raise InputError(f"{s.label} is a directory, expected a file path", file=str(p),

@@ -42,6 +42,7 @@ from submission.runtime.vllm_tmp import sweep
 from submission.runtime.watchdog import Watchdog, WatchdogInterrupt
 
 if TYPE_CHECKING:  # the model side is imported in run_here only: the supervisor stays torch-free
+    from submission.lane.service import LaneRunner
     from submission.model.engine import Engine
 
 WEIGHT_DIGESTS = "weight_digests.json"  # in the workdir: each weight file is read in full once
@@ -90,7 +91,7 @@ class Run:
         self.watchdog: Watchdog | None = None
         self.sched: Scheduler | None = None  # the in-process loop's scheduler (heartbeats)
         self.chunk_size = cfg.sampling.max_loras  # tasks per chunk (the memory plan may lower it)
-        self.lane = None  # the program-search lane's pool while it runs (lane/service.py)
+        self.lane: LaneRunner | None = None  # the program-search lane's pool while it runs (lane/service.py)
         self.write_submission()
 
     def write_submission(self) -> None:
@@ -238,6 +239,7 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
     from submission.worker.pipeline import process_chunk
 
     if engine is None:
+        assert model is not None  # run() checked the model directory
         t0 = time.monotonic()
         engine = build_engine(model, state.cfg, state.info.get("engine_kwargs"))
         engine.info["load_s"] = time.monotonic() - t0

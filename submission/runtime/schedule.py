@@ -86,7 +86,8 @@ class Scheduler:
             return None
         remaining = self.remaining
         left = self.planner.deadline - now
-        ids, plans, expected = [], {}, 0.0
+        ids: list[str] = []
+        plans, expected = {}, 0.0
         # A chunk is lost whole if the budget ends mid-way: chunks shrink to what is expected to
         # take at most CHUNK_SHARE of the time left (at least one task), so the workers' last
         # chunks end together, well before the deadline, even when each task takes hours.

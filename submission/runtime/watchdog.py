@@ -60,7 +60,9 @@ class Watchdog:
         self.fired = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._main = threading.main_thread().ident
+        main = threading.main_thread().ident
+        assert main is not None  # the main thread has started
+        self._main = main
         self._previous: Any = None
         self.active = False  # False where no signal handler can be installed (not the main thread)
         self._armed = False

@@ -129,7 +129,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
             for conn in wait([h.outbox for h in handles.values()], timeout=POLL_S):
                 h = next(x for x in handles.values() if x.outbox is conn)
                 try:
-                    msg = conn.recv()
+                    msg = h.outbox.recv()
                 except (EOFError, OSError):
                     kill(h, f"worker pipe closed (exit code {h.proc.exitcode})")
                     continue
