@@ -103,7 +103,7 @@ def main() -> int:
 
     from submission.config import Config
     from submission.model.engine import build_engine
-    from submission.worker.pipeline import view_frames
+    from submission.worker.sampling_stage import view_frames
     from submission.answers.sampling import GenRequest, answer_budget, build_views
     from submission.arc.tasks import load_dataset
     from submission.model.tiny import make_tiny_model, random_adapter

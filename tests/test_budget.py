@@ -1181,7 +1181,7 @@ def test_each_task_searches_at_its_planned_threshold_one_call_per_threshold():
     from types import SimpleNamespace
 
     from submission.answers.sampling import GenRequest, Generation
-    from submission.worker.pipeline import _search
+    from submission.worker.sampling_stage import _search
 
     calls = []
 

@@ -122,7 +122,7 @@ def test_vllm_that_cannot_be_rebuilt_hands_over_to_transformers(engine, tmp_path
 def test_engine_fallback_counts_reach_run_json_in_process(engine, tmp_path, monkeypatch):
     """The engine's own fallbacks (here the re-scoring check's: vLLM scoring fails) are counted in
     run.json on the in-process path, as on the worker path."""
-    from submission.worker import pipeline
+    from submission.worker import sampling_stage
     from submission.errors import SamplerError
     from submission.answers.select import Sample
 
@@ -138,7 +138,7 @@ def test_engine_fallback_counts_reach_run_json_in_process(engine, tmp_path, monk
         return {(t.id, i): [Sample(view=v, group=0, grid=as_grid(np.full((2, 2), v)), logprob=-1.0)
                             for v in range(2)] for t in chunk for i in range(t.n_test)}
 
-    monkeypatch.setattr(pipeline, "sample_chunk", given)
+    monkeypatch.setattr(sampling_stage, "sample_chunk", given)
     cfg = QUICK.with_overrides(["ttt.enabled=false", "selection.rescore_backend=auto",
                                 "selection.policy=count-nll"])
     report = run_here(engine, tmp_path, ["cnt00001"], cfg)

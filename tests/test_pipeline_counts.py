@@ -11,7 +11,7 @@ import numpy as np
 from submission.config import Config
 from submission.arc.formats import build_tokenizer, get_format
 from submission.arc.grids import Pair, Task, as_grid
-from submission.worker.pipeline import generate_into
+from submission.worker.sampling_stage import generate_into
 from submission.answers.sampling import GenRequest, Generation, build_views
 from submission.answers.search import SearchStats
 
@@ -91,7 +91,7 @@ def test_a_rejected_request_costs_only_its_own_task():
 
 
 def test_views_whose_prompt_leaves_no_room_are_dropped_and_counted():
-    from submission.worker.pipeline import fitting_views
+    from submission.worker.sampling_stage import fitting_views
 
     fmt, g, tasks, views = _two_tasks()
     vs = views["good"]

@@ -267,7 +267,7 @@ from tests.test_engine import adapters  # noqa: E402,F401  (the trained-adapter 
 
 
 def _views_requests(engine, adapters, n_views=4, max_tokens=12, with_base=True):
-    from submission.worker.pipeline import view_frames
+    from submission.worker.sampling_stage import view_frames
     from submission.answers.sampling import build_views
 
     views, reqs = [], []
@@ -354,7 +354,7 @@ def test_speculative_dfs_on_the_tiny_model(engine, adapters, backend):
 def test_verify_calls_fit_the_kv_cache():
     """vLLM verification batches hold at most the KV blocks that exist (less the null block), so
     no request of a call can be preempted; an oversized request goes alone."""
-    from submission.model.backends.vllm_sampler import _fit
+    from submission.model.backends.vllm_prefill import _fit
     from submission.answers.sampling import VerifyRequest
 
     reqs = [VerifyRequest((1,) * p, (2,) * a, None, 5) for p, a in
@@ -409,7 +409,7 @@ def test_an_engine_whose_drafts_do_not_pay_goes_on_with_plain_dfs_counted_once()
     from submission.answers.search import PROBE_PATHS
     from submission.config import Config
     from submission.events import Counts
-    from submission.worker.pipeline import _search
+    from submission.worker.sampling_stage import _search
 
     class PlainOnly:
         name = "plain"

@@ -123,7 +123,7 @@ def test_a_view_too_long_for_the_context_costs_only_its_own_task(small, fmt):
     before the batched call, which vLLM would otherwise refuse whole, and the small task in the
     same chunk is sampled."""
     from submission.model.engine import Engine
-    from submission.worker.pipeline import sample_chunk
+    from submission.worker.sampling_stage import sample_chunk
 
     rng = np.random.default_rng(1)
     big = lambda: as_grid(rng.integers(0, 10, (30, 30)))  # noqa: E731

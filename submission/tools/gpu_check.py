@@ -183,7 +183,7 @@ def train_adapters(engine: Any, cfg: Config, root: Path, *, seed: int, steps: in
                    checks: Checks) -> list[tuple[Any, Any]]:
     """Two synthetic tasks, a few steps each, saved and checked; [(task, Adapter)]."""
     from submission.model.backends import resolve_dtype
-    from submission.worker.pipeline import check_adapter
+    from submission.worker.ttt_stage import check_adapter
     from submission.model.ttt_data import build_ttt_data
 
     per_step = cfg.ttt.batch_size * cfg.ttt.grad_accum
