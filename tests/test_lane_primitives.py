@@ -146,3 +146,27 @@ def test_symmetrize_overlays_a_mirror_image_on_background():
     flip_lr = pr.DIHEDRAL_NAMES.index("flip_lr")
     assert pr.symmetrize(g, flip_lr, 0).tolist() == [[1, 0, 1], [2, 3, 2]]
     assert pr.symmetrize(g, pr.DIHEDRAL_NAMES.index("rot90"), 0) is None  # shape changes
+
+
+def test_symmetrize_group_completes_to_a_fixpoint_and_refuses_conflicts():
+    # one quarter given; the rotations fill the other three in more than one pass
+    g = as_grid([[1, 2, 0, 0], [3, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    full = pr.symmetrize_group(g, "rotations", 0)
+    assert all(np.array_equal(pr.dihedral(full, k), full) for k in (1, 2, 3))
+    assert (full != 0).all() and np.array_equal(full[:2, :2], g[:2, :2])
+    # one flip_lr pass leaves the bottom half empty; the flips group fills it
+    flips = pr.symmetrize_group(g, "flips", 0)
+    assert flips.tolist() == [[1, 2, 2, 1], [3, 4, 4, 3], [3, 4, 4, 3], [1, 2, 2, 1]]
+    # images disagree on a background cell: no completion
+    clash = as_grid([[1, 0, 2], [0, 0, 0], [0, 0, 0]])
+    assert pr.symmetrize_group(clash, "flips", 0) is None
+    assert pr.symmetrize_group(as_grid([[1, 0, 0]]), "rotations", 0) is None  # shape changes
+    assert pr.symmetrize_group(as_grid([[1, 1], [1, 1]]), "all", 0) is None  # nothing to fill
+
+
+def test_invariant_maps_are_those_every_grid_keeps():
+    sym = as_grid([[1, 2, 1], [2, 3, 2], [1, 2, 1]])
+    assert pr.invariant_maps([sym]) == tuple(range(1, 8))
+    lr_only = as_grid([[1, 2, 1], [3, 4, 3]])
+    assert pr.invariant_maps([lr_only]) == (pr.DIHEDRAL_NAMES.index("flip_lr"),)
+    assert pr.invariant_maps([sym, lr_only]) == (pr.DIHEDRAL_NAMES.index("flip_lr"),)

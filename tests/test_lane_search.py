@@ -4,6 +4,7 @@ demo consistency, parameters read from the demos, deduplication, ranking, time c
 import numpy as np
 
 from submission.arc.grids import Pair, Task, as_grid
+from submission.lane import primitives as pr
 from submission.lane import rules, solve
 from submission.lane.catalogue import candidate_steps, read_facts
 from submission.lane.program import Program
@@ -107,6 +108,34 @@ def test_ranking_prefers_simpler_and_keeps_distinct_answers():
     same_as_simple = Program((), "cellwise(n4)", 2.5)
     ranked = rank([(costly, (b,)), (same_as_simple, (a,)), (simple, (a,))])
     assert [p.final for p, _ in ranked] == ["colour_map{1>2}", "cellwise(n8)"]
+
+
+def test_ranking_puts_answers_that_keep_the_outputs_symmetry_first():
+    # both demo outputs are symmetric under all 8 maps, no input is under any: the task creates it
+    sym = as_grid([[1, 2, 1], [2, 3, 2], [1, 2, 1]])
+    demos = [Pair(as_grid([[1, 2, 0], [2, 3, 0], [0, 0, 0]]), sym),
+             Pair(as_grid([[0, 0, 0], [0, 3, 2], [0, 2, 1]]), sym)]
+    symmetric, lopsided = as_grid([[4, 5, 4], [5, 4, 5], [4, 5, 4]]), as_grid([[4, 5, 4], [6, 7, 6]])
+    cheap = Program((), "cheap", 1.0)
+    dear = Program((), "dear", 2.0)
+    ranked = rank([(cheap, (lopsided,)), (dear, (symmetric,))], demos)
+    assert [p.final for p, _ in ranked] == ["dear", "cheap"]
+    # a symmetry the inputs already have, or a single demo's, may be chance: cost alone decides
+    inherited = [Pair(sym, sym), demos[1]]
+    for d in (inherited, demos[:1]):
+        assert [p.final for p, _ in rank([(dear, (symmetric,)), (cheap, (lopsided,))], d)] == ["cheap", "dear"]
+
+
+def test_rotational_completion_found_where_one_mirror_pass_is_not_enough():
+    # each demo output is its input completed under all four rotations; so is the test's answer
+    x = [[1, 2, 0, 0], [3, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    y = [[1, 2, 3, 1], [3, 4, 4, 2], [2, 4, 4, 3], [1, 3, 2, 1]]
+    x2 = [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 6, 7], [0, 0, 8, 6]]
+    y2 = pr.symmetrize_group(as_grid(x2), "rotations", 0).tolist()
+    tx = [[5, 6, 0, 0], [7, 5, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    r = solve(task([(x, y), (x2, y2)], [tx]), cap_s=5, max_depth=1)
+    assert r.found and r.program == "symmetrize_group(group=rotations)", r.program
+    assert np.array_equal(r.answers[0][0], np.rot90(r.answers[0][0]))
 
 
 def test_two_distinct_answers_per_test_input():

@@ -106,6 +106,10 @@ def candidate_steps(f: Facts) -> list[Step]:
         for k in range(1, 8):
             steps.append(step("symmetrize", 1.5, lambda g, k=k: pr.symmetrize(g, k, bg),
                               kind="equivariant", image=pr.DIHEDRAL_NAMES[k]))
+        for name in pr.SYMMETRY_GROUPS:
+            steps.append(step("symmetrize_group", 1.5,
+                              lambda g, name=name: pr.symmetrize_group(g, name, bg),
+                              kind="equivariant", group=name))
         for m in sorted(f.vanished | {bg}):
             steps.append(step("complete_symmetry", 1.5,
                               lambda g, m=m: pr.complete_symmetry(g, m), first_only=True, mask=m))

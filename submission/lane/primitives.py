@@ -360,3 +360,38 @@ def symmetrize(grid: Grid, k: int, bg: int) -> Grid | None:
         return None
     out[take] = img[take]
     return out
+
+
+# The four subgroups of index 2 in the dihedral group (as dihedral indices besides the identity):
+# each is normal, so its completion commutes with every dihedral map (an "equivariant" step).
+SYMMETRY_GROUPS = {"rotations": (1, 2, 3), "flips": (2, 5, 7), "diagonals": (2, 4, 6),
+                   "all": (1, 2, 3, 4, 5, 6, 7)}
+
+
+def symmetrize_group(grid: Grid, group: str, bg: int) -> Grid | None:
+    """The grid completed under every map of `SYMMETRY_GROUPS[group]` until nothing changes: each
+    `bg` cell takes the colour its images agree on. None when an image changes the shape, when
+    images disagree on a cell, or when nothing is filled."""
+    ks = SYMMETRY_GROUPS[group]
+    out = grid.copy()
+    if any(dihedral_apply(out, k).shape != out.shape for k in ks):
+        return None
+    while True:
+        imgs = np.stack([dihedral_apply(out, k) for k in ks])
+        hit = imgs != bg
+        colour = np.where(hit, imgs, 0).max(axis=0)
+        low = np.where(hit, imgs, 255).min(axis=0)
+        take = (out == bg) & hit.any(axis=0)
+        if (take & (colour != low)).any():
+            return None
+        if not take.any():
+            break
+        out[take] = colour[take]
+    return None if np.array_equal(out, grid) else out
+
+
+def invariant_maps(grids: list[Grid]) -> tuple[int, ...]:
+    """The dihedral maps (besides the identity) that leave every one of `grids` unchanged."""
+    return tuple(k for k in range(1, 8) if all(
+        dihedral_apply(g, k).shape == g.shape and np.array_equal(dihedral_apply(g, k), g)
+        for g in grids))

@@ -3,18 +3,20 @@ final steps of rules.py. A program is kept only when it reproduces every demo ou
 states whose grids (demos and tests together) were already reached are dropped; the search stops
 at the first depth that yields a program, at the depth limit, at the CPU-time cap, or when the
 states held reach the memory bound. Answers: up to two distinct ones per test input, from the
-programs ranked by cost (fewer, cheaper steps first)."""
+programs ranked first by whether their answers keep the symmetry the demos create, then
+by cost (fewer, cheaper steps first)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from submission.arc.grids import Grid, Task
+from submission.arc.grids import Grid, Pair, Task
 from submission.lane.catalogue import candidate_steps, read_facts
-from submission.lane.primitives import fits
+from submission.lane.primitives import fits, invariant_maps
 from submission.lane.program import Program, Step, allowed_after
 from submission.lane.rules import LEARNERS, learn_cellwise
 
@@ -94,10 +96,27 @@ def _finish(prog_steps, grids, start, n_demo, ys, bg, found) -> None:
             found.append((Program(prog_steps, fit.text, fit.cost), fit.tests))
 
 
-def rank(found: list[tuple[Program, tuple[Grid, ...]]]) -> list[tuple[Program, tuple[Grid, ...]]]:
-    """Programs by cost, then fewer steps, then text (deterministic); the first of each distinct
-    answer tuple only."""
-    found = sorted(found, key=lambda pa: (pa[0].cost, len(pa[0].steps), pa[0].text()))
+def created_symmetry(demos: Sequence[Pair]) -> frozenset[int]:
+    """The dihedral maps every demo output keeps and no demo input keeps: a symmetry the task
+    creates (one the inputs already had, or one output alone, may be chance)."""
+    if len(demos) < 2:
+        return frozenset()
+    kept_in = set().union(*(invariant_maps([p.input]) for p in demos))
+    return frozenset(invariant_maps([p.output for p in demos])) - kept_in
+
+
+def rank(found: list[tuple[Program, tuple[Grid, ...]]],
+         demos: Sequence[Pair] = ()) -> list[tuple[Program, tuple[Grid, ...]]]:
+    """Programs whose test answers keep the symmetry the demos create (`created_symmetry`) first,
+    then by cost, then fewer steps, then text (deterministic); the first of each distinct answer
+    tuple only. Every program reproduced the demos, so the symmetry key only orders programs that
+    the demos cannot tell apart."""
+    created = created_symmetry(demos)
+
+    def breaks(tests: tuple[Grid, ...]) -> bool:
+        return bool(created) and not created <= set(invariant_maps(list(tests)))
+
+    found = sorted(found, key=lambda pa: (breaks(pa[1]), pa[0].cost, len(pa[0].steps), pa[0].text()))
     seen, out = set(), []
     for prog, tests in found:
         k = _key(tests)
@@ -164,7 +183,7 @@ def solve(task: Task, cap_s: float, max_depth: int = MAX_DEPTH,
         frontier = nxt
         if timed_out:
             break
-    ranked = rank(found)
+    ranked = rank(found, task.train)
     answers = tuple(_two_distinct([tests[i] for _, tests in ranked]) for i in range(task.n_test))
     return LaneResult(bool(ranked), ranked[0][0].text() if ranked else "",
                       answers,
