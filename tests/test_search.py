@@ -250,6 +250,60 @@ def test_speculative_dfs_exact_ties_and_unproven_rows(seed):
             assert stats.unverified == stats.drafts > 0 and stats.accepted_tokens == 0
 
 
+class TargetSampler(ViewSampler):
+    """One answer per view (`targets[view]`, then STOP) at p = 0.8 per token on its way; off it,
+    STOP is as likely."""
+
+    def __init__(self, targets):
+        super().__init__(0)
+        self.targets = targets
+
+    def probs(self, view: int, prefix) -> np.ndarray:
+        target = self.targets[view]
+        n = len(prefix)
+        nxt = target[n] if n < len(target) and list(prefix) == target[:n] else STOP
+        p = np.full(VOCAB, 0.05)
+        p[nxt] = 0.8
+        return p
+
+
+def _seeded(seeds) -> list[Frame]:
+    return [Frame("input", 0, lambda ids: tuple(ids) if ids and ids[-1] == STOP else None,
+                  lambda key: list(key), (tuple(seed),)) for seed in seeds]
+
+
+def test_redrafting_verifies_an_answer_that_differs_from_its_seed_in_a_few_tokens():
+    """A seed (the test input) off in two tokens: two corrected tokens, no decoding, the same
+    answer as `_dfs` in three sequential steps (verify calls) where `_dfs` takes 21."""
+    target = [0, 1, 2, 3, 3, 2, 1, 0, 0, 2, 2, 1, 3, 1, 1, 0, 3, 0, 2, 0] + [STOP]
+    seed = list(target)
+    seed[7], seed[13] = 3, 2
+    reqs = [GenRequest(PROMPT + (0,), None, 24)]
+    plain, spec = SearchStats(), SearchStats()
+    want = _dfs(TargetSampler({0: target}), reqs, 0.5, 8, [STOP], plain)
+    got = speculative_dfs(TargetSampler({0: target}), reqs, _seeded([seed]), 0.5, 8, [STOP], spec)
+    _same(got, want)
+    assert got[0][0].ids == target and plain.decode_steps == len(target)
+    assert spec.decoded_tokens == 0 and spec.drafts_accepted == 1 and spec.redrafts >= 2
+    assert spec.decode_steps + spec.verify_calls == 3
+
+
+def test_redrafting_copies_a_repeating_answer_on_from_its_own_start():
+    """A seed right for five tokens, then wrong: after the departure the path's 2-gram is found at
+    its own start and copied on with its period (prompt lookup), so the rest is verified, not
+    decoded; a seed that is wrong from its first token and has nothing to look up is decoded."""
+    target = [0, 1, 2, 3] * 5 + [STOP]
+    seed = [0, 1, 2, 3, 0] + [3] * 15 + [STOP]
+    reqs = [GenRequest(PROMPT + (0,), None, 24)]
+    spec = SearchStats()
+    got = speculative_dfs(TargetSampler({0: target}), reqs, _seeded([seed]), 0.5, 8, [STOP], spec)
+    assert got == _dfs(TargetSampler({0: target}), reqs, 0.5, 8, [STOP]) and got[0][0].ids == target
+    assert spec.decoded_tokens == 0 and spec.decode_steps + spec.verify_calls == 2
+    other, miss = [3, 3, 3, STOP], SearchStats()
+    got = speculative_dfs(TargetSampler({0: target}), reqs, _seeded([other]), 0.5, 8, [STOP], miss)
+    assert got[0][0].ids == target and 0 < miss.decoded_tokens < len(target)
+
+
 def test_search_uses_frames_only_with_a_verifying_sampler():
     n = 4
     stats = SearchStats()

@@ -8,7 +8,8 @@ this module imports neither vLLM nor torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from submission.arc.augment import Transform, sample_transforms, view_transforms
 from submission.arc.fit import fit_pairs, ordered_pairs
 from submission.arc.formats import TextFormat
-from submission.arc.grids import Task
+from submission.arc.grids import Grid, Task
 from submission.answers.select import Sample
 
 
@@ -41,12 +42,15 @@ class GenRequest:
 
 @dataclass(frozen=True)
 class VerifyRequest:
-    """A draft answer to check after `prompt`: the top-k logprobs at each of its positions."""
+    """A draft answer to check after `prompt`: the top-k logprobs at each of its positions. The
+    caller already holds the rows of the first `known` positions (an earlier draft with the same
+    prefix): the sampler may leave them uncomputed (read from its prefix cache)."""
 
     prompt: tuple[int, ...]
     answer: tuple[int, ...]
     adapter: Adapter | None
     top_logprobs: int
+    known: int = 0
 
 
 class Generation(NamedTuple):
@@ -71,6 +75,21 @@ class Sampler(Protocol):
         ...
 
 
+class Heartbeat:
+    """The base of the model samplers: `beat()` after every finished request or scoring call
+    reaches the callable `set_beat` gave (none before)."""
+
+    _beat: Callable[[], None] | None = None
+
+    def set_beat(self, beat: Callable[[], None]) -> None:
+        """Send every heartbeat from now on to `beat`."""
+        self._beat = beat
+
+    def beat(self) -> None:
+        if self._beat is not None:
+            self._beat()
+
+
 @dataclass(frozen=True)
 class View:
     task_id: str
@@ -78,6 +97,7 @@ class View:
     index: int
     transform: Transform
     prompt: tuple[int, ...]
+    test_input: Grid | None = field(default=None, compare=False, repr=False)  # original frame
 
 
 def build_views(task: Task, test_index: int, fmt: TextFormat, rng: np.random.Generator, *,
@@ -99,7 +119,7 @@ def build_views(task: Task, test_index: int, fmt: TextFormat, rng: np.random.Gen
         fitted = fit_pairs(fmt, ordered_pairs(t, task.train), query=t.apply_grid(task.test_inputs[test_index]),
                            max_len=max_len, answer_tokens=answer_tokens, overlong="keep")
         dropped += fitted.dropped
-        views.append(View(task.id, test_index, i, t, tuple(fitted.ids)))
+        views.append(View(task.id, test_index, i, t, tuple(fitted.ids), task.test_inputs[test_index]))
     return views, dropped
 
 

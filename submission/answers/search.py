@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
+
 from submission.answers.sampling import GenRequest, Generation, Sampler, VerifyRequest
 
 # Speculative search pays while other views' answers are taken: each wave of views waits for the
@@ -117,8 +119,16 @@ def _branches(prefix: list[int], lp0: float, gen: Generation, floor: float, stop
 # answer tokens (a draft), is checked in one prefill (`Sampler.verify`: top-k logprobs at every
 # answer position). Where the draft's token is the strict argmax at a position it is what greedy
 # decoding would pick there; from the first position where it is not (an exact tie included: the
-# decoder resolves ties itself), greedy decoding resumes. Verified rows serve every path of the
-# view whose prefix they cover (the greedy path and branches alike).
+# decoder resolves ties itself), the row there names the greedy token (its strict argmax), and the
+# path is drafted on from it (`_redraft`): the rest of the departed draft with that one token
+# corrected, and the continuation of the path's latest n-gram earlier in prompt and path (prompt
+# lookup). Each such round is one more prefill (the prompt and the accepted part read from the
+# prefix cache), in place of one decode step per token; a path whose round gained fewer than
+# MIN_GAIN tokens, or after REDRAFT_ROUNDS rounds, is decoded greedily from where it stands.
+# Verified rows serve every path of the view whose prefix they cover (greedy path and branches).
+REDRAFT_ROUNDS = 16
+MIN_GAIN = 4  # tokens a round must add (the corrected one included) for another round
+NGRAMS = (4, 2)  # lengths of the path's tail looked up in prompt and path, longest first
 
 
 @dataclass(frozen=True)
@@ -126,12 +136,15 @@ class Frame:
     """Where a request's answers meet the other views of its test input: `group` names the test
     input, `wave` when the view starts (wave w after w iterations: later waves see more drafts),
     `to_key` maps answer ids to a key shared by the group (None: not an answer), `to_ids` maps a
-    key to answer ids in this view's frame (None: no such answer here)."""
+    key to answer ids in this view's frame (None: no such answer here); `seeds`: keys to draft
+    before any view has found one (e.g. the test input itself: many answers copy most of it),
+    taken after every key a view found."""
 
     group: Hashable
     wave: int
     to_key: Callable[[list[int]], Hashable | None]
     to_ids: Callable[[Hashable], list[int] | None]
+    seeds: tuple[Hashable, ...] = ()
 
 
 @dataclass
@@ -144,7 +157,9 @@ class SearchStats:
     (what a decode step reads from the KV cache); `verify_tokens`: draft tokens checked by
     prefill after `verify_prompt_tokens` prompt tokens, of which `accepted_tokens` were taken as
     greedy tokens; `unverified`: drafts whose rows the sampler could not prove computed (those
-    paths were decoded instead); `generate_s`, `verify_s`: seconds in the sampler's calls."""
+    paths were decoded instead); `redrafts`: drafts made after a departure (`_redraft`);
+    `generate_s`, `verify_s`: seconds in the sampler's calls. Sequential steps of an engine with
+    unlimited batch width: `decode_steps + verify_calls`."""
 
     generate_calls: int = 0
     verify_calls: int = 0
@@ -158,6 +173,7 @@ class SearchStats:
     verify_tokens: int = 0
     accepted_tokens: int = 0
     unverified: int = 0
+    redrafts: int = 0
     generate_s: float = 0.0
     verify_s: float = 0.0
 
@@ -216,8 +232,8 @@ def _accepted(ids: list[int], rows: list[dict[int, float]], start: int, budget: 
 def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[Frame],
                     threshold: float, max_paths: int, stop_ids: list[int],
                     stats: SearchStats | None = None) -> list[list[Generation]]:
-    """`_dfs` with drafts from the other views of each request's group (see above): the same
-    answers in the same order."""
+    """`_dfs` with drafts from the other views of each request's group and from each path's own
+    context (see above): the same answers in the same order."""
     k = math.ceil(1.0 / threshold)
     floor, stops = math.log(threshold), set(stop_ids)
     n = len(requests)
@@ -227,8 +243,10 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
     waves = sorted({f.wave for f in frames})
     start_at = [waves.index(f.wave) for f in frames]  # iteration at which each request starts
     known: dict[Hashable, dict[Hashable, int]] = {}  # group -> candidate key -> times found
-    verified: list[list[tuple[list[int], list[dict[int, float]]]]] = [[] for _ in requests]
-    tried: list[set[tuple[int, ...]]] = [set() for _ in requests]
+    for f in frames:
+        for key in f.seeds:
+            known.setdefault(f.group, {}).setdefault(key, 0)
+    ver = _Verifier(sampler, requests, k, stats)
     started = [False] * n
     stalled: set[Hashable] = set()  # groups whose drafts do not help: their views start at once
     it = 0
@@ -241,64 +259,41 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
         items = [(i, prefix, lp0) for i in range(n) for prefix, lp0 in rounds[i]]
         if not items:
             continue
-        # 1. a draft for every path that no verified draft of its view covers yet
-        checks: list[tuple[int, list[int]]] = []
+        # 1. a draft for every path that no verified draft of its view covers yet: a candidate of
+        #    its group, else its context's n-gram continuation
+        checks: list[tuple[int, list[int], int]] = []
         for i, prefix, _ in items:
-            if any(ids[:len(prefix)] == prefix and len(ids) > len(prefix) for ids, _ in verified[i]):
+            if any(ids[:len(prefix)] == prefix and len(ids) > len(prefix) for ids, _ in ver.rows[i]):
                 continue
-            draft = _pick_draft(frames[i], known.get(frames[i].group, {}), prefix, tried[i])
+            draft = _pick_draft(frames[i], known.get(frames[i].group, {}), prefix, ver.tried[i])
+            if draft is None:
+                draft = _lookup(ver.prompt(i), prefix, requests[i].max_tokens, ver.tried[i])
             if draft is not None:
-                tried[i].add(tuple(draft))
-                checks.append((i, draft))
-        if checks:
-            t0 = time.perf_counter()
-            rows = sampler.verify([VerifyRequest(requests[i].prompt, tuple(d), requests[i].adapter, k)
-                                   for i, d in checks])
-            if stats is not None:
-                stats.verify_s += time.perf_counter() - t0
-                stats.verify_calls += 1
-                stats.drafts += len(checks)
-                stats.verify_prompt_tokens += sum(len(requests[i].prompt) for i, _ in checks)
-                stats.verify_tokens += sum(len(d) for _, d in checks)
-            for (i, d), r in zip(checks, rows):
-                if r is None:
-                    if stats is not None:
-                        stats.unverified += 1
-                    continue
-                verified[i].append((d, r))
-        # 2. each path: as far as a verified draft goes, then greedy decoding from there
+                checks.append((i, draft, 0))
+        ver.check(checks)
+        # 2. each path: as far as verified drafts go, drafted on after each departure, then greedy
+        #    decoding from there
+        walks = [_walk(ver.rows[i], prefix, requests[i].max_tokens, stops) for i, prefix, _ in items]
+        _redraft(ver, items, walks, requests, stops)
         helped: set[Hashable] = set()
-        partial: list[tuple[list[int], list[dict[int, float]], float] | None] = []
         batch, where = [], []
-        for idx, (i, prefix, _) in enumerate(items):
-            best = ([], [], 0.0, False)
-            for ids, r in verified[i]:
-                if ids[:len(prefix)] == prefix:
-                    got = _accepted(ids, r, len(prefix), requests[i].max_tokens - len(prefix), stops)
-                    if got[3] or len(got[0]) > len(best[0]):
-                        best = got
-                    if got[3]:
-                        break
-            toks, tops, lp, done = best
-            helped.add(frames[i].group) if done else None
+        for idx, ((i, prefix, _), w) in enumerate(zip(items, walks)):
+            if w.done:
+                helped.add(frames[i].group)
             if stats is not None:
-                stats.accepted_tokens += len(toks)
-                stats.drafts_accepted += int(done)
-                stats.paths += int(done)  # the decoded ones are counted by `_generate`
-            partial.append((toks, tops, lp))
-            if not done:
+                stats.accepted_tokens += len(w.toks)
+                stats.drafts_accepted += int(w.done)
+                stats.paths += int(w.done)  # the decoded ones are counted by `_generate`
+            if not w.done:
                 where.append(idx)
-                batch.append(replace(requests[i], prompt=requests[i].prompt + tuple(prefix + toks),
+                batch.append(replace(requests[i], prompt=requests[i].prompt + tuple(prefix + w.toks),
                                      n=1, temperature=0.0, top_logprobs=k,
-                                     max_tokens=requests[i].max_tokens - len(prefix) - len(toks)))
-        gens: list[Generation | None] = [None] * len(items)
-        for idx, (toks, tops, lp) in enumerate(partial):
-            gens[idx] = Generation(toks, lp, tops)
+                                     max_tokens=requests[i].max_tokens - len(prefix) - len(w.toks)))
+        gens = [Generation(w.toks, w.lp, w.tops) for w in walks]
         for idx, g in zip(where, _generate(sampler, batch, stats) if batch else []):
-            toks, tops, lp = partial[idx]
-            gen = g[0]
+            w, gen = walks[idx], g[0]
             top = gen.top or [{}] * len(gen.ids)
-            gens[idx] = Generation(toks + gen.ids, lp + gen.logprob, tops + top)
+            gens[idx] = Generation(w.toks + gen.ids, w.lp + gen.logprob, w.tops + top)
         # 3. the round's bookkeeping, exactly as `_dfs`
         nxt: list[list[tuple[list[int], float]]] = [[] for _ in requests]
         for (i, prefix, lp0), gen in zip(items, gens):
@@ -322,6 +317,172 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
             if started[i] and (not known.get(g) or g not in helped):
                 stalled.add(g)
     return found
+
+
+class _Verifier:
+    """The drafts checked per request and their verified rows; one `Sampler.verify` call per
+    `check`. A draft that extends a verified one past its first `known` positions reuses those
+    rows (the same prefix: the same rows), and the sampler need only compute the rest."""
+
+    def __init__(self, sampler: Sampler, requests: list[GenRequest], k: int,
+                 stats: SearchStats | None) -> None:
+        self.sampler, self.requests, self.k, self.stats = sampler, requests, k, stats
+        self.rows: list[list[tuple[list[int], list[dict[int, float]]]]] = [[] for _ in requests]
+        self.tried: list[set[tuple[int, ...]]] = [set() for _ in requests]
+        self._prompts: dict[int, np.ndarray] = {}
+
+    def prompt(self, i: int) -> np.ndarray:
+        """Request i's prompt as an array (for n-gram lookups), made once."""
+        if i not in self._prompts:
+            self._prompts[i] = np.asarray(self.requests[i].prompt, dtype=np.int64)
+        return self._prompts[i]
+
+    def check(self, checks: list[tuple[int, list[int], int]],
+              reuse: list[list[dict[int, float]]] | None = None) -> None:
+        """Verify (request, draft, known) triples not tried yet; `reuse[j]` holds the first
+        `known` rows of check j."""
+        todo = [(j, c) for j, c in enumerate(checks) if tuple(c[1]) not in self.tried[c[0]]]
+        if not todo:
+            return
+        for _, (i, d, _) in todo:
+            self.tried[i].add(tuple(d))
+        t0 = time.perf_counter()
+        got = self.sampler.verify([VerifyRequest(self.requests[i].prompt, tuple(d),
+                                                 self.requests[i].adapter, self.k, known)
+                                   for _, (i, d, known) in todo])
+        st = self.stats
+        if st is not None:
+            st.verify_s += time.perf_counter() - t0
+            st.verify_calls += 1
+            st.drafts += len(todo)
+            st.verify_prompt_tokens += sum(len(self.requests[i].prompt) for _, (i, _, _) in todo)
+            st.verify_tokens += sum(len(d) - known for _, (_, d, known) in todo)
+        for (j, (i, d, known)), r in zip(todo, got):
+            if r is None:
+                if st is not None:
+                    st.unverified += 1
+                continue
+            if known:
+                assert reuse is not None
+                r = reuse[j][:known] + list(r[known:])
+            self.rows[i].append((d, r))
+
+
+@dataclass
+class _Walk:
+    """A path's greedy continuation as far as verified rows go: its tokens, their rows and log p,
+    whether it is complete, and the draft it ran along (None: none reaches its departure)."""
+
+    toks: list[int]
+    tops: list[dict[int, float]]
+    lp: float
+    done: bool
+    draft: tuple[list[int], list[dict[int, float]]] | None
+
+
+def _walk(verified: list[tuple[list[int], list[dict[int, float]]]], prefix: list[int],
+          max_tokens: int, stops: set[int]) -> _Walk:
+    """The longest walk (a complete one first) along the view's verified drafts from `prefix`."""
+    best = _Walk([], [], 0.0, False, None)
+    for ids, r in verified:
+        if ids[:len(prefix)] == prefix and len(ids) > len(prefix):
+            toks, tops, lp, done = _accepted(ids, r, len(prefix), max_tokens - len(prefix), stops)
+            if done or len(toks) > len(best.toks) or best.draft is None:
+                best = _Walk(toks, tops, lp, done, (ids, r))
+            if done:
+                break
+    return best
+
+
+def _redraft(ver: _Verifier, items: list[tuple[int, list[int], float]], walks: list[_Walk],
+             requests: list[GenRequest], stops: set[int]) -> None:
+    """Walk each unfinished path on past its departure: take the row's strict argmax there (the
+    greedy token), then verify drafts for the rest (module comment above) in rounds, one verify
+    call per round for all paths; `walks` are updated in place."""
+    live = [idx for idx, w in enumerate(walks) if not w.done and w.draft is not None]
+    for _ in range(REDRAFT_ROUNDS):
+        checks: list[tuple[int, list[int], int]] = []
+        reuse: list[list[dict[int, float]]] = []
+        owner: list[int] = []
+        before = {}
+        for idx in live:
+            i, prefix, _ = items[idx]
+            w = walks[idx]
+            assert w.draft is not None
+            ids, rows = w.draft
+            pos = len(prefix) + len(w.toks)  # the departure: rows[pos] is computed, ids[pos] lost
+            if pos >= len(rows):
+                continue
+            row = rows[pos]
+            top = max(row.values())
+            best = [t for t, v in row.items() if v == top]
+            if len(best) != 1:
+                continue  # an exact tie: the decoder resolves it
+            t = best[0]
+            before[idx] = len(w.toks)
+            w.toks, w.tops, w.lp = w.toks + [t], w.tops + [row], w.lp + row[t]
+            w.draft = None
+            path = prefix + w.toks
+            if t in stops or len(path) >= requests[i].max_tokens:
+                w.done = True
+                continue
+            left = requests[i].max_tokens - len(path)
+            for cont in _continuations(ids, pos, ver.prompt(i), path, left):
+                checks.append((i, path + cont, pos + 1))
+                reuse.append(rows[:pos + 1])
+                owner.append(idx)
+        if ver.stats is not None:
+            ver.stats.redrafts += len(checks)
+        ver.check(checks, reuse)
+        nxt = []
+        for idx in dict.fromkeys(owner):
+            i, prefix, _ = items[idx]
+            w = _walk(ver.rows[i], prefix, requests[i].max_tokens, stops)
+            if w.done or len(w.toks) > len(walks[idx].toks):
+                walks[idx] = w
+            if not walks[idx].done and walks[idx].draft is not None \
+                    and len(walks[idx].toks) - before[idx] >= MIN_GAIN:
+                nxt.append(idx)
+        live = nxt
+        if not live:
+            return
+
+
+def _continuations(ids: list[int], pos: int, prompt: np.ndarray, path: list[int],
+                   left: int) -> list[list[int]]:
+    """Drafts for the rest of a path that just took a corrected token at `pos`: the departed
+    draft's own rest (one token was substituted), and the continuation of the path's latest
+    n-gram earlier in prompt and path; at most `left` tokens each, distinct, non-empty."""
+    out = []
+    for cont in (ids[pos + 1:pos + 1 + left], _ngram(prompt, path, left)):
+        if cont and cont not in out:
+            out.append(cont)
+    return out
+
+
+def _ngram(prompt: np.ndarray, path: list[int], left: int) -> list[int]:
+    """What followed the latest earlier occurrence of the last n tokens of prompt + path (n in
+    NGRAMS, longest first), copied on with the occurrence's period where it runs into the tail
+    (a run of one token, rows that repeat): `left` tokens, [] when no n-gram occurs."""
+    ctx = np.concatenate([prompt, np.asarray(path, dtype=prompt.dtype)])
+    for size in NGRAMS:
+        if len(ctx) <= size or left <= 0:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(ctx[:-1], size)
+        hits = np.flatnonzero((windows == ctx[-size:]).all(axis=1))
+        if len(hits):
+            start = int(hits[-1]) + size
+            period = len(ctx) - start
+            return ctx[start + np.arange(left) % period].tolist()
+    return []
+
+
+def _lookup(prompt: np.ndarray, prefix: list[int], max_tokens: int,
+            tried: set[tuple[int, ...]]) -> list[int] | None:
+    """A draft for a path with no candidate: `prefix` and its n-gram continuation (`_ngram`)."""
+    cont = _ngram(prompt, prefix, max_tokens - len(prefix))
+    draft = prefix + cont
+    return draft if cont and tuple(draft) not in tried else None
 
 
 def _note(known: dict[Hashable, dict[Hashable, int]], frame: Frame, ids: list[int]) -> None:

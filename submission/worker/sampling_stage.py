@@ -210,14 +210,16 @@ def view_frames(views: list, fmt) -> list[Frame]:
     """Per view, how its answers meet the other views of its test input: a strictly parsed
     answer as the grid in the original frame, and back as this view's answer tokens. Views start
     in waves of doubling size (the 1st view, the 2nd, the 3rd-4th, 5th-8th, ...) in view order,
-    so each wave has the answers of all earlier ones as drafts."""
+    so each wave has the answers of all earlier ones as drafts; the test input itself is the
+    draft before any (`Frame.seeds`)."""
     position: dict[tuple[str, int], int] = {}
     frames = []
     for v in views:
         key = (v.task_id, v.test_index)
         n = position[key] = position.get(key, -1) + 1
+        seeds = () if v.test_input is None else (tuple(map(tuple, v.test_input.tolist())),)
         frames.append(Frame(key, n.bit_length(), functools.partial(_answer_key, v, fmt),
-                            functools.partial(_draft_ids, v, fmt)))
+                            functools.partial(_draft_ids, v, fmt), seeds))
     return frames
 
 

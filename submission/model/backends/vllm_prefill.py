@@ -137,8 +137,9 @@ class VLLMPrefill:
         fit the KV cache whole: preemption happens only when `allocate_slots` fails for a
         running request (scheduler.py:778-840; the other preemption, :2860, is
         `reset_prefix_cache`, which a run never calls while requests are in flight); then the
-        first scheduling is the only one, and a draft whose hit reached its first answer row is
-        verified again without reading the cache. Adapter and no-adapter requests never share
+        first scheduling is the only one, and a draft whose hit reached an answer row the caller
+        does not hold (`VerifyRequest.known`) is verified again without reading the cache; the
+        rows the caller holds come back empty. Adapter and no-adapter requests never share
         a call (vllm_sampler.py's docstring)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -186,10 +187,14 @@ class VLLMPrefill:
             n = len(requests[i].prompt)
             cached = o.num_cached_tokens if read_cache else 0
             self.verify_tokens += len(full) - max(0, cached or 0)
-            if cached is None or cached < 0 or cached > n - 1:
+            # the row of answer position j is computed iff n + j - 1 >= cached (rows before the
+            # hit stay uninitialised, see `verify`); the caller holds the first `known` rows
+            if cached is None or cached < 0 or cached > n - 1 + requests[i].known:
                 again.append(i)
                 continue
-            out[i] = [{int(t): float(lp.logprob) for t, lp in o.prompt_logprobs[pos].items()}
+            held = n + requests[i].known  # rows the caller holds: left empty here
+            out[i] = [{} if pos < held else
+                      {int(t): float(lp.logprob) for t, lp in o.prompt_logprobs[pos].items()}
                       for pos in range(n, len(full))]
         return again
 
