@@ -444,6 +444,31 @@ def test_vllm_verify_rows_are_computed(engine, adapters):
     assert engine.sampler.verify_retries == before + 1
 
 
+@pytest.mark.slow
+def test_vllm_verify_reads_the_rows_the_caller_holds_from_the_cache(engine, adapters):
+    """A redraft (`VerifyRequest.known`: the caller holds the rows of the first `known` answer
+    positions) may read its cache hit into those rows: no second call, the held rows come back
+    empty and every other row equals the forward pass."""
+    from submission.arc.grids import as_grid
+    from submission.answers.sampling import VerifyRequest
+
+    task, adapter = adapters[1]
+    prompt = tuple(engine.fmt.encode_prompt(list(task.train), task.test_inputs[0]))
+    grid = np.zeros((20, 20), dtype=np.uint8)
+    first = engine.fmt.encode_answer(as_grid(grid))
+    grid[19, 19] = 3
+    second = engine.fmt.encode_answer(as_grid(grid))
+    d = next(j for j, (a, b) in enumerate(zip(first, second)) if a != b)
+    engine.sampler.verify([VerifyRequest(prompt, tuple(first), adapter, 6)])
+    before = engine.sampler.verify_retries
+    req = [VerifyRequest(prompt, tuple(second), adapter, 6, known=d + 1)]
+    got, want = engine.sampler.verify(req)[0], engine.forward.verify(req)[0]
+    assert engine.sampler.verify_retries == before
+    assert got[:d + 1] == [{}] * (d + 1) and len(got) == len(second)
+    for g, w in zip(got[d + 1:], want[d + 1:]):
+        assert g.keys() == w.keys() and max(abs(g[t] - w[t]) for t in g) < 1e-3
+
+
 # --- when speculative search stops: its drafts do not pay ------------------------------------------
 def test_speculative_pays_while_probing_then_only_above_the_accepted_share():
     from submission.answers.search import MIN_ACCEPTED, PROBE_PATHS, speculative_pays
