@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from submission.runtime.budget import ANSWER_GUESS, Planner  # noqa: E402
 from submission.config import Config  # noqa: E402
+from submission.environment import TIME_BUDGET_S  # noqa: E402
 from submission.arc.grids import Task  # noqa: E402
 from submission.runtime.schedule import Scheduler  # noqa: E402
 from submission.arc.tasks import load_dataset  # noqa: E402
@@ -179,7 +180,7 @@ def main() -> int:
     args = ap.parse_args()
     base = list(load_dataset("arc-agi-2", "evaluation").values())
     tasks = base + [Task(t.id + "b", t.train, t.test_inputs) for t in base]
-    full = 12 * 3600 - 2700
+    full = TIME_BUDGET_S
     # (name, budget, speed, must every task be answered by its own adapter?, sets, verified share)
     # At the defaults spare time is spent (budget.max_scale 4: more TTT, views, a lower DFS
     # threshold, re-scoring up to 32 augmentations); max_scale 1 is the run that spends none.

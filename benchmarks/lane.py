@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from submission.arc.grids import Task, grid_to_list, grids_equal  # noqa: E402
 from submission.lane.pool import limit_memory, solve_guarded  # noqa: E402
 from submission.arc.scoring import score_submission  # noqa: E402
+from submission.arc.submit import ATTEMPT_KEYS  # noqa: E402
 from submission.arc.tasks import DATASETS, SPLITS, load_dataset  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def run_split(dataset: str, split: str, cap: float, procs: int, mem_mib: int,
         rows = list(pool.imap_unordered(_run_one, [(tasks[i], cap) for i in ids], chunksize=1))
     wall = time.monotonic() - t0
     # no placeholder grids: a missing attempt is simply wrong (a [[0]] could match a truth)
-    sub = {r["id"]: [dict(zip(("attempt_1", "attempt_2"), a)) for a in r["attempts"]]
+    sub = {r["id"]: [dict(zip(ATTEMPT_KEYS, a)) for a in r["attempts"]]
            for r in rows}
     report = score_submission(sub, {i: list(tasks[i].test_outputs) for i in ids})
     found = [r for r in rows if r["found"]]

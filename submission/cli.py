@@ -8,6 +8,7 @@ import sys
 
 from submission.cli_args import build_parser
 from submission.commands import COMMANDS
+from submission.environment import set_offline
 from submission.errors import Interrupted, SubmissionError, printable
 
 
@@ -40,5 +41,5 @@ def _error(message: str) -> None:
 
 
 def entry() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_offline(os.environ, force=False)
     sys.exit(main())

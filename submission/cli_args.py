@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from submission.environment import INPUT_ROOT, SMOKE_TASKS, WORKING
+
 DEFAULT_DRY_RUN_TASKS = 3
 # ARC-AGI-1's evaluation set: its first task (by the dataset's order) is one the program-search lane
 # solves, so a newcomer's first dry-run shows a real right answer beside the untrained model's
@@ -148,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
 
     p = sub.add_parser("kaggle", help="the Kaggle notebook's entry: find inputs, run, write submission.json")
-    p.add_argument("--input-root", default="/kaggle/input")
-    p.add_argument("--working", default="/kaggle/working")
+    p.add_argument("--input-root", default=INPUT_ROOT)
+    p.add_argument("--working", default=WORKING)
     p.add_argument("--model", help="model directory (default: found under --input-root)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", default=None,
                       help="full run (default only when KAGGLE_IS_COMPETITION_RERUN is set)")
     mode.add_argument("--smoke", dest="full", action="store_false", help="short smoke run")
-    p.add_argument("--smoke-tasks", type=_positive_int, default=3)
+    p.add_argument("--smoke-tasks", type=_positive_int, default=SMOKE_TASKS)
     p.add_argument("--workers", type=_positive_int, help="worker processes (default: one per GPU)")
     p.add_argument("--allow-unanswered", action="store_true",
                    help="smoke run: a test input without any parseable answer is no failure "
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gpu-check", help="check this machine: versions, driver, GPUs, backends, memory "
                                          "plan; train/save/sample/score once; measure the rates")
     p.add_argument("--model", help="model directory (default: found under --input-root)")
-    p.add_argument("--input-root", default="/kaggle/input",
+    p.add_argument("--input-root", default=INPUT_ROOT,
                    help="where to look for the model when --model is not given")
     p.add_argument("--out", default="gpu-check", help="directory for gpu_check.json and calibration.json")
     p.add_argument("--steps", type=_positive_int, default=3, help="training steps per check adapter")

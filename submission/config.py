@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from submission.environment import TIME_BUDGET_S
 from submission.errors import ConfigError
 
 ANSWER_SECTIONS = ("model", "ttt", "sampling", "selection")  # what a task's answers depend on
@@ -110,7 +111,7 @@ class SelectionConfig:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    time_budget_s: float = 12 * 3600 - 45 * 60  # Kaggle's 12 h minus margin for start-up and writing
+    time_budget_s: float = TIME_BUDGET_S  # Kaggle's 12 h minus margin for start-up and writing
     workers: int = 1  # worker processes, one per GPU (4 on 4 x L4); 0 runs in this process
     task_cap_s: float = 1800.0  # hard cap per task: its worker is killed, the task re-queued once
     stall_s: float = 300.0  # no heartbeat (step, finished request, score call) this long = hung

@@ -38,7 +38,8 @@ def test_unsloth_loader_refuses_without_gpu():
 
 
 def test_unsloth_prepare_env_sets_offline_switches(monkeypatch, tmp_path):
-    from submission.model.backends.unsloth_loader import OFFLINE_ENV, prepare_env
+    from submission.environment import OFFLINE_ENV
+    from submission.model.backends.unsloth_loader import prepare_env
 
     for k in list(OFFLINE_ENV) + ["UNSLOTH_COMPILE_LOCATION"]:
         monkeypatch.delenv(k, raising=False)

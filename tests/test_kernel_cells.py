@@ -110,3 +110,29 @@ def test_dropped_imports_name_what_an_earlier_cell_defines():
                 assert isinstance(node, ast.ImportFrom) and f"{node.module}.py" in code[:i], (name, line)
                 earlier = _defined(ast.parse((CELLS / f"{node.module}.py").read_text(encoding="utf-8")))
                 assert {a.name for a in node.names} <= earlier, (name, line)
+
+
+def test_the_cells_literals_are_the_package_constants():
+    """The cells run before the package is importable, so they write Kaggle's folders and the offline
+    switches as literals: each must be submission.environment's."""
+    from submission import environment
+
+    defaults: dict[str, set[str]] = {}
+    paths: list[str] = []
+    switches: dict[str, str] = {}
+    for path in sorted(CELLS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/kaggle"):
+                paths.append(node.value)
+            if not isinstance(node, ast.Call):
+                continue
+            func = ast.unparse(node.func)
+            if func == "os.environ.get" and len(node.args) == 2:
+                defaults.setdefault(ast.literal_eval(node.args[0]), set()).add(ast.literal_eval(node.args[1]))
+            if func == "dict" and node.args and ast.unparse(node.args[0]) == "os.environ":
+                switches.update({k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg})
+    assert defaults["ARC_INPUT_ROOT"] == {environment.INPUT_ROOT}
+    assert defaults["ARC_WORKING"] == {environment.WORKING}
+    roots = (environment.INPUT_ROOT, environment.WORKING)
+    assert paths and all(any(p == r or p.startswith(r + "/") for r in roots) for p in paths), paths
+    assert switches and switches.items() <= environment.OFFLINE_ENV.items(), switches

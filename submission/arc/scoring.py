@@ -14,9 +14,8 @@ from typing import Mapping, Sequence
 
 from submission.errors import InputError
 from submission.arc.grids import Grid, grids_equal
+from submission.arc.submit import ATTEMPT_KEYS
 from submission.arc.tasks import json_kind, read_json_object, validate_grid
-
-ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from submission.errors import InputError
 from submission.arc.grids import Grid, Task, grid_to_list
 
 PLACEHOLDER = [[0]]
-ATTEMPT_KEYS = ("attempt_1", "attempt_2")
+ATTEMPT_KEYS = ("attempt_1", "attempt_2")  # an entry's keys, in order (scoring.py reads them too)
 
 
 def _attempt(grid: object, where: str) -> list[list[int]]:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, NoReturn
 
 import numpy as np
 
+from submission.environment import INPUT_ROOT
 from submission.errors import InputError
 from submission.runtime.files import write_json_atomic
 from submission.arc.grids import MAX_SIDE, Grid, Pair, Task, grid_to_list, grids_equal
@@ -312,7 +313,7 @@ def competition_mount(root: str | Path, path: str | Path) -> bool:
     return any(parts in ((slug,), ("competitions", slug)) for slug in COMPETITIONS)
 
 
-def find_kaggle_challenges(root: str | Path = "/kaggle/input",
+def find_kaggle_challenges(root: str | Path = INPUT_ROOT,
                            name: str = "arc-agi_test_challenges.json") -> Path | None:
     """The file called `name` under root, or None. With several, the one in the competition's
     data folder; InputError naming two of them if that does not decide."""

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from submission.runtime.budget import Planner
 from submission.config import Config
+from submission.environment import WORKER_ENV, set_offline
 from submission.errors import SubmissionError
 from submission.events import DEADLINE_SKIPPED, GPU_UNUSABLE, TASKS_GIVEN_UP
 from submission.runtime.schedule import Scheduler
@@ -58,7 +59,8 @@ def worker_env(wid: int, gpus: int, workdir: Path, scratch: Path | None = None) 
     must not share one. vLLM's goes under `scratch` (room; default the workdir)."""
     env = {"UNSLOTH_COMPILE_LOCATION": str((workdir / "unsloth_cache" / f"w{wid}").resolve()),
            "VLLM_CACHE_ROOT": str(((scratch or workdir) / "vllm_cache" / f"w{wid}").resolve()),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           **WORKER_ENV}
+    set_offline(env, force=True)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(wid % gpus)
     return env

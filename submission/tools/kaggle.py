@@ -1,11 +1,12 @@
 """Kaggle behaviour: find the competition files and the attached model under the input root, decide
 between the full run (only when Kaggle re-runs the notebook on the hidden tasks) and a short smoke
-run, and write `/kaggle/working/submission.json`. No network: HF_HUB_OFFLINE is forced. Small files
-(submission.json, run.json, task records, gpu-check output) go to `/kaggle/working`, which Kaggle
-keeps and caps; adapters go to a scratch directory with room (`ARC_SCRATCH`, default
-/tmp/arc-scratch). A smoke run must show that every stage worked: `smoke_verdict` lists what did
-not (a smoke run that processed no task checked nothing: it fails). The pipeline itself is
-run.py / workers.py; this module only resolves paths and settings and judges a smoke run's report.
+run, and write `/kaggle/working/submission.json`. No network: the offline switches
+(environment.OFFLINE_ENV) are forced. Small files (submission.json, run.json, task records,
+gpu-check output) go to `/kaggle/working`, which Kaggle keeps and caps; adapters go to a scratch
+directory with room (`ARC_SCRATCH`, default /tmp/arc-scratch). A smoke run must show that every
+stage worked: `smoke_verdict` lists what did not (a smoke run that processed no task checked
+nothing: it fails). The pipeline itself is run.py / workers.py; this module only resolves paths
+and settings and judges a smoke run's report.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from submission.config import Config
+from submission.environment import INPUT_ROOT, SMOKE_TASKS, TIME_BUDGET_S, WORKING, set_offline
+from submission.environment import SAFETY_MARGIN_S as SAFETY_MARGIN_S  # re-exported
 from submission.events import SMOKE_FAILURES
 from submission.errors import InputError
 from submission.arc.tasks import find_kaggle_challenges
 
-INPUT_ROOT = "/kaggle/input"
-WORKING = "/kaggle/working"
-SMOKE_TASKS = 3  # interactive/commit runs see a placeholder file: exercise every stage quickly
-SAFETY_MARGIN_S = 45 * 60  # start-up, wheel install and final writes inside Kaggle's 12 h
 SCRATCH = "/tmp/arc-scratch"  # adapters: local disk with room, outside the kept /kaggle/working
 
 
@@ -75,8 +74,7 @@ def resolve(*, input_root: str | Path = INPUT_ROOT, working: str | Path = WORKIN
             scratch: str | Path | None = None) -> KaggleSetup:
     """Paths and mode for a Kaggle run (InputError naming what is missing). `scratch` defaults to
     $ARC_SCRATCH, else /tmp/arc-scratch."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    set_offline(os.environ, force=True)
     challenges = find_kaggle_challenges(input_root)
     if challenges is None:
         raise InputError(f"no arc-agi_test_challenges.json under {input_root}: attach the competition data")
@@ -101,7 +99,7 @@ def kaggle_config(cfg: Config, setup: KaggleSetup, *, budget_s: float | None = N
 
     budget = cfg.budget
     if budget_s is not None or "budget.time_budget_s" not in explicit:
-        budget = replace(budget, time_budget_s=float(budget_s or 12 * 3600 - SAFETY_MARGIN_S))
+        budget = replace(budget, time_budget_s=float(budget_s or TIME_BUDGET_S))
     if "budget.workers" not in explicit:
         budget = replace(budget, workers=setup.workers)
     if not setup.full and "budget.max_scale" not in explicit:

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from submission.arc.submit import ATTEMPT_KEYS
 from submission.events import TTT_ADAPTER_REUSED
 from submission.errors import InputError
 from submission.runtime.files import write_text_atomic
@@ -163,7 +164,7 @@ def _scores(records: dict[str, dict], solutions: dict[str, list]) -> dict[str, A
         out = {}
         for tid, rec in records.items():
             per = [get(rec, i) for i in range(len(solutions.get(tid, [])))]
-            out[tid] = [{"attempt_1": a[0] if a else None, "attempt_2": a[1] if len(a) > 1 else None}
+            out[tid] = [{key: a[k] if k < len(a) else None for k, key in enumerate(ATTEMPT_KEYS)}
                         for a in per]
         return out
 

@@ -15,20 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from submission.config import Config, TTTConfig
+from submission.environment import set_offline
 from submission.errors import BackendUnavailable
 from submission.model.tokenizer import load_tokenizer
 from submission.model.backends import has_cuda, installed, resolve_dtype
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",  # no hub traffic; also skips unsloth's statistics ping
-    "TRANSFORMERS_OFFLINE": "1",
-    "UNSLOTH_DISABLE_STATISTICS": "1",  # presence alone disables the 8.8.8.8 probe and its socket timeout
-}
-
-
 def prepare_env(compile_dir: str | Path | None = None) -> None:
-    """Offline switches and a per-worker compile cache; must run before `import unsloth`."""
-    os.environ.update(OFFLINE_ENV)
+    """Offline switches (environment.OFFLINE_ENV, forced) and a per-worker compile cache; must run
+    before `import unsloth`."""
+    set_offline(os.environ, force=True)
     if compile_dir is not None:
         os.environ["UNSLOTH_COMPILE_LOCATION"] = str(Path(compile_dir).resolve())
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from submission.config import Config
+from submission.environment import set_offline
 from submission.errors import SamplerError, SamplerLost
 from submission.answers.sampling import Adapter, GenRequest, Generation
 from submission.model.backends.vllm_prefill import VLLMPrefill
@@ -49,7 +50,7 @@ class VLLMSampler(VLLMPrefill):
     def __init__(self, model_path: str | Path, cfg: Config, *, stop_ids: list[int],
                  enable_lora: bool = True, dtype: str | None = None,
                  engine_kwargs: dict[str, Any] | None = None) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        set_offline(os.environ, force=False)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from submission.runtime.memory import unplanned_vllm_kwargs
 
