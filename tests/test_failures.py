@@ -74,10 +74,10 @@ def test_failed_generate_never_leaks_outputs_into_the_next_call(engine):
     def explode() -> None:
         raise Boom("injected failure inside generate")
 
-    sampler.beat = explode
+    sampler.set_beat(explode)
     with pytest.raises(Boom):
         sampler.generate(first)
-    sampler.beat = lambda: None
+    sampler.set_beat(lambda: None)
     assert not sampler.llm.llm_engine.has_unfinished_requests()
     got = sampler.generate(fresh)
     assert [g[0].ids for g in got] == [g[0].ids for g in expected]

@@ -310,6 +310,7 @@ def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkey
     from types import SimpleNamespace
 
     from submission.runtime import workers
+    from submission.runtime.messages import Unusable
     from submission.worker import main as worker
 
     fake_machine(monkeypatch, [L4], driver="550.54.15", cuda="12.4")
@@ -329,13 +330,13 @@ def test_a_worker_checks_before_loading_anything_and_the_supervisor_stops(monkey
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-    assert sent and sent[0][0] == "unusable" and "580" in sent[0][1]
+    assert sent and isinstance(sent[0], Unusable) and "580" in sent[0].reason
     st = SimpleNamespace(faults=[], fallbacks=Counter())
     h = workers.Handle(3, None, None, None)
     info: dict = {}
     workers._handle(sent[0], h, st, None, None, info, lambda h: None)
-    assert st.faults == [{"stage": "gpu", "worker": 3, "error": sent[0][1]}]
-    assert info["gpu_unusable"] == sent[0][1] and h.respawns == workers.MAX_RESPAWNS_PER_WORKER
+    assert st.faults == [{"stage": "gpu", "worker": 3, "error": sent[0].reason}]
+    assert info["gpu_unusable"] == sent[0].reason and h.respawns == workers.MAX_RESPAWNS_PER_WORKER
 
 
 def test_usable_gpus_and_cpu_machines_are_not_flagged(monkeypatch):

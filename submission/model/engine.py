@@ -13,8 +13,9 @@ from submission.model.backends import choose_sampler_backend, choose_trainer_bac
 from submission.config import Config, TTTConfig
 from submission.events import VLLM_LOST, Counts
 from submission.arc.formats import TextFormat, get_format
-from submission.answers.sampling import Adapter, Sampler
+from submission.answers.sampling import Adapter, Heartbeat, Sampler
 from submission.answers.search import SearchStats
+from submission.model.backends.hf_sampler import HFSampler
 from submission.model.train import LoRATrainer
 
 
@@ -47,9 +48,11 @@ class Engine:
         return self.trainer.compute_s + sum(getattr(s, "compute_s", 0.0) for s in samplers)
 
     def set_beat(self, beat: Callable[[], None]) -> None:
-        """Where the samplers send a heartbeat after every finished request or scoring call."""
+        """Where the samplers send a heartbeat after every finished request or scoring call
+        (a sampler that is not a `Heartbeat` sends none)."""
         for s in (self.sampler, self.forward):
-            s.beat = beat
+            if isinstance(s, Heartbeat):
+                s.set_beat(beat)
 
     def new_adapter(self, name: str, path: str | Path) -> Adapter:
         """A fresh LoRARequest id per adapter: vLLM caches by id, so ids are never reused."""
@@ -69,8 +72,8 @@ class Engine:
         from submission.answers.rescore import RankCheck
 
         forward = self.forward
-        if hasattr(forward, "prefix_kv"):
-            forward.count = self._count  # prefix-KV fallbacks land in this run's counts
+        if isinstance(forward, HFSampler):
+            forward.count_fallbacks(self._count)  # prefix-KV fallbacks land in this run's counts
             self.info["rescore_prefix_kv"] = forward.prefix_kv  # updated in place
         if self.sampler is forward or choice == "forward":
             self.info["rescore_backend"] = "forward"
@@ -132,7 +135,6 @@ def build_engine(model_path: str | Path, cfg: Config,
     """Load the trainer and sampler for `model_path` under `cfg` (vLLM after the trainer, with
     `engine_kwargs` from the memory plan). If vLLM fails to start, the transformers sampler takes
     its place and `info["vllm_start_error"]` says why."""
-    from submission.model.backends.hf_sampler import HFSampler
     from submission.model.backends.torch_settings import torch_settings, vllm_torch_settings
 
     sampler_backend = choose_sampler_backend(cfg.sampling.backend)

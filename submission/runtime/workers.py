@@ -5,9 +5,10 @@ each idle worker a chunk with its plans over a pipe, merges every finished task 
 submission.json, and kills a worker that dies, stops sending heartbeats for its stall allowance, or
 passes its chunk's hard cap (its unfinished tasks are re-queued once with a larger allowance, then
 given fallback answers; a replacement worker is started while time allows). A worker measures its
-machine's rates right after building its engine and sends them with its "ready" message. At the
+machine's rates right after building its engine and sends them with its `Ready` message. At the
 budget's end every worker is killed and the run closes with what it has. Workers get
-`CUDA_VISIBLE_DEVICES` and their own unsloth compile cache before anything imports torch.
+`CUDA_VISIBLE_DEVICES` and their own unsloth compile cache before anything imports torch. The
+messages both ways are the types of runtime/messages.py, dispatched on type.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from submission.config import Config
 from submission.environment import WORKER_ENV, set_offline
 from submission.errors import SubmissionError
 from submission.events import DEADLINE_SKIPPED, GPU_UNUSABLE, TASKS_GIVEN_UP
+from submission.runtime.messages import (Chunk, ChunkDone, ChunkError, Fatal, FromWorker, Progress, Ready,
+                                         Stop, TaskDone, ToWorker, Unusable)
 from submission.runtime.schedule import Scheduler
 
 POLL_S = 0.5
@@ -110,7 +113,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
 
     def give_work(h: Handle) -> None:
         a = sched.assign(h.wid, time.monotonic())
-        _send(h.inbox, None if a is None else (a.tasks, {k: vars(p) for k, p in a.plans.items()}))
+        _send(h.inbox, Stop() if a is None else Chunk(a.tasks, a.plans))
 
     bar = tqdm(total=len(state.pending), desc=f"tasks ({n} workers)", unit="task")
     try:  # the bar is closed before any error line (Ctrl-C)
@@ -141,7 +144,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     finally:
         bar.close()
     for h in list(handles.values()):
-        _send(h.inbox, None)
+        _send(h.inbox, Stop())
         h.proc.join(timeout=2)
         if h.proc.is_alive():
             h.proc.kill()
@@ -156,53 +159,52 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     return info
 
 
-def _handle(msg: tuple, h: Handle, state: Any, sched: Scheduler, planner: Planner,
+def _handle(msg: FromWorker, h: Handle, state: Any, sched: Scheduler, planner: Planner,
             info: dict[str, Any], give_work) -> None:
     from submission.runtime.startup import apply_rates
 
-    kind = msg[0]
-    if kind == "ready":
-        _, wid, engine_info, cal, fallbacks, faults = msg
-        h.ready = True
-        info["worker_info"][str(h.wid)] = engine_info
-        info["worker_info"]["ready"] = True
-        state.fallbacks.update(fallbacks)
-        state.faults.extend(faults)
-        if cal is not None:
-            info["calibrations"][str(h.wid)] = cal
-            if state.calibration is None:
-                state.calibration = cal
-            if cal.get("source") == "measured" or not planner.measured:
-                apply_rates(planner, sched, cal)
-        give_work(h)
-    elif kind == "done":
-        _, task_id, record, fallbacks, faults = msg
-        state.accept(task_id, record)
-        state.fallbacks.update(fallbacks)
-        state.faults.extend(faults)
-        sched.task_done(h.wid, task_id)
-        sched.observe(task_id, record)
-    elif kind == "progress":
-        sched.progress(h.wid, msg[1], msg[2], time.monotonic())
-    elif kind == "chunk_error":
-        state.faults.append({"tasks": msg[1], "stage": "chunk", "error": msg[2], "worker": h.wid})
-    elif kind == "chunk_done":
-        for task_id in sched.chunk_done(h.wid, time.monotonic()):
-            state.faults.append({"task": task_id, "stage": "chunk", "error": "gave up after retry"})
-            state.fallbacks[TASKS_GIVEN_UP] += 1
-        mine = info["worker_info"].setdefault(str(h.wid), {})
-        mine["compute"] = msg[1]
-        mine.update(msg[2])  # the re-scoring check's result, once it has decided
-        give_work(h)
-    elif kind == "unusable":  # a GPU torch cannot use: stop, nothing trains on the CPU
-        state.faults.append({"stage": "gpu", "worker": h.wid, "error": msg[1]})
-        info["gpu_unusable"] = msg[1]
-        h.respawns = MAX_RESPAWNS_PER_WORKER
-    elif kind == "fatal":  # the engine cannot start: retrying the same setup would fail again
-        state.faults.append({"stage": "worker_start", "worker": h.wid, "error": msg[1]})
-        info["fatal"] = msg[1]
-        info["fatal_message"] = msg[2] if len(msg) > 2 else None  # ours: said as in-process
-        h.respawns = MAX_RESPAWNS_PER_WORKER
+    match msg:
+        case Ready():
+            h.ready = True
+            info["worker_info"][str(h.wid)] = msg.engine_info
+            info["worker_info"]["ready"] = True
+            state.fallbacks.update(msg.fallbacks)
+            state.faults.extend(msg.faults)
+            cal = msg.calibration
+            if cal is not None:
+                info["calibrations"][str(h.wid)] = cal
+                if state.calibration is None:
+                    state.calibration = cal
+                if cal.get("source") == "measured" or not planner.measured:
+                    apply_rates(planner, sched, cal)
+            give_work(h)
+        case TaskDone():
+            state.accept(msg.task_id, msg.record)
+            state.fallbacks.update(msg.fallbacks)
+            state.faults.extend(msg.faults)
+            sched.task_done(h.wid, msg.task_id)
+            sched.observe(msg.task_id, msg.record)
+        case Progress():
+            sched.progress(h.wid, msg.stage, msg.task_id, time.monotonic())
+        case ChunkError():
+            state.faults.append({"tasks": msg.tasks, "stage": "chunk", "error": msg.error, "worker": h.wid})
+        case ChunkDone():
+            for task_id in sched.chunk_done(h.wid, time.monotonic()):
+                state.faults.append({"task": task_id, "stage": "chunk", "error": "gave up after retry"})
+                state.fallbacks[TASKS_GIVEN_UP] += 1
+            mine = info["worker_info"].setdefault(str(h.wid), {})
+            mine["compute"] = msg.compute
+            mine.update(msg.rescore_info)  # the re-scoring check's result, once it has decided
+            give_work(h)
+        case Unusable():  # a GPU torch cannot use: stop, nothing trains on the CPU
+            state.faults.append({"stage": "gpu", "worker": h.wid, "error": msg.reason})
+            info["gpu_unusable"] = msg.reason
+            h.respawns = MAX_RESPAWNS_PER_WORKER
+        case Fatal():  # the engine cannot start: retrying the same setup would fail again
+            state.faults.append({"stage": "worker_start", "worker": h.wid, "error": msg.error})
+            info["fatal"] = msg.error
+            info["fatal_message"] = msg.message  # ours: said as in-process
+            h.respawns = MAX_RESPAWNS_PER_WORKER
 
 
 def stop_workers() -> None:
@@ -220,9 +222,9 @@ def stop_workers() -> None:
             proc.join(timeout=10)
 
 
-def _send(conn: Connection, obj: Any) -> None:
+def _send(conn: Connection, msg: ToWorker) -> None:
     try:
-        conn.send(obj)
+        conn.send(msg)
     except (BrokenPipeError, OSError):
         pass  # the worker is gone; the supervisor notices it on the next poll
 

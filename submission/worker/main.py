@@ -17,6 +17,7 @@ from typing import Any
 from submission.config import Config
 from submission.errors import SubmissionError
 from submission.events import Counts
+from submission.runtime.messages import Chunk, ChunkDone, ChunkError, Fatal, Progress, Ready, TaskDone, Unusable
 
 RESCORE_INFO = ("rescore_check", "rescore_backend", "rescore_prefix_kv", "vllm_lost")  # decided mid-run
 PARENT_POLL_S = 0.5  # how often a worker checks that its supervisor is still alive
@@ -56,7 +57,7 @@ class WorkerSink:
         self.faults: list[dict[str, Any]] = []
 
     def progress(self, stage: str, task_id: str | None) -> None:
-        self.outbox.send(("progress", stage, task_id))
+        self.outbox.send(Progress(stage, task_id))
 
     def take_counts(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
         """The fallbacks and faults since the last message (sent along with it)."""
@@ -69,7 +70,7 @@ class WorkerSink:
         from submission.runtime.records import store_record
 
         store_record(self, task, record)
-        self.outbox.send(("done", task.id, record, *self.take_counts()))
+        self.outbox.send(TaskDone(task.id, record, *self.take_counts()))
 
 
 def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Connection,
@@ -79,7 +80,6 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
     os.environ.update(env)  # before torch: CUDA_VISIBLE_DEVICES, the compile cache
     exit_with_supervisor(job["supervisor"])
     install_signals()
-    from submission.runtime.budget import TaskPlan
     from submission.model.engine import build_engine
     from submission.worker.pipeline import TTT_ERRORS, process_chunk
     from submission.runtime.startup import engine_started, gpu_unusable_reason, start_rates
@@ -87,7 +87,7 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
 
     unusable = gpu_unusable_reason(import_torch=True)
     if unusable is not None:
-        outbox.send(("unusable", unusable))
+        outbox.send(Unusable(unusable))
         return
     cfg = Config.from_dict(job["cfg"])
     tasks, _ = load_tasks_lenient(job["challenges"])
@@ -97,10 +97,10 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
         engine = build_engine(job["model"], cfg, job["engine_kwargs"])
         engine.info["load_s"] = time.monotonic() - t0
     except SubmissionError as exc:  # a bad model directory (InputError naming the file), ...
-        outbox.send(("fatal", repr(exc), str(exc)))
+        outbox.send(Fatal(repr(exc), str(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - anything else a model directory throws: reported,
-        outbox.send(("fatal", repr(exc), None))  # never a crash and respawn loop
+        outbox.send(Fatal(repr(exc), None))  # never a crash and respawn loop
         return
     engine_started(sink, engine)
     try:
@@ -108,15 +108,13 @@ def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Conne
     except TTT_ERRORS as exc:  # no measurement: the planner keeps its priors
         cal = None
         sink.faults.append({"stage": "calibrate", "worker": wid, "error": repr(exc)})
-    outbox.send(("ready", wid, engine.info, cal, *sink.take_counts()))
-    while (msg := inbox.recv()) is not None:
-        ids, plans = msg
+    outbox.send(Ready(wid, engine.info, cal, *sink.take_counts()))
+    while isinstance(msg := inbox.recv(), Chunk):  # until Stop
         start, compute0 = time.monotonic(), engine.compute_seconds()
         try:
-            process_chunk(engine, sink, [tasks[i] for i in ids],
-                          {k: TaskPlan(**p) for k, p in plans.items()})
+            process_chunk(engine, sink, [tasks[i] for i in msg.tasks], msg.plans)
         except TTT_ERRORS as exc:
-            outbox.send(("chunk_error", ids, repr(exc)))
-        outbox.send(("chunk_done", {"loop_s": time.monotonic() - start,
-                                    "compute_s": engine.compute_seconds() - compute0},
-                     {k: engine.info[k] for k in RESCORE_INFO if k in engine.info}))
+            outbox.send(ChunkError(msg.tasks, repr(exc)))
+        outbox.send(ChunkDone({"loop_s": time.monotonic() - start,
+                               "compute_s": engine.compute_seconds() - compute0},
+                              {k: engine.info[k] for k in RESCORE_INFO if k in engine.info}))

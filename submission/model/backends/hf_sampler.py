@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from submission.errors import SubmissionError, reraise_unless_ours
-from submission.answers.sampling import Adapter, GenRequest, Generation, VerifyRequest
+from submission.answers.sampling import Adapter, GenRequest, Generation, Heartbeat, VerifyRequest
 from submission.model.train import LoRATrainer
 from submission.events import PREFIX_BATCH_HALVED, PREFIX_BATCH_OFF, PREFIX_TREE_HALVED, PREFIX_TREE_OFF
 
@@ -57,15 +57,11 @@ class PrefixCacheError(SubmissionError, RuntimeError):
 KV_ERRORS = (RuntimeError, ValueError)
 
 
-def _no_beat() -> None:
-    pass
-
-
 def _no_count(name: str) -> None:
     pass
 
 
-class HFSampler:
+class HFSampler(Heartbeat):
     name = "transformers"
 
     def __init__(self, trainer: LoRATrainer, *, stop_ids: list[int], pad_id: int) -> None:
@@ -74,7 +70,6 @@ class HFSampler:
         self._loaded: str | None = None
         self.calls = 0
         self.compute_s = 0.0  # seconds inside generate and forward calls
-        self.beat: Callable[[], None] = _no_beat  # heartbeat after every request and forward pass
         self.count: Callable[[str], None] = _no_count  # counts a fallback of the scoring paths
         self.chunk_limit = dict(CHUNK_LIMIT)
         self.score_tokens = 0  # tokens that went through forward passes for scoring (padding too)
@@ -109,6 +104,11 @@ class HFSampler:
             self.trainer.load_adapter_weights(adapter.path)
             self._loaded = adapter.path
         return contextlib.nullcontext()
+
+    def count_fallbacks(self, count: Callable[[str], None]) -> None:
+        """Where the scoring paths count their fallbacks from now on (a mode switched off, a chunk
+        halved); nowhere before."""
+        self.count = count
 
     def forget_loaded(self) -> None:
         """Call after the live adapter weights change (training) so the next use reloads."""

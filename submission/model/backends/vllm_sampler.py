@@ -30,7 +30,7 @@ from typing import Any
 from submission.config import Config
 from submission.environment import set_offline
 from submission.errors import SamplerError, SamplerLost
-from submission.answers.sampling import Adapter, GenRequest, Generation
+from submission.answers.sampling import Adapter, GenRequest, Generation, Heartbeat
 from submission.model.backends.vllm_prefill import VLLMPrefill
 
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
@@ -40,11 +40,7 @@ class StaleOutputError(SamplerError, RuntimeError):
     """vLLM returned an output that does not belong to the prompts of this call."""
 
 
-def _no_beat() -> None:
-    pass
-
-
-class VLLMSampler(VLLMPrefill):
+class VLLMSampler(VLLMPrefill, Heartbeat):
     name = "vllm"
 
     def __init__(self, model_path: str | Path, cfg: Config, *, stop_ids: list[int],
@@ -86,7 +82,6 @@ class VLLMSampler(VLLMPrefill):
         self.prefill_tokens = 0  # prompt tokens generate calls computed (prefix-cache hits excluded)
         self.verify_tokens = 0  # tokens draft verification computed (prefix-cache hits excluded)
         self.verify_retries = 0  # drafts verified again because a cache hit reached into them
-        self.beat: Callable[[], None] = _no_beat  # heartbeat per finished request
         self._broken = False
 
     def _start(self) -> Any:
