@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
 from submission.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 1800.0  # a collective that waits this long (a hung rank) raises instead of hanging
@@ -57,9 +61,6 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[DistEnv, boo
     env = dist_env()
     if env.world == 1:
         return env, False
-    import torch
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return env, False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -71,8 +72,6 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[DistEnv, boo
 
 def shutdown() -> None:
     """Leave the process group, if this process is in one."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -91,8 +90,6 @@ def broadcast(obj: Any, env: DistEnv) -> Any:
     """Rank 0's `obj` on every rank (pickled; for small state such as a resume point)."""
     if env.world == 1:
         return obj
-    import torch.distributed as dist
-
     box = [obj if env.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -100,8 +97,6 @@ def broadcast(obj: Any, env: DistEnv) -> Any:
 
 def barrier(env: DistEnv) -> None:
     if env.world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -109,18 +104,12 @@ def all_sum(values: Sequence[float], env: DistEnv) -> list[float]:
     """Element-wise sum over ranks (float64, on the backend's device)."""
     if env.world == 1:
         return list(values)
-    import torch
-    import torch.distributed as dist
-
     t = torch.tensor(list(values), dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return [float(v) for v in t.tolist()]
 
 
 def _comm_device() -> Any:
-    import torch
-    import torch.distributed as dist
-
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
         else torch.device("cpu")
 
@@ -139,9 +128,6 @@ class DataParallel:
     gradient synchronisation, the mean loss, and full (unsharded) state for checkpoints."""
 
     def __init__(self, model: Any, env: DistEnv, *, fsdp: bool = False) -> None:
-        import torch
-        from torch.nn.parallel import DistributedDataParallel
-
         self.env, self.fsdp, self.model = env, fsdp, model
         self.rank, self.world = env.rank, env.world
         if fsdp:
@@ -163,9 +149,6 @@ class DataParallel:
 
     def step_counts(self, n_items: int, n_micro: int) -> tuple[int, int]:
         """(target tokens of the whole step, micro-batches of the busiest rank)."""
-        import torch
-        import torch.distributed as dist
-
         items = torch.tensor([n_items], dtype=torch.int64, device=_comm_device())
         micro = torch.tensor([n_micro], dtype=torch.int64, device=_comm_device())
         dist.all_reduce(items)

@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from peft import PeftConfig, PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
 from submission.config import Config
 from submission.finetune.distributed import DEFAULT_TIMEOUT_S, DistEnv
@@ -126,9 +131,6 @@ def _check_parallel(cfg: Config, env: DistEnv, fsdp: bool, log: Callable[[str], 
 
 def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow_eval, drop_overlaps,
                      pack, fsdp, log) -> tuple[dict[str, Any], Path]:
-    import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     from submission.finetune.distributed import DataParallel, all_sum, barrier, broadcast
@@ -141,8 +143,6 @@ def _train_all_ranks(model, data, out: Path, cfg: Config, env: DistEnv, *, allow
     f = cfg.finetune
     section = _check_parallel(cfg, env, fsdp, log)
     if not env.is_main:  # one copy of the libraries' progress bars and warnings: rank 0's
-        from transformers.utils import logging as hf_logging
-
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     check_model_dir(model)
@@ -242,10 +242,6 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, cfg: C
     Loading the base unquantized keeps the merge exact even when training ran on a 4-bit base.
     An adapter with fully trained modules on a tied base gives an untied model (config and
     weights), which vLLM 0.32.0 then loads as such (model_executor/models/qwen3.py:313)."""
-    import torch
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM
-
     from submission.model.backends import resolve_dtype
     from submission.model.backends.peft_loader import untie_embeddings
     from submission.model.tokenizer import copy_tokenizer_files

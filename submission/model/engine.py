@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoConfig
+
 from submission.model.backends import choose_sampler_backend, choose_trainer_backend, resolve_dtype
 from submission.config import Config, TTTConfig
 from submission.events import VLLM_LOST, Counts
@@ -108,8 +110,6 @@ def load_trainer(model_path: str | Path, cfg: Config, section: TTTConfig | None 
     """(trainer, tokenizer, info) with the LoRA of `section` (default cfg.ttt) on unsloth or peft.
     What the libraries raise on a bad model directory is an InputError naming config.json (when
     transformers cannot read the config) or the directory."""
-    from transformers import AutoConfig
-
     from submission.runtime.modelfiles import reading_model
 
     t = section or cfg.ttt

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
 from submission.config import TTTConfig
 from submission.errors import NonFiniteLoss
@@ -57,6 +59,8 @@ class LoRATrainer:
     pack_tokens: int = 0  # >0: a step's samples go into packed rows of at most this many tokens
 
     def __init__(self, model: Any, *, pad_id: int, backend: str, scaler: Any = None) -> None:
+        # peft inside the methods: engine.py imports this module before a loader runs, and unsloth
+        # wants to be imported before peft (unsloth_loader._import_unsloth)
         from peft import get_peft_model_state_dict
 
         self.model, self.pad_id, self.backend = model, pad_id, backend
@@ -96,8 +100,6 @@ class LoRATrainer:
     def clear(self) -> None:
         """Drop gradients and the CUDA cache, back to inference mode: nothing of a training run
         (finished or failed) may reach the next task."""
-        import torch
-
         for p in self.model.parameters():
             p.grad = None
         if self.device.type == "cuda":
@@ -106,8 +108,6 @@ class LoRATrainer:
 
     def _train(self, samples, rng, cfg, deadline, progress, resume, checkpoint, checkpoint_every,
                on_step) -> TrainResult:
-        import torch
-
         start = time.monotonic()
         steps_total = planned_steps(len(samples), cfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -176,8 +176,6 @@ class LoRATrainer:
             self.model.train(training)
 
     def _step(self, chunk: list[TrainSample], params: list, opt: Any, cfg: TTTConfig) -> float:
-        import torch
-
         if self.pack_tokens:
             from submission.finetune.data import pack_rows
 
@@ -215,8 +213,6 @@ class LoRATrainer:
         return total
 
     def _collate(self, samples: list[TrainSample]) -> dict[str, Any]:
-        import torch
-
         width = max(len(s.ids) for s in samples)
         ids = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
@@ -233,8 +229,6 @@ class LoRATrainer:
         """One row holding `samples` end to end. Position ids restart at every sample and there is
         no 2D attention mask, so transformers builds a block-diagonal causal mask (sdpa, eager; flash
         attention reads the same position ids); a sample's first token is never a target."""
-        import torch
-
         ids = torch.tensor([t for s in samples for t in s.ids], dtype=torch.long)
         pos = torch.tensor([p for s in samples for p in range(len(s.ids))], dtype=torch.long)
         keep = torch.tensor([m for s in samples for m in s.mask], dtype=torch.bool) & (pos > 0)
@@ -244,8 +238,6 @@ class LoRATrainer:
 
     def _empty_batch(self) -> dict[str, Any]:
         """One pad token and no target: a rank with less work in a step still joins every pass."""
-        import torch
-
         one = torch.ones((1, 1), dtype=torch.long, device=self.device)
         return {"input_ids": one * self.pad_id, "attention_mask": one, "labels": one * IGNORE}
 
@@ -263,7 +255,6 @@ class LoRATrainer:
     def load_adapter_weights(self, adapter_dir: str | Path) -> None:
         """Put a saved adapter's weights into the live model (forward-pass re-scoring)."""
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
         state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.model, state)
@@ -271,8 +262,6 @@ class LoRATrainer:
 
 def _cast_safetensors(path: Path, dtype: Any) -> None:
     """Rewrite a safetensors file with its floating tensors in `dtype` (others unchanged)."""
-    from safetensors.torch import load_file, save_file
-
     state = load_file(str(path))
     if all(t.dtype == dtype or not t.is_floating_point() for t in state.values()):
         return

@@ -18,6 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM
+
 from submission.errors import FormatError, InputError
 from submission.arc.formats import _single_token_id, build_tokenizer, reduced_vocab
 from submission.runtime.modelfiles import check_model_config, reading_model
@@ -83,9 +86,6 @@ def shrink_vocab(model_dir: str | Path, format_name: str, out_dir: str | Path) -
     "params_before", "params_after", "out_dir"}. FormatError if a piece of the format is not one
     token of the original tokenizer; InputError if `model_dir` is missing or equals `out_dir`.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     src, out = Path(model_dir), Path(out_dir)
     if not src.is_dir():
         raise InputError("model directory not found", file=str(src))

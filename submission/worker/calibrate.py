@@ -198,7 +198,7 @@ def _device_name(engine: Any) -> str:
     device = getattr(engine.trainer, "device", None)
     if device is None or getattr(device, "type", "cpu") != "cuda":
         return "cpu"
-    import torch
+    import torch  # here: tools/gpu_check.py and commands.py, supervisor side, import this module
 
     return torch.cuda.get_device_name(device)
 

@@ -1,5 +1,8 @@
-"""Model backends. Each heavy library (unsloth, vLLM) is imported only inside its own module here,
-so importing the package never pulls them in. This module picks backends and resolves dtypes."""
+"""Model backends. unsloth and vLLM are imported only inside the functions of their own modules
+(unsloth cannot load without a GPU, vLLM is heavy); the transformers and peft ones import torch,
+transformers and peft at the top of the file. This module picks backends and resolves dtypes. It
+imports torch only inside `has_cuda` and `resolve_dtype`: the supervisor reads `installed` from it
+for its memory plan (runtime/startup.py) and stays torch-free."""
 
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+
 from submission.errors import SubmissionError, reraise_unless_ours
 from submission.answers.sampling import Adapter, GenRequest, Generation, Heartbeat, VerifyRequest
 from submission.model.train import LoRATrainer
@@ -115,8 +118,6 @@ class HFSampler(Heartbeat):
         self._loaded = None
 
     def generate(self, requests: list[GenRequest]) -> list[list[Generation]]:
-        import torch
-
         results = []
         start = time.perf_counter()
         self.trainer.set_mode(training=False)
@@ -150,8 +151,6 @@ class HFSampler(Heartbeat):
     def verify(self, requests: list[VerifyRequest]) -> list[list[dict[int, float]] | None]:
         """Top-k logprobs at every draft position: one forward pass over prompt + draft per
         request (no cache: every row is computed), as `generate` reports them."""
-        import torch
-
         start = time.perf_counter()
         self.trainer.set_mode(training=False)
         out: list[list[dict[int, float]] | None] = []
@@ -174,8 +173,6 @@ class HFSampler(Heartbeat):
     def score(self, prompt: list[int], answer: list[int], adapter: Adapter | None) -> float:
         """One forward pass over prompt + answer; `use_cache=False`: nothing is reused, and unsloth
         keeps no cache around."""
-        import torch
-
         start = time.perf_counter()
         full = torch.tensor([list(prompt) + list(answer)], device=self.trainer.device)
         self.trainer.set_mode(training=False)
@@ -233,8 +230,6 @@ class HFSampler(Heartbeat):
         `_score_tree` and `_score_batch`). The log p of an answer's first token comes from the
         prompt's last position. A chunk that runs out of memory is split, and the chunk size
         halved for the rest of the run (counted); a single answer that does not fit raises."""
-        import torch
-
         start = time.perf_counter()
         dev = self.trainer.device
         self.trainer.set_mode(training=False)
@@ -299,9 +294,6 @@ class HFSampler(Heartbeat):
         """The chunk's answers as one prefix tree in one forward pass: each distinct answer prefix
         is one token, at position prompt + its depth, attending to the prompt and its own
         ancestors only (a 4D additive mask); answers that share their first tokens share them."""
-        import numpy as np
-        import torch
-
         dev = self.trainer.device
         index: dict[tuple[int, int], int] = {}
         parent: list[int] = []
@@ -346,8 +338,6 @@ class HFSampler(Heartbeat):
                      scores: list[float]) -> None:
         """The chunk's answers as a batch, each row against its own copy of the prompt's KV
         (right-padded: under a causal mask a real token never sees the padding after it)."""
-        import torch
-
         dev = self.trainer.device
         width = max(len(answers[i]) for i in chunk) - 1
         x = torch.full((len(chunk), width), self.pad_id, dtype=torch.long, device=dev)
@@ -372,8 +362,6 @@ class HFSampler(Heartbeat):
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    import torch
-
     return isinstance(exc, torch.OutOfMemoryError)
 
 

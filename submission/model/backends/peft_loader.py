@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
 from submission.config import Config, TTTConfig
 from submission.model.backends import has_cuda, installed, resolve_dtype
 
 
 def lora_config(t: TTTConfig) -> Any:
-    from peft import LoraConfig
-
     return LoraConfig(r=t.r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                       target_modules=list(t.target_modules), use_rslora=t.use_rslora,
                       modules_to_save=list(getattr(t, "modules_to_save", ())) or None,
@@ -22,10 +24,6 @@ def load_peft(model_path: str | Path, cfg: Config, section: TTTConfig | None = N
               ) -> tuple[Any, Any, dict[str, Any]]:
     """(peft model, tokenizer, info) for the LoRA settings of `section` (default cfg.ttt).
     4-bit only on a GPU with bitsandbytes; CPU runs full precision."""
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from submission.model.tokenizer import load_tokenizer
 
     t = section or cfg.ttt
@@ -33,8 +31,6 @@ def load_peft(model_path: str | Path, cfg: Config, section: TTTConfig | None = N
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     four_bit = t.load_in_4bit and has_cuda() and installed("bitsandbytes")
     if four_bit:
-        from transformers import BitsAndBytesConfig
-
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": 0}
@@ -64,8 +60,6 @@ def untie_embeddings(model: Any) -> bool:
     its merge unties the config only when it finds the two apart (tuners/tuners_utils.py:722-735).
     Made explicit here, the model trained, the merged model and what vLLM loads are one untied
     model. Returns whether anything was tied."""
-    import torch
-
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if out is None or inp is None:
         return False

@@ -1,5 +1,5 @@
 """torch settings that `import unsloth` changes process-wide, and their reset around vLLM's start
-(vLLM compiles its model in the trainer's process). No torch import at module level."""
+(vLLM compiles its model in the trainer's process)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import torch._dynamo.config
+import torch._inductor.config
 
 # What `import unsloth` sets process-wide (unsloth_zoo/patching_utils.py:250-299, patch_torch_compile,
 # called at unsloth/models/_utils.py:4169) before vLLM compiles its model in the same process. vLLM
@@ -37,9 +40,6 @@ _MISSING = object()
 
 
 def _torch_config_modules() -> dict[str, Any]:
-    import torch._dynamo.config
-    import torch._inductor.config
-
     return {"inductor": torch._inductor.config, "dynamo": torch._dynamo.config}
 
 

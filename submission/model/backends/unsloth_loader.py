@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from submission.config import Config, TTTConfig
 from submission.environment import set_offline
 from submission.errors import BackendUnavailable
@@ -44,8 +46,6 @@ def load_unsloth(model_path: str | Path, cfg: Config, section: TTTConfig | None 
                  ) -> tuple[Any, Any, dict[str, Any], Any]:
     """(peft model, tokenizer, info, GradScaler or None) for `section` (default cfg.ttt). GPU only."""
     fast = _import_unsloth()
-    import torch
-
     dtype = resolve_dtype(cfg.model.dtype)
     t = section or cfg.ttt
     # unsloth returns an AutoTokenizer, which transformers 5 rebuilds wrongly for reduced BPE
