@@ -126,7 +126,8 @@ def main() -> int:
     from submission.model.engine import build_engine
     from submission.answers.rescore import augmented_pairs, score_pairs
     from submission.arc.tasks import load_dataset
-    from submission.model.tiny import make_tiny_model, random_adapter
+    from submission.model.tiny import make_tiny_model
+    from tests.helpers import random_adapter
 
     tmp = Path(tempfile.mkdtemp(prefix="rescore-bench-"))
     model = make_tiny_model(tmp / "model", "qwen-chat", seed=0, max_positions=MAX_LEN)

@@ -109,7 +109,8 @@ def main() -> int:
     from submission.worker.sampling_stage import view_frames
     from submission.answers.sampling import GenRequest, answer_budget, build_views
     from submission.arc.tasks import load_dataset
-    from submission.model.tiny import make_tiny_model, random_adapter
+    from submission.model.tiny import make_tiny_model
+    from tests.helpers import random_adapter
     from submission.model.ttt_data import build_ttt_data
 
     tmp = Path(tempfile.mkdtemp(prefix="spec-bench-"))

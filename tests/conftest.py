@@ -19,18 +19,7 @@ os.environ.setdefault("ARC_STRICT_FALLBACKS", "1")  # errors.STRICT_ENV: a bug f
 
 import pytest  # noqa: E402
 
-from submission.config import Config  # noqa: E402
-
-# CPU-sized settings every engine test shares (the engine's LoRA rank is fixed at build time).
-SMALL = Config().with_overrides([
-    "ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling.n_views=4",
-    "selection.rescore_augmentations=2", "selection.max_rescore=3", "model.max_seq_len=4096",
-    "sampling.max_loras=4", "sampling.unsure_extra_views=0",
-    # CPU-sized: spare time on a CPU would buy work no check needs (tests set their own scale)
-    "budget.max_scale=1",
-    # the program-search lane is tested on its own (test_lane_*): elsewhere it would spawn a pool
-    # in every run and could answer a test's toy task in the model's place
-    "lane.enabled=false"])
+from tests.helpers import SMALL  # noqa: E402  (the CPU-sized config: tests/helpers.py)
 
 
 @pytest.fixture(scope="session")

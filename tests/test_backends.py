@@ -10,7 +10,7 @@ from submission.model import backends
 from submission.model.backends import choose_sampler_backend, choose_trainer_backend
 from submission.runtime.memory_sizing import vllm_max_lora_rank as max_lora_rank
 from submission.errors import BackendUnavailable
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 def test_unsloth_requested_without_unsloth_or_gpu_is_a_clear_error(monkeypatch):

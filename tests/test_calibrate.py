@@ -18,7 +18,7 @@ from submission.worker.calibrate import (
     write_calibration,
 )
 from submission.errors import InputError
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 RATES = {"train_tokens_per_s": 2000.0, "sample_tokens_per_s": 3000, "score_tokens_per_s": 9e3}
 

@@ -24,6 +24,7 @@ from submission.errors import FormatError, InputError
 from submission.arc.formats import get_format
 from submission.arc.grids import Pair
 from submission.model.tokenizer import copy_tokenizer_files, load_tokenizer
+from tests.helpers import cli_main as run_cli
 
 QWEN_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -278,14 +279,6 @@ def challenge_files(ten_tasks, tmp_path_factory):
     return ch, sol
 
 
-def run_cli(capsys, *args):
-    from submission.cli import main
-
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.parametrize("name", ["qwen-chat", "architects"])
 def test_show_prompt_json(published, ten_tasks, challenge_files, capsys, name):
     ch, sol = challenge_files
@@ -385,7 +378,7 @@ def _nvarc_tiny_model(out):
 @pytest.mark.slow
 def test_trainer_loader_uses_the_published_tokenizer(tmp_path):
     """The peft loader returns a tokenizer the format can use; auto detects qwen-chat."""
-    from conftest import SMALL
+    from tests.helpers import SMALL
 
     from submission.model.backends.peft_loader import load_peft
 

@@ -14,16 +14,11 @@ import pytest
 from submission import cli
 from submission.arc.tasks import load_dataset
 from submission.commands import COMMANDS
+from tests.helpers import cli_main as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 N_EXPORT = 5
 CH_NAME, SOL_NAME = "arc-agi_evaluation_challenges.json", "arc-agi_evaluation_solutions.json"
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_json(path: Path, obj: object) -> Path:

@@ -10,7 +10,7 @@ from submission.answers.sampling import GenRequest
 from submission.arc.submit import challenge_counts, validate_submission
 from submission.arc.tasks import export_kaggle, load_challenges, load_dataset
 from submission.model.ttt_data import build_ttt_data
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 pytestmark = pytest.mark.slow
 

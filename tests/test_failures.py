@@ -17,7 +17,7 @@ from submission.arc.grids import Pair, Task, as_grid
 from submission.runtime.paths import task_file_name
 from submission.answers.sampling import GenRequest
 from submission.arc.tasks import export_kaggle
-from tests.conftest import SMALL
+from tests.helpers import SMALL, random_task
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +26,9 @@ QUICK = SMALL.with_overrides(["ttt.max_samples=4", "sampling.n_views=2", "select
 RATES = {"train_tokens_per_s": 1e5, "sample_tokens_per_s": 1e5, "score_tokens_per_s": 1e5}
 
 
-def small_task(task_id: str, seed: int, side: int = 2) -> Task:
-    rng = np.random.default_rng(seed)
-    g = lambda: as_grid(rng.integers(0, 10, (side, side)))  # noqa: E731
-    return Task(task_id, tuple(Pair(g(), g()) for _ in range(2)), (g(),))
-
-
 def challenges(tmp: Path, ids: list[str]) -> Path:
     """A task's content depends on its id only, never on which other tasks are in the file."""
-    tasks = {i: small_task(i, zlib.crc32(i.encode())) for i in ids}
+    tasks = {i: random_task(i, zlib.crc32(i.encode())) for i in ids}
     path, _ = export_kaggle(tasks, tmp / "data", "evaluation")
     return path
 
@@ -63,7 +57,7 @@ def test_failed_generate_never_leaks_outputs_into_the_next_call(engine):
     own outputs, equal to those of a clean engine."""
     sampler = engine.sampler
     assert sampler.name == "vllm"
-    ids = engine.fmt.encode_prompt([small_task("s", 1).train[0]], small_task("s", 1).test_inputs[0])
+    ids = engine.fmt.encode_prompt([random_task("s", 1).train[0]], random_task("s", 1).test_inputs[0])
     first = [GenRequest(tuple(ids) + (i % 10,) * (i + 1), None, 12) for i in range(6)]
     fresh = [GenRequest(tuple(ids[-20:]), None, 9), GenRequest(tuple(ids[-30:]), None, 5)]
     expected = sampler.generate(fresh)
@@ -303,7 +297,7 @@ def test_save_casts_an_fp32_adapter_to_bf16_and_vllm_serves_it(engine, tmp_path)
     assert size(b16) < 0.6 * size(f32)
     for k in t32:
         assert torch.allclose(t32[k], t16[k].float(), rtol=1e-2, atol=1e-3)
-    ids = engine.fmt.encode_prompt([small_task("x", 3).train[0]], small_task("x", 3).test_inputs[0])
+    ids = engine.fmt.encode_prompt([random_task("x", 3).train[0]], random_task("x", 3).test_inputs[0])
     out = engine.sampler.generate([GenRequest(tuple(ids), engine.new_adapter("b16", b16), 8)])
     assert out[0] and isinstance(out[0][0].ids, list)
 

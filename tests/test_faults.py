@@ -10,12 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from submission.arc.grids import Pair, Task, as_grid
 from submission.arc.submit import validate_submission
-from submission.arc.tasks import tasks_to_challenges
+from tests.helpers import write_challenges
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,20 +21,6 @@ FAST = ["--set", "ttt.r=8", "--set", "ttt.lora_alpha=16", "--set", "ttt.max_samp
         "--set", "sampling.n_views=2", "--set", "selection.rescore_augmentations=2",
         "--set", "selection.max_rescore=2", "--set", "model.max_seq_len=512",
         "--set", "sampling.max_loras=1", "--set", "sampling.unsure_extra_views=0"]
-
-
-def small_task(task_id: str, seed: int) -> Task:
-    rng = np.random.default_rng(seed)
-    g = lambda: as_grid(rng.integers(0, 10, (2, 2)))  # noqa: E731
-    return Task(task_id, tuple(Pair(g(), g()) for _ in range(2)), (g(),))
-
-
-def write_challenges(path: Path, ids: list[str], bad: str | None = None) -> Path:
-    data = tasks_to_challenges({i: small_task(i, n) for n, i in enumerate(ids)})
-    if bad:
-        data[bad] = {"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": [{"input": [[1]]}]}
-    path.write_text(json.dumps(data))
-    return path
 
 
 def run_cli(tmp: Path, challenges: Path, model: Path, *extra: str, env_extra=None, timeout=900):

@@ -19,6 +19,7 @@ from submission.tools import gpu_check as gc
 from submission.runtime import machine
 from submission.worker.calibrate import RATE_KEYS, load_calibration
 from submission.config import Config
+from tests.helpers import small_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -347,8 +348,9 @@ def test_cli_gpu_check_without_model_exits_2(tmp_path, capsys):
 
 # --- the whole check on CPU (tiny model, vLLM CPU) -------------------------------------------
 
-SMALL_SETS = ["ttt.r=8", "ttt.lora_alpha=16", "model.max_seq_len=1024", "sampling.max_loras=4",
-              "sampling.max_num_seqs=8"]
+# The tests' adapter shape and slots (tests/helpers.py), a shorter context and fewer sequences.
+SMALL_SETS = [*small_sets("ttt.r", "ttt.lora_alpha"), "model.max_seq_len=1024",
+              *small_sets("sampling.max_loras"), "sampling.max_num_seqs=8"]
 
 
 @pytest.mark.slow

@@ -19,11 +19,11 @@ import pytest
 
 from submission import cli
 from submission.errors import InputError
-from submission.arc.grids import Pair, Task, as_grid
 from submission.runtime.modelfiles import check_model_weights, check_safetensors, model_identity
 from submission.runtime.paths import check_finetune_paths, check_run_paths, inside, same_file, task_file_name
 from submission.arc.submit import read_record, validate_submission, valid_record
 from submission.arc.tasks import tasks_to_challenges
+from tests.helpers import random_task, write_challenges
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_IDS = ["../../x", "..", ".", "/etc/passwd", "a/b", "a\\b", "a\nb", "tab\there", "\x00",
@@ -134,7 +134,7 @@ def test_run_refuses_out_equal_to_challenges(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("submission.runtime.run.run", must_not_run)
     ch = tmp_path / "ch.json"
-    text = json.dumps(tasks_to_challenges({"t1": small_task("t1", 0)}))
+    text = json.dumps(tasks_to_challenges({"t1": random_task("t1", 0)}))
     ch.write_text(text)
     os.link(ch, tmp_path / "hard.json")
     (tmp_path / "d").mkdir()
@@ -153,12 +153,6 @@ def test_run_refuses_out_equal_to_challenges(tmp_path, capsys, monkeypatch):
 
 # --- deeply nested JSON, huge integers ---------------------------------------------------------
 
-def small_task(task_id: str, seed: int, n_test: int = 1) -> Task:
-    rng = np.random.default_rng(seed)
-    g = lambda: as_grid(rng.integers(0, 10, (2, 2)))  # noqa: E731
-    return Task(task_id, tuple(Pair(g(), g()) for _ in range(2)), tuple(g() for _ in range(n_test)))
-
-
 @pytest.fixture(scope="module")
 def hostile_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostile")
@@ -174,7 +168,7 @@ def hostile_files(tmp_path_factory):
         paths[name] = d / f"{name}.json"
         paths[name].write_text(text)
     ok = d / "ok_challenges.json"
-    ok.write_text(json.dumps(tasks_to_challenges({"t1": small_task("t1", 0)})))
+    ok.write_text(json.dumps(tasks_to_challenges({"t1": random_task("t1", 0)})))
     paths["ok"] = ok
     sub = d / "ok_submission.json"
     sub.write_text(json.dumps({"t1": [{"attempt_1": [[0]], "attempt_2": [[0]]}]}))
@@ -470,12 +464,6 @@ def run_cli(tmp: Path, challenges: Path, model: Path, *extra: str, workdir: Path
     return _subprocess("run", "--challenges", challenges, "--model", model,
                        "--out", tmp / "submission.json", "--workdir", workdir or tmp / "work",
                        "--calibration", calibration, *FAST, *extra, cwd=tmp, timeout=timeout)
-
-
-def write_challenges(path: Path, ids: list[str]) -> Path:
-    path.write_text(json.dumps(tasks_to_challenges(
-        {i: small_task(i, n) for n, i in enumerate(ids)})))
-    return path
 
 
 def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, bytes | None]:

@@ -25,8 +25,8 @@ from submission.runtime.files import write_json_atomic, write_text_atomic
 from submission.runtime.lock import LOCK_NAME, workdir_lock
 from submission.arc.tasks import tasks_to_challenges
 from submission.runtime.vllm_tmp import PREFIX, engine_tmpdir, sweep
-from tests.test_hostile import (FAST, RATES, _one_error_line, fake_model, run_cli, small_task,
-                                write_challenges)
+from tests.helpers import random_task, write_challenges
+from tests.test_hostile import FAST, RATES, _one_error_line, fake_model, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,7 +246,7 @@ HOSTILE = "evil\nerror: fake line\x1b[2J\r\x07\ud800"
 
 def test_hostile_task_ids_are_printed_escaped_on_one_line(tmp_path, capsys):
     ch = tmp_path / "ch.json"
-    good = tasks_to_challenges({"ok": small_task("ok", 0)})["ok"]
+    good = tasks_to_challenges({"ok": random_task("ok", 0)})["ok"]
     ch.write_text(json.dumps({HOSTILE: {"train": [], "test": [{"input": [[1]]}]}, "ok": good}))
     sub = tmp_path / "s.json"
     sub.write_text(json.dumps({"ok": [{"attempt_1": [[0]], "attempt_2": [[0]]}]}))

@@ -21,6 +21,7 @@ from submission.runtime.modelfiles import model_identity, weight_digest
 from submission.runtime.records import record_path, store_record, task_digest
 from submission.runtime.run import WEIGHT_DIGESTS, Run
 from submission.arc.tasks import export_kaggle, tasks_to_challenges
+from tests.helpers import random_task
 from tests.test_hostile import write_safetensors
 
 BIG = {"a.weight": ("F32", [300, 256]), "b.bias": ("BF16", [5])}  # 307 kB: a middle past 64 KiB
@@ -95,9 +96,7 @@ def test_a_stale_cache_entry_is_not_trusted(tmp_path):
 
 
 def small_task(task_id: str) -> Task:
-    rng = np.random.default_rng(zlib.crc32(task_id.encode()))
-    g = lambda: as_grid(rng.integers(0, 10, (3, 3)))  # noqa: E731
-    return Task(task_id, (Pair(g(), g()), Pair(g(), g())), (g(),))
+    return random_task(task_id, zlib.crc32(task_id.encode()), side=3)
 
 
 def write_tasks(tmp: Path, tasks: dict[str, Task]) -> Path:

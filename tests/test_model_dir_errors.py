@@ -10,10 +10,11 @@ import re
 import shutil
 
 import pytest
-from test_hostile import _one_error_line, run_cli, write_challenges
+from test_hostile import _one_error_line, run_cli
 
 from submission.errors import InputError
 from submission.runtime.modelfiles import check_model_config, raised_by_library, reading_model
+from tests.helpers import write_challenges
 
 
 def _config(d, data) -> None:
@@ -154,7 +155,7 @@ def test_trainer_stops_on_a_non_finite_loss(tiny_model, tmp_path):
     updates) only a run that never saw a finite loss fails, at its last step."""
     import numpy as np
     import torch
-    from conftest import SMALL
+    from tests.helpers import SMALL
     from test_train import _samples
 
     from submission.model.backends.peft_loader import load_peft

@@ -14,12 +14,12 @@ from published_nvarc import ADDED, IDS, MODEL_VOCAB, answer_always, published_nv
     write_published_nvarc
 from test_checkpoints import NVARC_VOCAB, nvarc_text, vocab_ids
 from test_hostile import run_cli as run_subprocess
-from test_hostile import write_challenges
 
 from submission.errors import FormatError
 from submission.arc.formats import ArchitectsFormat, detect_format, get_format
 from submission.arc.tasks import tasks_to_challenges
 from submission.model.tokenizer import load_tokenizer
+from tests.helpers import write_challenges
 
 
 @pytest.fixture(scope="module")

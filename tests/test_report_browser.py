@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from submission.tools.report import build_report, write_report
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
     "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)

@@ -13,11 +13,10 @@ import pytest
 from submission.answers import rescore as R
 from submission.model.engine import Engine
 from submission.errors import STRICT_ENV, SamplerError
-from submission.arc.grids import Pair, Task, as_grid
+from submission.arc.grids import Task, as_grid
 from submission.answers.select import Candidate
-from submission.model.tiny import random_adapter
 from submission.events import RESCORE_VLLM_FAILED
-from tests.conftest import SMALL
+from tests.helpers import SMALL, random_adapter, random_task
 
 
 class DigitFormat:
@@ -82,9 +81,7 @@ def cand(grid, count=1, first=0) -> Candidate:
 
 
 def small_task(seed: int = 0, n_train: int = 3, side: int = 3) -> Task:
-    rng = np.random.default_rng(seed)
-    g = lambda: as_grid(rng.integers(0, 10, (side, side)))  # noqa: E731
-    return Task(f"t{seed}", tuple(Pair(g(), g()) for _ in range(n_train)), (g(),))
+    return random_task(f"t{seed}", seed, side=side, n_train=n_train)
 
 
 def three_cands(seed: int = 1) -> list[Candidate]:

@@ -6,7 +6,7 @@ import pytest
 from submission.arc.grids import Pair, Task, as_grid
 from submission.model.train import planned_steps
 from submission.model.ttt_data import build_ttt_data
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 pytestmark = pytest.mark.slow
 

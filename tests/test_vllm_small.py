@@ -14,7 +14,7 @@ import pytest
 from submission.errors import SamplerError
 from submission.arc.formats import build_tokenizer, get_format
 from submission.arc.grids import Pair, Task, as_grid
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 pytestmark = pytest.mark.slow
 

@@ -50,19 +50,3 @@ def make_tiny_model(out_dir: str | Path, format_name: str = "qwen-chat", *, seed
     (out / "arc_format.json").write_text(json.dumps({"format": format_name, "tiny_random": True}))
     return out
 
-
-def random_adapter(engine, out_dir: str | Path, *, seed: int = 0, name: str = "random"):
-    """Save the engine's LoRA with random B matrices (peft initialises B to zero, a no-op adapter)
-    and return its handle; the live adapter is reset afterwards. For tests and benchmarks only."""
-    import torch
-
-    engine.trainer.reset()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, p in engine.trainer.model.named_parameters():
-            if "lora_B" in pname:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    path = engine.trainer.save(out_dir)
-    engine.trainer.reset()
-    engine.forward.forget_loaded()
-    return engine.new_adapter(name, path)

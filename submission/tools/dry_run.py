@@ -20,6 +20,7 @@ from submission.arc.tasks import export_kaggle, load_dataset
 
 # A CPU-sized pipeline check: small adapter, few samples and views (every stage still runs), no
 # scaling up (the tiny model's answers are noise: spare time on a CPU would only lengthen the run).
+# The tests' config (tests/helpers.py SMALL) is these plus its own SMALL_DELTAS.
 TINY_OVERRIDES = ("ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling.n_views=8",
                   "sampling.unsure_extra_views=4",
                   "selection.rescore_augmentations=4", "selection.max_rescore=4",
