@@ -421,19 +421,25 @@ def test_verify_calls_fit_the_kv_cache():
     assert [3] in batches
 
 
-@pytest.mark.slow
-def test_vllm_verify_rows_are_computed(engine, adapters):
-    """A draft whose prefix-cache hit reaches into its answer (an earlier draft shared its first
-    answer blocks) is verified again without reading the cache: rows equal the forward pass."""
+def _two_drafts(engine, adapters):
+    """An adapter, a prompt and two 20 x 20 answers that differ only in their last cell."""
     from submission.arc.grids import as_grid
-    from submission.answers.sampling import VerifyRequest
 
     task, adapter = adapters[1]
     prompt = tuple(engine.fmt.encode_prompt(list(task.train), task.test_inputs[0]))
     grid = np.zeros((20, 20), dtype=np.uint8)
     first = engine.fmt.encode_answer(as_grid(grid))
     grid[19, 19] = 3
-    second = engine.fmt.encode_answer(as_grid(grid))
+    return adapter, prompt, first, engine.fmt.encode_answer(as_grid(grid))
+
+
+@pytest.mark.slow
+def test_vllm_verify_rows_are_computed(engine, adapters):
+    """A draft whose prefix-cache hit reaches into its answer (an earlier draft shared its first
+    answer blocks) is verified again without reading the cache: rows equal the forward pass."""
+    from submission.answers.sampling import VerifyRequest
+
+    adapter, prompt, first, second = _two_drafts(engine, adapters)
     before = engine.sampler.verify_retries
     for answer in (first, second):
         req = [VerifyRequest(prompt, tuple(answer), adapter, 6)]
@@ -449,15 +455,9 @@ def test_vllm_verify_reads_the_rows_the_caller_holds_from_the_cache(engine, adap
     """A redraft (`VerifyRequest.known`: the caller holds the rows of the first `known` answer
     positions) may read its cache hit into those rows: no second call, the held rows come back
     empty and every other row equals the forward pass."""
-    from submission.arc.grids import as_grid
     from submission.answers.sampling import VerifyRequest
 
-    task, adapter = adapters[1]
-    prompt = tuple(engine.fmt.encode_prompt(list(task.train), task.test_inputs[0]))
-    grid = np.zeros((20, 20), dtype=np.uint8)
-    first = engine.fmt.encode_answer(as_grid(grid))
-    grid[19, 19] = 3
-    second = engine.fmt.encode_answer(as_grid(grid))
+    adapter, prompt, first, second = _two_drafts(engine, adapters)
     d = next(j for j, (a, b) in enumerate(zip(first, second)) if a != b)
     engine.sampler.verify([VerifyRequest(prompt, tuple(first), adapter, 6)])
     before = engine.sampler.verify_retries
