@@ -78,7 +78,8 @@ def family_task(task, side: int):
 
 
 def measure(engine, views, reqs, frames, args) -> tuple[dict, list]:
-    from submission.answers.search import SearchStats, search
+    from submission.answers.dfs import SearchStats
+    from submission.answers.search import search
 
     v = engine.sampler
     v.llm.reset_prefix_cache()  # no run reuses another's blocks

@@ -16,7 +16,7 @@ from submission.config import Config, TTTConfig
 from submission.events import VLLM_LOST, Counts
 from submission.arc.formats import TextFormat, get_format
 from submission.answers.sampling import Adapter, Heartbeat, Sampler
-from submission.answers.search import SearchStats
+from submission.answers.dfs import SearchStats
 from submission.model.backends.hf_sampler import HFSampler
 from submission.model.train import LoRATrainer
 

@@ -22,7 +22,9 @@ from submission.model.engine import Engine
 from submission.errors import SamplerError, SamplerLost
 from submission.arc.grids import Task, as_grid
 from submission.answers.sampling import GenRequest, answer_budget, build_views, collect_samples
-from submission.answers.search import Frame, SearchStats, search, speculative_pays
+from submission.answers.dfs import SearchStats
+from submission.answers.search import search, speculative_pays
+from submission.answers.speculative import Frame
 from submission.answers.select import Sample, pool
 from submission.worker.sink import Sink, count_fallback, task_rng
 

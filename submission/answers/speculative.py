@@ -1,0 +1,347 @@
+"""Speculative DFS: `dfs.dfs`'s search with drafts verified by prefill in place of decoding.
+
+The answers and their order are those of plain DFS (module comment below); this module does not
+choose between the two searches (`search.search` does).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from submission.answers.dfs import SearchStats, branches, counted_generate
+from submission.answers.sampling import GenRequest, Generation, Sampler, VerifyRequest
+
+# --- speculative DFS ----------------------------------------------------------------------------
+# The same search (rounds, branch openings and their order per request, the `max_paths` cap) with
+# one change: a path's greedy continuation is first looked up in answers other views of the same
+# test input already found. Such a candidate, mapped into this view's frame and encoded as its
+# answer tokens (a draft), is checked in one prefill (`Sampler.verify`: top-k logprobs at every
+# answer position). Where the draft's token is the strict argmax at a position it is what greedy
+# decoding would pick there; from the first position where it is not (an exact tie included: the
+# decoder resolves ties itself), the row there names the greedy token (its strict argmax), and the
+# path is drafted on from it (`_redraft`): the rest of the departed draft with that one token
+# corrected, and the continuation of the path's latest n-gram earlier in prompt and path (prompt
+# lookup). Each such round is one more prefill (the prompt and the accepted part read from the
+# prefix cache), in place of one decode step per token; a path whose round gained fewer than
+# MIN_GAIN tokens, or after REDRAFT_ROUNDS rounds, is decoded greedily from where it stands.
+# Verified rows serve every path of the view whose prefix they cover (greedy path and branches).
+REDRAFT_ROUNDS = 16
+MIN_GAIN = 4  # tokens a round must add (the corrected one included) for another round
+NGRAMS = (4, 2)  # lengths of the path's tail looked up in prompt and path, longest first
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a request's answers meet the other views of its test input: `group` names the test
+    input, `wave` when the view starts (wave w after w iterations: later waves see more drafts),
+    `to_key` maps answer ids to a key shared by the group (None: not an answer), `to_ids` maps a
+    key to answer ids in this view's frame (None: no such answer here); `seeds`: keys to draft
+    before any view has found one (e.g. the test input itself: many answers copy most of it),
+    taken after every key a view found."""
+
+    group: Hashable
+    wave: int
+    to_key: Callable[[list[int]], Hashable | None]
+    to_ids: Callable[[Hashable], list[int] | None]
+    seeds: tuple[Hashable, ...] = ()
+
+
+def _accepted(ids: list[int], rows: list[dict[int, float]], start: int, budget: int,
+              stops: set[int]) -> tuple[list[int], list[dict[int, float]], float, bool]:
+    """Walk a verified draft from `start` while its token is the strict argmax: (tokens, their
+    rows, summed log p, whether the path is complete: a stop token taken or `budget` reached)."""
+    toks: list[int] = []
+    tops: list[dict[int, float]] = []
+    lp = 0.0
+    for pos in range(start, len(ids)):
+        if len(toks) >= budget:
+            break
+        row, t = rows[pos], ids[pos]
+        lt = row.get(t)
+        if lt is None or any(alt != t and v >= lt for alt, v in row.items()):
+            break  # not the argmax, or tied with another token
+        toks.append(t)
+        tops.append(row)
+        lp += lt
+        if t in stops:
+            return toks, tops, lp, True
+    return toks, tops, lp, len(toks) >= budget
+
+
+def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[Frame],
+                    threshold: float, max_paths: int, stop_ids: list[int],
+                    stats: SearchStats | None = None) -> list[list[Generation]]:
+    """`dfs.dfs` with drafts from the other views of each request's group and from each path's own
+    context (see above): the same answers in the same order."""
+    k = math.ceil(1.0 / threshold)
+    floor, stops = math.log(threshold), set(stop_ids)
+    n = len(requests)
+    found: list[list[Generation]] = [[] for _ in requests]
+    opened = [1] * n
+    rounds: list[list[tuple[list[int], float]]] = [[] for _ in requests]
+    waves = sorted({f.wave for f in frames})
+    start_at = [waves.index(f.wave) for f in frames]  # iteration at which each request starts
+    known: dict[Hashable, dict[Hashable, int]] = {}  # group -> candidate key -> times found
+    for f in frames:
+        for key in f.seeds:
+            known.setdefault(f.group, {}).setdefault(key, 0)
+    ver = _Verifier(sampler, requests, k, stats)
+    started = [False] * n
+    stalled: set[Hashable] = set()  # groups whose drafts do not help: their views start at once
+    it = 0
+    while not all(started) or any(rounds):
+        for i in range(n):
+            if not started[i] and (start_at[i] <= it or frames[i].group in stalled):
+                started[i] = True
+                rounds[i] = [([], 0.0)]
+        it += 1
+        items = [(i, prefix, lp0) for i in range(n) for prefix, lp0 in rounds[i]]
+        if not items:
+            continue
+        # 1. a draft for every path that no verified draft of its view covers yet: a candidate of
+        #    its group, else its context's n-gram continuation
+        checks: list[tuple[int, list[int], int]] = []
+        for i, prefix, _ in items:
+            if any(ids[:len(prefix)] == prefix and len(ids) > len(prefix) for ids, _ in ver.rows[i]):
+                continue
+            draft = _pick_draft(frames[i], known.get(frames[i].group, {}), prefix, ver.tried[i])
+            if draft is None:
+                draft = _lookup(ver.prompt(i), prefix, requests[i].max_tokens, ver.tried[i])
+            if draft is not None:
+                checks.append((i, draft, 0))
+        ver.check(checks)
+        # 2. each path: as far as verified drafts go, drafted on after each departure, then greedy
+        #    decoding from there
+        walks = [_walk(ver.rows[i], prefix, requests[i].max_tokens, stops) for i, prefix, _ in items]
+        _redraft(ver, items, walks, requests, stops)
+        helped: set[Hashable] = set()
+        batch, where = [], []
+        for idx, ((i, prefix, _), w) in enumerate(zip(items, walks)):
+            if w.done:
+                helped.add(frames[i].group)
+            if stats is not None:
+                stats.accepted_tokens += len(w.toks)
+                stats.drafts_accepted += int(w.done)
+                stats.paths += int(w.done)  # the decoded ones are counted by `counted_generate`
+            if not w.done:
+                where.append(idx)
+                batch.append(replace(requests[i], prompt=requests[i].prompt + tuple(prefix + w.toks),
+                                     n=1, temperature=0.0, top_logprobs=k,
+                                     max_tokens=requests[i].max_tokens - len(prefix) - len(w.toks)))
+        gens = [Generation(w.toks, w.lp, w.tops) for w in walks]
+        for idx, g in zip(where, counted_generate(sampler, batch, stats) if batch else []):
+            w, gen = walks[idx], g[0]
+            top = gen.top or [{}] * len(gen.ids)
+            gens[idx] = Generation(w.toks + gen.ids, w.lp + gen.logprob, w.tops + top)
+        # 3. the round's bookkeeping, exactly as `dfs.dfs`
+        nxt: list[list[tuple[list[int], float]]] = [[] for _ in requests]
+        for (i, prefix, lp0), gen in zip(items, gens):
+            ids, total = prefix + gen.ids, lp0 + gen.logprob
+            if not found[i] or (total >= floor and ids and ids[-1] in stops):
+                found[i].append(Generation(ids, total))
+            _note(known, frames[i], ids)  # below the threshold too: a greedy path other views take
+            for branch, lp, ended in branches(prefix, lp0, gen, floor, stops, requests[i].max_tokens,
+                                               max_paths - opened[i]):
+                opened[i] += 1
+                if ended:
+                    found[i].append(Generation(branch, lp))
+                    _note(known, frames[i], branch)
+                elif ended is not None:
+                    nxt[i].append((branch, lp))
+        rounds = nxt
+        # a group with no answer to draft, or whose drafts this iteration were all rejected, stops
+        # waiting: its later waves would only serialise their decoding
+        for i in range(n):
+            g = frames[i].group
+            if started[i] and (not known.get(g) or g not in helped):
+                stalled.add(g)
+    return found
+
+
+class _Verifier:
+    """The drafts checked per request and their verified rows; one `Sampler.verify` call per
+    `check`. A draft that extends a verified one past its first `known` positions reuses those
+    rows (the same prefix: the same rows), and the sampler need only compute the rest."""
+
+    def __init__(self, sampler: Sampler, requests: list[GenRequest], k: int,
+                 stats: SearchStats | None) -> None:
+        self.sampler, self.requests, self.k, self.stats = sampler, requests, k, stats
+        self.rows: list[list[tuple[list[int], list[dict[int, float]]]]] = [[] for _ in requests]
+        self.tried: list[set[tuple[int, ...]]] = [set() for _ in requests]
+        self._prompts: dict[int, np.ndarray] = {}
+
+    def prompt(self, i: int) -> np.ndarray:
+        """Request i's prompt as an array (for n-gram lookups), made once."""
+        if i not in self._prompts:
+            self._prompts[i] = np.asarray(self.requests[i].prompt, dtype=np.int64)
+        return self._prompts[i]
+
+    def check(self, checks: list[tuple[int, list[int], int]],
+              reuse: list[list[dict[int, float]]] | None = None) -> None:
+        """Verify (request, draft, known) triples not tried yet; `reuse[j]` holds the first
+        `known` rows of check j."""
+        todo = [(j, c) for j, c in enumerate(checks) if tuple(c[1]) not in self.tried[c[0]]]
+        if not todo:
+            return
+        for _, (i, d, _) in todo:
+            self.tried[i].add(tuple(d))
+        t0 = time.perf_counter()
+        got = self.sampler.verify([VerifyRequest(self.requests[i].prompt, tuple(d),
+                                                 self.requests[i].adapter, self.k, known)
+                                   for _, (i, d, known) in todo])
+        st = self.stats
+        if st is not None:
+            st.verify_s += time.perf_counter() - t0
+            st.verify_calls += 1
+            st.drafts += len(todo)
+            st.verify_prompt_tokens += sum(len(self.requests[i].prompt) for _, (i, _, _) in todo)
+            st.verify_tokens += sum(len(d) - known for _, (_, d, known) in todo)
+        for (j, (i, d, known)), r in zip(todo, got):
+            if r is None:
+                if st is not None:
+                    st.unverified += 1
+                continue
+            if known:
+                assert reuse is not None
+                r = reuse[j][:known] + list(r[known:])
+            self.rows[i].append((d, r))
+
+
+@dataclass
+class _Walk:
+    """A path's greedy continuation as far as verified rows go: its tokens, their rows and log p,
+    whether it is complete, and the draft it ran along (None: none reaches its departure)."""
+
+    toks: list[int]
+    tops: list[dict[int, float]]
+    lp: float
+    done: bool
+    draft: tuple[list[int], list[dict[int, float]]] | None
+
+
+def _walk(verified: list[tuple[list[int], list[dict[int, float]]]], prefix: list[int],
+          max_tokens: int, stops: set[int]) -> _Walk:
+    """The longest walk (a complete one first) along the view's verified drafts from `prefix`."""
+    best = _Walk([], [], 0.0, False, None)
+    for ids, r in verified:
+        if ids[:len(prefix)] == prefix and len(ids) > len(prefix):
+            toks, tops, lp, done = _accepted(ids, r, len(prefix), max_tokens - len(prefix), stops)
+            if done or len(toks) > len(best.toks) or best.draft is None:
+                best = _Walk(toks, tops, lp, done, (ids, r))
+            if done:
+                break
+    return best
+
+
+def _redraft(ver: _Verifier, items: list[tuple[int, list[int], float]], walks: list[_Walk],
+             requests: list[GenRequest], stops: set[int]) -> None:
+    """Walk each unfinished path on past its departure: take the row's strict argmax there (the
+    greedy token), then verify drafts for the rest (module comment above) in rounds, one verify
+    call per round for all paths; `walks` are updated in place."""
+    live = [idx for idx, w in enumerate(walks) if not w.done and w.draft is not None]
+    for _ in range(REDRAFT_ROUNDS):
+        checks: list[tuple[int, list[int], int]] = []
+        reuse: list[list[dict[int, float]]] = []
+        owner: list[int] = []
+        before = {}
+        for idx in live:
+            i, prefix, _ = items[idx]
+            w = walks[idx]
+            assert w.draft is not None
+            ids, rows = w.draft
+            pos = len(prefix) + len(w.toks)  # the departure: rows[pos] is computed, ids[pos] lost
+            if pos >= len(rows):
+                continue
+            row = rows[pos]
+            top = max(row.values())
+            best = [t for t, v in row.items() if v == top]
+            if len(best) != 1:
+                continue  # an exact tie: the decoder resolves it
+            t = best[0]
+            before[idx] = len(w.toks)
+            w.toks, w.tops, w.lp = w.toks + [t], w.tops + [row], w.lp + row[t]
+            w.draft = None
+            path = prefix + w.toks
+            if t in stops or len(path) >= requests[i].max_tokens:
+                w.done = True
+                continue
+            left = requests[i].max_tokens - len(path)
+            for cont in _continuations(ids, pos, ver.prompt(i), path, left):
+                checks.append((i, path + cont, pos + 1))
+                reuse.append(rows[:pos + 1])
+                owner.append(idx)
+        if ver.stats is not None:
+            ver.stats.redrafts += len(checks)
+        ver.check(checks, reuse)
+        nxt = []
+        for idx in dict.fromkeys(owner):
+            i, prefix, _ = items[idx]
+            w = _walk(ver.rows[i], prefix, requests[i].max_tokens, stops)
+            if w.done or len(w.toks) > len(walks[idx].toks):
+                walks[idx] = w
+            if not walks[idx].done and walks[idx].draft is not None \
+                    and len(walks[idx].toks) - before[idx] >= MIN_GAIN:
+                nxt.append(idx)
+        live = nxt
+        if not live:
+            return
+
+
+def _continuations(ids: list[int], pos: int, prompt: np.ndarray, path: list[int],
+                   left: int) -> list[list[int]]:
+    """Drafts for the rest of a path that just took a corrected token at `pos`: the departed
+    draft's own rest (one token was substituted), and the continuation of the path's latest
+    n-gram earlier in prompt and path; at most `left` tokens each, distinct, non-empty."""
+    out = []
+    for cont in (ids[pos + 1:pos + 1 + left], _ngram(prompt, path, left)):
+        if cont and cont not in out:
+            out.append(cont)
+    return out
+
+
+def _ngram(prompt: np.ndarray, path: list[int], left: int) -> list[int]:
+    """What followed the latest earlier occurrence of the last n tokens of prompt + path (n in
+    NGRAMS, longest first), copied on with the occurrence's period where it runs into the tail
+    (a run of one token, rows that repeat): `left` tokens, [] when no n-gram occurs."""
+    ctx = np.concatenate([prompt, np.asarray(path, dtype=prompt.dtype)])
+    for size in NGRAMS:
+        if len(ctx) <= size or left <= 0:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(ctx[:-1], size)
+        hits = np.flatnonzero((windows == ctx[-size:]).all(axis=1))
+        if len(hits):
+            start = int(hits[-1]) + size
+            period = len(ctx) - start
+            return ctx[start + np.arange(left) % period].tolist()
+    return []
+
+
+def _lookup(prompt: np.ndarray, prefix: list[int], max_tokens: int,
+            tried: set[tuple[int, ...]]) -> list[int] | None:
+    """A draft for a path with no candidate: `prefix` and its n-gram continuation (`_ngram`)."""
+    cont = _ngram(prompt, prefix, max_tokens - len(prefix))
+    draft = prefix + cont
+    return draft if cont and tuple(draft) not in tried else None
+
+
+def _note(known: dict[Hashable, dict[Hashable, int]], frame: Frame, ids: list[int]) -> None:
+    key = frame.to_key(ids)
+    if key is not None:
+        group = known.setdefault(frame.group, {})
+        group[key] = group.get(key, 0) + 1
+
+
+def _pick_draft(frame: Frame, known: dict[Hashable, int], prefix: list[int],
+                tried: set[tuple[int, ...]]) -> list[int] | None:
+    """The most often found candidate of the group that extends `prefix` in this view's frame
+    and was not checked for this view yet (first found first among equals)."""
+    for key, _ in sorted(known.items(), key=lambda kv: -kv[1]):
+        ids = frame.to_ids(key)
+        if ids and len(ids) > len(prefix) and ids[:len(prefix)] == prefix and tuple(ids) not in tried:
+            return list(ids)
+    return None
