@@ -107,7 +107,8 @@ def test_vllm_and_transformers_search_agree(engine):
 
 
 # --- speculative DFS: the same answers as `_dfs`, with drafts from other views ------------------
-from submission.answers.search import Frame, SearchStats, _dfs, speculative_dfs  # noqa: E402
+from submission.answers.dfs import SearchStats, dfs  # noqa: E402
+from submission.answers.speculative import Frame, speculative_dfs  # noqa: E402
 
 PERMS = [(0, 1, 2, 3), (2, 0, 3, 1), (3, 2, 1, 0), (1, 3, 0, 2), (2, 3, 0, 1), (1, 0, 3, 2)]
 
@@ -203,7 +204,7 @@ def _same(a, b):
 def test_speculative_dfs_equals_dfs(seed, agree, threshold, max_paths):
     n = 6
     plain, spec = SearchStats(), SearchStats()
-    want = _dfs(ViewSampler(seed, agree), _requests(n), threshold, max_paths, [STOP], plain)
+    want = dfs(ViewSampler(seed, agree), _requests(n), threshold, max_paths, [STOP], plain)
     got = speculative_dfs(ViewSampler(seed, agree), _requests(n), _frames(n), threshold, max_paths,
                           [STOP], spec)
     _same(got, want)
@@ -217,7 +218,7 @@ def test_speculative_dfs_equals_dfs(seed, agree, threshold, max_paths):
 def test_speculative_dfs_decodes_far_less_when_views_agree():
     plain, spec = SearchStats(), SearchStats()
     for seed in range(10):
-        _dfs(ViewSampler(seed), _requests(6, 10), 0.17, 8, [STOP], plain)
+        dfs(ViewSampler(seed), _requests(6, 10), 0.17, 8, [STOP], plain)
         speculative_dfs(ViewSampler(seed), _requests(6, 10), _frames(6), 0.17, 8, [STOP], spec)
     assert spec.decoded_tokens * 2 < plain.decoded_tokens
     assert spec.drafts_accepted > 0 and spec.unverified == 0
@@ -242,7 +243,7 @@ def test_speculative_dfs_exact_ties_and_unproven_rows(seed):
     takes over and the answers stay those of `_dfs`."""
     n = 5
     for kw in (dict(ties=True), dict(unproven=True), dict(ties=True, agree=False)):
-        want = _dfs(ViewSampler(seed, **kw), _requests(n), 0.1, 8, [STOP])
+        want = dfs(ViewSampler(seed, **kw), _requests(n), 0.1, 8, [STOP])
         stats = SearchStats()
         got = speculative_dfs(ViewSampler(seed, **kw), _requests(n), _frames(n), 0.1, 8, [STOP], stats)
         _same(got, want)
@@ -280,7 +281,7 @@ def test_redrafting_verifies_an_answer_that_differs_from_its_seed_in_a_few_token
     seed[7], seed[13] = 3, 2
     reqs = [GenRequest(PROMPT + (0,), None, 24)]
     plain, spec = SearchStats(), SearchStats()
-    want = _dfs(TargetSampler({0: target}), reqs, 0.5, 8, [STOP], plain)
+    want = dfs(TargetSampler({0: target}), reqs, 0.5, 8, [STOP], plain)
     got = speculative_dfs(TargetSampler({0: target}), reqs, _seeded([seed]), 0.5, 8, [STOP], spec)
     _same(got, want)
     assert got[0][0].ids == target and plain.decode_steps == len(target)
@@ -297,7 +298,7 @@ def test_redrafting_copies_a_repeating_answer_on_from_its_own_start():
     reqs = [GenRequest(PROMPT + (0,), None, 24)]
     spec = SearchStats()
     got = speculative_dfs(TargetSampler({0: target}), reqs, _seeded([seed]), 0.5, 8, [STOP], spec)
-    assert got == _dfs(TargetSampler({0: target}), reqs, 0.5, 8, [STOP]) and got[0][0].ids == target
+    assert got == dfs(TargetSampler({0: target}), reqs, 0.5, 8, [STOP]) and got[0][0].ids == target
     assert spec.decoded_tokens == 0 and spec.decode_steps + spec.verify_calls == 2
     other, miss = [3, 3, 3, STOP], SearchStats()
     got = speculative_dfs(TargetSampler({0: target}), reqs, _seeded([other]), 0.5, 8, [STOP], miss)
@@ -317,7 +318,7 @@ def test_search_uses_frames_only_with_a_verifying_sampler():
 
 
 # --- speculative DFS on the tiny model: vLLM and the transformers sampler, several adapters -----
-from tests.test_engine import adapters  # noqa: E402,F401  (the trained-adapter fixture)
+from tests.model.test_engine import adapters  # noqa: E402,F401  (the trained-adapter fixture)
 
 
 def _views_requests(engine, adapters, n_views=4, max_tokens=12, with_base=True):
@@ -384,7 +385,7 @@ def test_speculative_dfs_on_the_tiny_model(engine, adapters, backend):
     stops = engine.fmt.stop_token_ids
     for threshold, max_paths in ((0.1, 100), (0.17, 2)):
         plain, spec = SearchStats(), SearchStats()
-        want = _dfs(sampler, reqs, threshold, max_paths, stops, plain)
+        want = dfs(sampler, reqs, threshold, max_paths, stops, plain)
         got = speculative_dfs(sampler, reqs, frames, threshold, max_paths, stops, spec)
         assert [[g.ids for g in x] for x in got] == [[g.ids for g in x] for x in want]
         for x, y in zip(got, want):
