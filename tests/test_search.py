@@ -93,7 +93,7 @@ def test_sampled_requests_pass_through():
 @pytest.mark.slow
 def test_vllm_and_transformers_search_agree(engine):
     """The same search over vLLM (top-k logprobs, LoRA) and over a peft forward model."""
-    from tests.test_engine import zeros_task
+    from tests.helpers import zeros_task
 
     task = zeros_task("dfs", 2, 5)
     prompt = tuple(engine.fmt.encode_prompt(list(task.train), task.test_inputs[0]))
@@ -108,6 +108,7 @@ def test_vllm_and_transformers_search_agree(engine):
 
 # --- speculative DFS: the same answers as `_dfs`, with drafts from other views ------------------
 from submission.answers.dfs import SearchStats, dfs  # noqa: E402
+from submission.answers import speculative  # noqa: E402
 from submission.answers.speculative import Frame, speculative_dfs  # noqa: E402
 
 PERMS = [(0, 1, 2, 3), (2, 0, 3, 1), (3, 2, 1, 0), (1, 3, 0, 2), (2, 3, 0, 1), (1, 0, 3, 2)]
@@ -215,6 +216,21 @@ def test_speculative_dfs_equals_dfs(seed, agree, threshold, max_paths):
     assert spec.decoded_tokens <= plain.decoded_tokens + spec.drafts * 6  # never much worse
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("agree", [True, False])
+def test_speculative_dfs_equals_dfs_when_decoding_goes_in_small_chunks(monkeypatch, chunk, seed, agree):
+    """Decoding split into chunks of 1-3 tokens, a draft verified after each (branches and drafts
+    opening inside chunked paths): still the answers of `dfs`, in its order."""
+    monkeypatch.setattr(speculative, "CHUNK", chunk)
+    n = 4
+    for threshold, max_paths in ((0.05, 10**6), (0.17, 8)):
+        want = dfs(ViewSampler(seed, agree), _requests(n, 9), threshold, max_paths, [STOP])
+        got = speculative_dfs(ViewSampler(seed, agree), _requests(n, 9), _frames(n), threshold,
+                              max_paths, [STOP])
+        _same(got, want)
+
+
 def test_speculative_dfs_decodes_far_less_when_views_agree():
     plain, spec = SearchStats(), SearchStats()
     for seed in range(10):
@@ -305,6 +321,42 @@ def test_redrafting_copies_a_repeating_answer_on_from_its_own_start():
     assert got[0][0].ids == target and 0 < miss.decoded_tokens < len(target)
 
 
+def test_decoding_stops_after_a_chunk_where_the_answer_repeats_itself():
+    """No seed and no other view: the first CHUNK tokens are decoded, then the path's latest
+    4-gram is found at its own start and copied on with its period, verified to the stop token in
+    one call (the substituted STOP ends it): CHUNK decode steps where `dfs` takes 33."""
+    target = [0, 1, 2, 3] * 8 + [STOP]
+    reqs = [GenRequest(PROMPT + (0,), None, 40)]
+    plain, spec = SearchStats(), SearchStats()
+    want = dfs(TargetSampler({0: target}), reqs, 0.5, 8, [STOP], plain)
+    got = speculative_dfs(TargetSampler({0: target}), reqs, _frames(1), 0.5, 8, [STOP], spec)
+    _same(got, want)
+    assert got[0][0].ids == target and plain.decode_steps == len(target)
+    assert spec.decode_steps == speculative.CHUNK and spec.decoded_tokens == speculative.CHUNK
+    assert spec.decode_steps + spec.verify_calls <= speculative.CHUNK + 2
+
+
+def test_a_path_whose_drafts_fail_decodes_in_doubling_chunks(monkeypatch):
+    """Every draft wrong from its first token (each chunk then gains only its one corrected
+    token): chunks of 8, 16, 32 and the rest, so the calls grow with the log of the answer's
+    length, not with the length; the answer is still `dfs`'s."""
+    rng = np.random.default_rng(0)
+    target = [int(t) for t in rng.integers(0, STOP, 120)] + [STOP]
+
+    def wrong(prompt, prefix, max_tokens, tried):
+        return prefix + [(target[len(prefix)] + 1) % STOP] * 5
+
+    monkeypatch.setattr(speculative, "_lookup", wrong)
+    monkeypatch.setattr(speculative, "_ngram", lambda prompt, path, left: [])
+    reqs = [GenRequest(PROMPT + (0,), None, 130)]
+    spec = SearchStats()
+    got = speculative_dfs(TargetSampler({0: target}), reqs, _frames(1), 0.5, 8, [STOP], spec)
+    _same(got, dfs(TargetSampler({0: target}), reqs, 0.5, 8, [STOP]))
+    assert spec.decoded_tokens + spec.accepted_tokens == len(target)
+    # drafts at the start and after chunks of 8, 16 and 32: each verified, then its one redraft round
+    assert spec.generate_calls == 4 and spec.verify_calls == 2 * 4
+
+
 def test_search_uses_frames_only_with_a_verifying_sampler():
     n = 4
     stats = SearchStats()
@@ -318,7 +370,7 @@ def test_search_uses_frames_only_with_a_verifying_sampler():
 
 
 # --- speculative DFS on the tiny model: vLLM and the transformers sampler, several adapters -----
-from tests.model.test_engine import adapters  # noqa: E402,F401  (the trained-adapter fixture)
+# the trained-adapter fixture `adapters` is in conftest.py
 
 
 def _views_requests(engine, adapters, n_views=4, max_tokens=12, with_base=True):

@@ -57,15 +57,17 @@ class SearchStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def counted_generate(sampler: Sampler, batch: list[GenRequest], stats: SearchStats | None
-              ) -> list[list[Generation]]:
+def counted_generate(sampler: Sampler, batch: list[GenRequest], stats: SearchStats | None,
+                     new_paths: bool = True) -> list[list[Generation]]:
+    """`sampler.generate(batch)`, its costs added to `stats`; `new_paths`: the batch starts paths
+    (False: it continues paths an earlier call started, which are not counted again)."""
     t0 = time.perf_counter()
     out = sampler.generate(batch)
     if stats is not None and batch:
         lengths = [len(g[0].ids) for g in out]
         stats.generate_s += time.perf_counter() - t0
         stats.generate_calls += 1
-        stats.paths += len(batch)
+        stats.paths += len(batch) if new_paths else 0
         stats.decode_steps += max(lengths)
         stats.decoded_tokens += sum(lengths)
         stats.decode_context_tokens += sum(n * len(r.prompt) + n * (n - 1) // 2

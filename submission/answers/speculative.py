@@ -29,8 +29,13 @@ from submission.answers.sampling import GenRequest, Generation, Sampler, VerifyR
 # lookup). Each such round is one more prefill (the prompt and the accepted part read from the
 # prefix cache), in place of one decode step per token; a path whose round gained fewer than
 # MIN_GAIN tokens, or after REDRAFT_ROUNDS rounds, is decoded greedily from where it stands.
+# Greedy decoding itself goes CHUNK tokens at a time (`_decode`); after each chunk the path's rest
+# is drafted again (a candidate that extends it, else its n-gram continuation) and verified, so an
+# answer that copies rows of its input or of itself is decoded only where it departs from them. A
+# path whose chunk's draft gained fewer than MIN_GAIN tokens decodes twice as many before its next.
 # Verified rows serve every path of the view whose prefix they cover (greedy path and branches).
 REDRAFT_ROUNDS = 16
+CHUNK = 8
 MIN_GAIN = 4  # tokens a round must add (the corrected one included) for another round
 NGRAMS = (4, 2)  # lengths of the path's tail looked up in prompt and path, longest first
 
@@ -120,24 +125,15 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
         walks = [_walk(ver.rows[i], prefix, requests[i].max_tokens, stops) for i, prefix, _ in items]
         _redraft(ver, items, walks, requests, stops)
         helped: set[Hashable] = set()
-        batch, where = [], []
-        for idx, ((i, prefix, _), w) in enumerate(zip(items, walks)):
+        for (i, prefix, _), w in zip(items, walks):
             if w.done:
                 helped.add(frames[i].group)
             if stats is not None:
                 stats.accepted_tokens += len(w.toks)
                 stats.drafts_accepted += int(w.done)
                 stats.paths += int(w.done)  # the decoded ones are counted by `counted_generate`
-            if not w.done:
-                where.append(idx)
-                batch.append(replace(requests[i], prompt=requests[i].prompt + tuple(prefix + w.toks),
-                                     n=1, temperature=0.0, top_logprobs=k,
-                                     max_tokens=requests[i].max_tokens - len(prefix) - len(w.toks)))
+        _decode(ver, items, walks, frames, known, stops)
         gens = [Generation(w.toks, w.lp, w.tops) for w in walks]
-        for idx, g in zip(where, counted_generate(sampler, batch, stats) if batch else []):
-            w, gen = walks[idx], g[0]
-            top = gen.top or [{}] * len(gen.ids)
-            gens[idx] = Generation(w.toks + gen.ids, w.lp + gen.logprob, w.tops + top)
         # 3. the round's bookkeeping, exactly as `dfs.dfs`
         nxt: list[list[tuple[list[int], float]]] = [[] for _ in requests]
         for (i, prefix, lp0), gen in zip(items, gens):
@@ -258,6 +254,8 @@ def _redraft(ver: _Verifier, items: list[tuple[int, list[int], float]], walks: l
             if pos >= len(rows):
                 continue
             row = rows[pos]
+            if not row:
+                continue  # a row the caller held: never read
             top = max(row.values())
             best = [t for t, v in row.items() if v == top]
             if len(best) != 1:
@@ -290,6 +288,60 @@ def _redraft(ver: _Verifier, items: list[tuple[int, list[int], float]], walks: l
         live = nxt
         if not live:
             return
+
+
+def _decode(ver: _Verifier, items: list[tuple[int, list[int], float]], walks: list[_Walk],
+            frames: list[Frame], known: dict[Hashable, dict[Hashable, int]], stops: set[int]) -> None:
+    """Decode every unfinished walk greedily to its end, in place: CHUNK tokens (doubled while
+    drafts do not pay) per `generate` call for all of them, then one `verify` call for their drafts
+    (module comment above), walked and redrafted as far as they hold."""
+    requests, st = ver.requests, ver.stats
+    live = [idx for idx, w in enumerate(walks) if not w.done]
+    chunk = dict.fromkeys(live, CHUNK)
+    first = True
+    while live:
+        batch = []
+        for idx in live:
+            i, prefix, _ = items[idx]
+            path = prefix + walks[idx].toks
+            batch.append(replace(requests[i], prompt=requests[i].prompt + tuple(path), n=1,
+                                 temperature=0.0, top_logprobs=ver.k,
+                                 max_tokens=min(chunk[idx], requests[i].max_tokens - len(path))))
+        outs = counted_generate(ver.sampler, batch, st, new_paths=first)
+        first = False
+        checks: list[tuple[int, list[int], int]] = []
+        reuse: list[list[dict[int, float]]] = []
+        drafted = []
+        for idx, req, g in zip(live, batch, outs):
+            i, prefix, _ = items[idx]
+            w, gen = walks[idx], g[0]
+            w.toks, w.lp = w.toks + gen.ids, w.lp + gen.logprob
+            w.tops = w.tops + (gen.top or [{}] * len(gen.ids))
+            path = prefix + w.toks
+            if len(gen.ids) < req.max_tokens or (gen.ids and gen.ids[-1] in stops) \
+                    or len(path) >= requests[i].max_tokens:
+                w.done = True  # a stop token, or the budget: where one generate call ends too
+                continue
+            draft = _pick_draft(frames[i], known.get(frames[i].group, {}), path, ver.tried[i])
+            if draft is None:
+                draft = _lookup(ver.prompt(i), path, requests[i].max_tokens, ver.tried[i])
+            if draft is None:
+                chunk[idx] *= 2
+                continue
+            checks.append((i, draft, len(path)))
+            reuse.append([{}] * len(prefix) + w.tops)  # rows before the walk: held, never read
+            drafted.append(idx)
+        ver.check(checks, reuse)
+        subs = [(items[idx][0], items[idx][1] + walks[idx].toks, 0.0) for idx in drafted]
+        sub = [_walk(ver.rows[i], path, requests[i].max_tokens, stops) for i, path, _ in subs]
+        _redraft(ver, subs, sub, requests, stops)
+        for idx, s in zip(drafted, sub):
+            w = walks[idx]
+            w.toks, w.tops, w.lp, w.done = w.toks + s.toks, w.tops + s.tops, w.lp + s.lp, s.done
+            chunk[idx] = CHUNK if len(s.toks) >= MIN_GAIN else 2 * chunk[idx]
+            if st is not None:
+                st.accepted_tokens += len(s.toks)
+        live = [idx for idx in live if not walks[idx].done]
 
 
 def _continuations(ids: list[int], pos: int, prompt: np.ndarray, path: list[int],
