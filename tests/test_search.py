@@ -357,6 +357,16 @@ def test_a_path_whose_drafts_fail_decodes_in_doubling_chunks(monkeypatch):
     assert spec.generate_calls == 4 and spec.verify_calls == 2 * 4
 
 
+def test_lookup_copies_the_row_above_not_a_run_inside_the_row():
+    """Rows of one colour and a row break (3): the longest tail that occurred before (five 0s,
+    the first row) is copied on with the row's period, where the latest 4-gram (0 0 0 0, one
+    token back) would copy a run of 0s through the row break."""
+    path = [0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0]
+    assert speculative._ngram(np.array([9, 9]), path, 7) == [3, 0, 0, 0, 0, 0, 3]
+    assert speculative._ngram(np.array([9, 9]), [1, 2], 3) == []  # no tail occurred before
+    assert speculative._ngram(np.array([1, 2, 5, 9]), [1, 2], 3) == [5, 9, 1]  # the prompt's rest
+
+
 def test_search_uses_frames_only_with_a_verifying_sampler():
     n = 4
     stats = SearchStats()

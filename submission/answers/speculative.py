@@ -37,7 +37,7 @@ from submission.answers.sampling import GenRequest, Generation, Sampler, VerifyR
 REDRAFT_ROUNDS = 16
 CHUNK = 8
 MIN_GAIN = 4  # tokens a round must add (the corrected one included) for another round
-NGRAMS = (4, 2)  # lengths of the path's tail looked up in prompt and path, longest first
+NGRAM_SIZES = (2, 32)  # the shortest and longest tail of prompt + path that `_ngram` looks up
 
 
 @dataclass(frozen=True)
@@ -357,20 +357,36 @@ def _continuations(ids: list[int], pos: int, prompt: np.ndarray, path: list[int]
 
 
 def _ngram(prompt: np.ndarray, path: list[int], left: int) -> list[int]:
-    """What followed the latest earlier occurrence of the last n tokens of prompt + path (n in
-    NGRAMS, longest first), copied on with the occurrence's period where it runs into the tail
-    (a run of one token, rows that repeat): `left` tokens, [] when no n-gram occurs."""
+    """What followed the latest earlier occurrence of the longest tail of prompt + path that
+    occurred before (NGRAM_SIZES bound its length), copied on with the occurrence's period where
+    it runs into the tail (a run of one token, rows that repeat): `left` tokens, [] when not even
+    the shortest tail occurred. The longest match tells a row that repeats the one above (its
+    tail reaches back over the row break) from a run of one colour inside it."""
     ctx = np.concatenate([prompt, np.asarray(path, dtype=prompt.dtype)])
-    for size in NGRAMS:
-        if len(ctx) <= size or left <= 0:
-            continue
+    low, high = NGRAM_SIZES
+    high = min(high, len(ctx) - 1)
+    if left <= 0 or high < low:
+        return []
+
+    def latest(size: int) -> int | None:
         windows = np.lib.stride_tricks.sliding_window_view(ctx[:-1], size)
         hits = np.flatnonzero((windows == ctx[-size:]).all(axis=1))
-        if len(hits):
-            start = int(hits[-1]) + size
-            period = len(ctx) - start
-            return ctx[start + np.arange(left) % period].tolist()
-    return []
+        return int(hits[-1]) if len(hits) else None
+
+    best = latest(low)
+    if best is None:
+        return []
+    size = low
+    while low < high:  # a tail that occurred has every shorter tail occur: bisect the longest
+        mid = (low + high + 1) // 2
+        hit = latest(mid)
+        if hit is None:
+            high = mid - 1
+        else:
+            low, best, size = mid, hit, mid
+    start = best + size
+    period = len(ctx) - start
+    return ctx[start + np.arange(left) % period].tolist()
 
 
 def _lookup(prompt: np.ndarray, prefix: list[int], max_tokens: int,
