@@ -9,7 +9,7 @@ scaling on this machine; on a machine shared with other work it is a lower bound
 Part 2 needs no model: for ARC-AGI-2 training samples under random augmentations (real lengths,
 `model.max_seq_len` 8192) it lays out optimizer steps of `batch_size x grad_accum` samples as
 padded micro-batches and as packed rows, and reports forward passes per step, tokens per pass and
-the share of padding. The update is the same either way (tests/test_finetune_distributed.py).
+the share of padding. The update is the same either way (tests/finetune/test_finetune_distributed.py).
 
     python benchmarks/finetune_scaling.py [--tasks 24] [--hidden 256] [--skip-launch]
 """

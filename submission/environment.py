@@ -1,8 +1,8 @@
 """Where the package runs, named once: Kaggle's folders and time limit, the smoke run's size, and the
 offline switches set before a model library loads. Standard library only: the supervisor side,
 the command line and the model side all import it. The notebook cells (kaggle/cells/) repeat the
-folders as literals, since they run before the package is importable; tests/test_kernel_cells.py
-checks that they match.
+folders as literals, since they run before the package is importable;
+tests/kernel/test_kernel_cells.py checks that they match.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random model and ONE engine (trainer + vLLM) per test session."""
+"""Shared fixtures: a tiny random model, ONE engine (trainer + vLLM) per test session, and the
+engine tests' trained adapters (one set per module that asks). Helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ os.environ.setdefault("ARC_STRICT_FALLBACKS", "1")  # errors.STRICT_ENV: a bug f
 
 import pytest  # noqa: E402
 
-from tests.helpers import SMALL  # noqa: E402  (the CPU-sized config: tests/helpers.py)
+from tests.helpers import LEARN, SMALL, zeros_task  # noqa: E402  (tests/helpers.py)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,26 @@ def engine(tiny_model):
     eng = build_engine(tiny_model, SMALL)
     _keep_vllm_state_for_the_session()
     return eng
+
+
+@pytest.fixture(scope="module")
+def adapters(engine, tmp_path_factory):
+    """Three distinct trained adapters (sides 1, 2, 3) saved as PEFT directories."""
+    import numpy as np
+
+    from submission.model.ttt_data import build_ttt_data
+
+    cfg = SMALL.with_overrides(LEARN)
+    out, root = [], tmp_path_factory.mktemp("adapters")
+    for side in (1, 2, 3):
+        task = zeros_task(f"z{side}", side, side)
+        rng = np.random.default_rng(side)
+        data = build_ttt_data(task, engine.fmt, rng, max_samples=16, max_len=4096)
+        engine.trainer.reset()
+        engine.trainer.train(data.samples, rng, cfg.ttt)
+        out.append((task, engine.new_adapter(task.id, engine.trainer.save(root / task.id))))
+    engine.forward.forget_loaded()
+    return out
 
 
 def _keep_vllm_state_for_the_session() -> None:

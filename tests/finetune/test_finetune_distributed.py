@@ -21,7 +21,7 @@ from submission.config import Config
 from submission.errors import ConfigError, InputError
 from submission.arc.tasks import load_dataset, tasks_to_challenges, tasks_to_solutions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FT = Config().with_overrides([
     "finetune.samples_per_task=2", "finetune.grad_accum=2", "finetune.checkpoint_every=2",
     "finetune.r=8", "finetune.lora_alpha=16", "finetune.learning_rate=1e-3",

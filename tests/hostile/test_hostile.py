@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +21,10 @@ from submission.runtime.modelfiles import check_model_weights, check_safetensors
 from submission.runtime.paths import check_finetune_paths, check_run_paths, inside, same_file, task_file_name
 from submission.arc.submit import read_record, validate_submission, valid_record
 from submission.arc.tasks import tasks_to_challenges
-from tests.helpers import random_task, write_challenges
+from tests.helpers import fake_model, random_task, run_cli, write_challenges, write_safetensors
+from tests.helpers import cli_subprocess as _subprocess
+from tests.helpers import one_error_line as _one_error_line
 
-ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_IDS = ["../../x", "..", ".", "/etc/passwd", "a/b", "a\\b", "a\nb", "tab\there", "\x00",
                "\x1b[2J", "\ud800", "\udfff", "\ud800x", "", " ", "-rf", "_", ".hidden",
                "ABC", "abc", "Abc", "a" * 65, "a" * 300, "é", "名前", "a.b", "a_b",
@@ -120,14 +119,6 @@ def test_check_finetune_paths(tmp_path):
             check_finetune_paths(model, tmp_path / "out")
 
 
-def _one_error_line(err: str, *needles: str) -> None:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 def test_run_refuses_out_equal_to_challenges(tmp_path, capsys, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the run started")
@@ -178,12 +169,6 @@ def hostile_files(tmp_path_factory):
     paths["sol"] = sol
     paths["model"] = fake_model(d / "model")  # passes the model checks, so the JSON is the error
     return d, paths
-
-
-def _subprocess(*argv: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "submission", *map(str, argv)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("bad", ["deep", "deep_obj", "bigint", "bigint_top"])
@@ -329,30 +314,6 @@ def test_read_record(tmp_path):
 
 # --- model files -----------------------------------------------------------------------------
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]],
-                      fill: bytes = b"\x01") -> Path:
-    """A safetensors file written by hand: {name: (dtype, shape)}, data bytes all `fill`."""
-    sizes = {"F32": 4, "BF16": 2, "U8": 1, "I64": 8}
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, (dtype, shape) in tensors.items():
-        n = int(np.prod(shape)) * sizes[dtype]
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + fill * offset)
-    return path
-
-
-def fake_model(d: Path, *, config: str = '{"model_type": "qwen3"}', seed: int = 1) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(config)
-    write_safetensors(d / "model.safetensors",
-                      {"a.weight": ("F32", [3, 4]), "b.bias": ("BF16", [5]), "c": ("U8", [0])},
-                      fill=bytes([seed]))
-    return d
-
-
 def test_check_safetensors_matches_the_library(tmp_path):
     from safetensors.numpy import save_file
 
@@ -444,27 +405,6 @@ def test_model_identity(tmp_path):
 
 
 # --- end to end through the CLI (slow: they load the tiny model) -------------------------------
-
-FAST = ["--set", "budget.workers=0", "--set", "sampling.backend=transformers",
-        "--set", "ttt.backend=peft", "--set", "ttt.r=8", "--set", "ttt.lora_alpha=16",
-        "--set", "ttt.max_samples=4", "--set", "sampling.n_views=2",
-        "--set", "selection.rescore_augmentations=2", "--set", "selection.max_rescore=2",
-        "--set", "model.max_seq_len=256", "--set", "sampling.max_loras=8",
-        "--set", "sampling.unsure_extra_views=0", "--set", "sampling.dfs_threshold=0",
-        "--set", "sampling.base_model_fallback=false"]
-RATES = {"train_tokens_per_s": 1000.0, "sample_tokens_per_s": 1000.0, "score_tokens_per_s": 5000.0}
-
-
-def run_cli(tmp: Path, challenges: Path, model: Path, *extra: str, workdir: Path | None = None,
-            timeout: int = 600) -> subprocess.CompletedProcess:
-    """`run` in a subprocess with CPU-sized settings; a calibration file skips the start-up
-    measurement (it lives outside tmp, so the snapshots of tmp do not see it)."""
-    calibration = tmp.parent / f"{tmp.name}.calibration.json"
-    calibration.write_text(json.dumps(RATES))
-    return _subprocess("run", "--challenges", challenges, "--model", model,
-                       "--out", tmp / "submission.json", "--workdir", workdir or tmp / "work",
-                       "--calibration", calibration, *FAST, *extra, cwd=tmp, timeout=timeout)
-
 
 def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, bytes | None]:
     """Every path under root (files with their bytes), leaving out the `skip` trees."""

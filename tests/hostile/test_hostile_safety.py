@@ -26,9 +26,11 @@ from submission.runtime.lock import LOCK_NAME, workdir_lock
 from submission.arc.tasks import tasks_to_challenges
 from submission.runtime.vllm_tmp import PREFIX, engine_tmpdir, sweep
 from tests.helpers import random_task, write_challenges
-from tests.test_hostile import FAST, RATES, _one_error_line, fake_model, run_cli
+from tests.helpers import FAST, fake_model, run_cli
+from tests.helpers import FAST_RATES as RATES
+from tests.helpers import one_error_line as _one_error_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

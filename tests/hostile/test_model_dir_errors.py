@@ -10,7 +10,8 @@ import re
 import shutil
 
 import pytest
-from test_hostile import _one_error_line, run_cli
+from tests.helpers import one_error_line as _one_error_line
+from tests.helpers import run_cli
 
 from submission.errors import InputError
 from submission.runtime.modelfiles import check_model_config, raised_by_library, reading_model
@@ -156,7 +157,7 @@ def test_trainer_stops_on_a_non_finite_loss(tiny_model, tmp_path):
     import numpy as np
     import torch
     from tests.helpers import SMALL
-    from test_train import _samples
+    from tests.helpers import ttt_samples as _samples
 
     from submission.model.backends.peft_loader import load_peft
     from submission.errors import NonFiniteLoss

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ["notebook.ipynb", "kernel-metadata.json", "kaggle/wheelhouse/notebook.ipynb",
              "kaggle/wheelhouse/kernel-metadata.json"]
 SMOKE_ARGS = ("--smoke --smoke-tasks 2 --workers 1 --allow-unanswered --set ttt.r=8 "

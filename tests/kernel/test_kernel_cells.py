@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CELLS = ROOT / "kaggle" / "cells"
 MARKERS = ("# filled by build_kernel.py", "# dropped by build_kernel.py")
 

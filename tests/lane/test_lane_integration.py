@@ -17,6 +17,7 @@ from submission.arc.grids import Pair, Task, as_grid, grid_to_list
 from submission.lane.ensemble import merge_record, merge_two
 from submission.lane.service import LaneRunner, lane_processes, start_lane, task_cap
 from submission.arc.tasks import export_kaggle
+from tests.helpers import flip_task, noise_task
 
 A, B, C = [[1]], [[2]], [[3]]
 
@@ -86,20 +87,6 @@ def test_running_out_of_memory_is_a_result(monkeypatch):
     t = Task("m", (Pair(as_grid([[1]]), as_grid([[1]])),), (as_grid([[1]]), as_grid([[2]])))
     r = pool.solve_guarded(t, 1.0)
     assert not r.found and r.error == "memory" and r.answers == ((), ())
-
-
-def flip_task(tid: str, seed: int) -> Task:
-    rng = np.random.default_rng(seed)
-    g = lambda: as_grid(rng.integers(1, 10, (3, 4)))  # noqa: E731
-    xs = [g() for _ in range(3)]
-    t = g()
-    return Task(tid, tuple(Pair(x, x[:, ::-1].copy()) for x in xs), (t,), (t[:, ::-1].copy(),))
-
-
-def noise_task(tid: str, seed: int, side: int = 6) -> Task:
-    rng = np.random.default_rng(seed)
-    g = lambda: as_grid(rng.integers(0, 10, (side, side)))  # noqa: E731
-    return Task(tid, tuple(Pair(g(), g()) for _ in range(3)), (g(),), (g(),))
 
 
 def test_run_gets_lane_answers_where_the_model_gave_none(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 from submission.arc.grids import grid_to_list
 from submission.runtime.run import run
 from submission.arc.tasks import export_kaggle
-from tests.test_failures import QUICK, RATES
-from tests.test_lane_integration import flip_task
+from tests.helpers import QUICK, flip_task
+from tests.helpers import QUICK_RATES as RATES
 
 pytestmark = pytest.mark.slow
 

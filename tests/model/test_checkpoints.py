@@ -24,6 +24,7 @@ from submission.errors import FormatError, InputError
 from submission.arc.formats import get_format
 from submission.arc.grids import Pair
 from submission.model.tokenizer import copy_tokenizer_files, load_tokenizer
+from tests.helpers import NVARC_VOCAB, grid_text, nvarc_text, vocab_ids
 from tests.helpers import cli_main as run_cli
 
 QWEN_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -31,9 +32,8 @@ QWEN_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
 PREPROMPT = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz"
 
-# The published vocabularies, in id order (the text a piece stands for; "\n" is stored as "Ċ").
-NVARC_VOCAB = [str(d) for d in range(10)] + ["\n", "user", "assistant", "<|endoftext|>",
-                                             "<|im_start|>", "<|im_end|>"]
+# The published vocabularies, in id order (the text a piece stands for; "\n" is stored as "Ċ"; NVARC's
+# is in tests/helpers.py).
 ARCH_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 ARCH_CHARS = sorted(set("\n+-/=" + "0123456789" + PREPROMPT + "IO"))  # byte order
 ARCH_VOCAB = ARCH_SPECIALS + ARCH_CHARS
@@ -119,18 +119,6 @@ def published(tmp_path_factory):
 
 # --- the teams' layouts, written out independently ---------------------------------------------
 
-def grid_text(grid) -> str:
-    return "\n".join("".join(str(int(v)) for v in row) for row in np.asarray(grid))
-
-
-def nvarc_text(demos, query) -> str:
-    """NVARC: a chat turn per grid, no begin token, no trailing row break."""
-    text = ""
-    for inp, out in demos:
-        text += f"<|im_start|>user\n{grid_text(inp)}<|im_end|><|im_start|>assistant\n{grid_text(out)}<|im_end|>"
-    return text + f"<|im_start|>user\n{grid_text(query)}<|im_end|><|im_start|>assistant\n"
-
-
 def architects_text(demos, query) -> str:
     """ARChitects: <s> once, the preprompt, `I{in}\\n+/-=O{out}\\n</s>` per pair, the query open."""
     text = "<s>" + PREPROMPT
@@ -143,17 +131,6 @@ ANSWER_TEXT = {"qwen-chat": lambda g: grid_text(g) + "<|im_end|>",
                "architects": lambda g: grid_text(g) + "\n</s>"}
 LAYOUT = {"qwen-chat": nvarc_text, "architects": architects_text}
 VOCAB = {"qwen-chat": NVARC_VOCAB, "architects": ARCH_VOCAB}
-
-
-def vocab_ids(text: str, vocab: list[str]) -> list[int]:
-    """Greedy longest-piece lookup in a published vocabulary (every piece of these layouts is whole)."""
-    by_len = sorted(vocab, key=len, reverse=True)
-    ids, i = [], 0
-    while i < len(text):
-        piece = next(p for p in by_len if text.startswith(p, i))
-        ids.append(vocab.index(piece))
-        i += len(piece)
-    return ids
 
 
 @pytest.fixture(scope="module")
@@ -420,7 +397,7 @@ def test_vllm_serves_a_model_with_the_nvarc_tokenizer(tmp_path, files):
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed")
     if files == "published":
-        from published_nvarc import published_nvarc_model
+        from tests.model.published_nvarc import published_nvarc_model
 
         d = published_nvarc_model(tmp_path / "m")
     else:

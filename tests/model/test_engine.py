@@ -2,44 +2,15 @@
 
 import json
 
-import numpy as np
 import pytest
 
-from submission.arc.grids import Pair, Task, as_grid, grid_to_list
+from submission.arc.grids import as_grid, grid_to_list
 from submission.answers.sampling import GenRequest
 from submission.arc.submit import challenge_counts, validate_submission
 from submission.arc.tasks import export_kaggle, load_challenges, load_dataset
-from submission.model.ttt_data import build_ttt_data
-from tests.helpers import SMALL
+from tests.helpers import LEARN, SMALL, zeros_task
 
 pytestmark = pytest.mark.slow
-
-LEARN = ["ttt.learning_rate=1e-2", "ttt.epochs=4", "ttt.grad_accum=1", "ttt.max_samples=32"]
-
-
-def zeros_task(task_id: str, side: int, seed: int) -> Task:
-    """Synthetic family: whatever the input, the answer is the side x side background square.
-    Invariant under every augmentation, so TTT data teaches exactly the task's own `side`."""
-    rng = np.random.default_rng(seed)
-    square = as_grid(np.zeros((side, side), dtype=np.uint8))
-    pairs = tuple(Pair(as_grid(rng.integers(1, 10, (3, 3))), square) for _ in range(3))
-    return Task(task_id, pairs, (as_grid(rng.integers(1, 10, (3, 3))),), (square,))
-
-
-@pytest.fixture(scope="module")
-def adapters(engine, tmp_path_factory):
-    """Three distinct trained adapters (sides 1, 2, 3) saved as PEFT directories."""
-    cfg = SMALL.with_overrides(LEARN)
-    out, root = [], tmp_path_factory.mktemp("adapters")
-    for side in (1, 2, 3):
-        task = zeros_task(f"z{side}", side, side)
-        rng = np.random.default_rng(side)
-        data = build_ttt_data(task, engine.fmt, rng, max_samples=16, max_len=4096)
-        engine.trainer.reset()
-        engine.trainer.train(data.samples, rng, cfg.ttt)
-        out.append((task, engine.new_adapter(task.id, engine.trainer.save(root / task.id))))
-    engine.forward.forget_loaded()
-    return out
 
 
 def test_engine_uses_vllm_and_peft(engine):

@@ -1,8 +1,9 @@
-"""NVARC's published tokenizer files exactly as published (tests/published_nvarc.py): a WordLevel
+"""NVARC's published tokenizer files exactly as published (tests/model/published_nvarc.py): a WordLevel
 model whose unk token is only an added token, so encoding any other piece raises the tokenizers
 binding's plain Exception. Format detection must take that as "this format does not fit" (only
 that error), and `show-prompt` and a one-task `run` with default settings must work on them.
-The expected prompt ids come from the independent NVARC layout encoder of test_checkpoints."""
+The expected prompt ids come from the independent NVARC layout encoder (tests/helpers.py) that
+test_checkpoints also uses."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import json
 
 import numpy as np
 import pytest
-from published_nvarc import ADDED, IDS, MODEL_VOCAB, answer_always, published_nvarc_model, \
+from tests.model.published_nvarc import ADDED, IDS, MODEL_VOCAB, answer_always, published_nvarc_model, \
     write_published_nvarc
-from test_checkpoints import NVARC_VOCAB, nvarc_text, vocab_ids
-from test_hostile import run_cli as run_subprocess
+from tests.helpers import NVARC_VOCAB, nvarc_text, vocab_ids
+from tests.helpers import run_cli as run_subprocess
 
 from submission.errors import FormatError
 from submission.arc.formats import ArchitectsFormat, detect_format, get_format

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 
-from submission.arc.grids import Pair, Task, as_grid
 from submission.model.train import planned_steps
-from submission.model.ttt_data import build_ttt_data
 from tests.helpers import SMALL
+from tests.helpers import ttt_samples as _samples
 
 pytestmark = pytest.mark.slow
 
@@ -19,12 +18,6 @@ def trainer_fmt(tiny_model):
 
     model, tok, _ = load_peft(tiny_model, SMALL)
     return LoRATrainer(model, pad_id=tok.pad_token_id, backend="peft"), get_format("qwen-chat", tok)
-
-
-def _samples(fmt, n=8):
-    rng = np.random.default_rng(0)
-    pairs = tuple(Pair(as_grid(rng.integers(1, 10, (2, 3))), as_grid([[0, 0], [0, 0]])) for _ in range(3))
-    return build_ttt_data(Task("z", pairs, (pairs[0].input,)), fmt, rng, max_samples=n, max_len=4096).samples
 
 
 def _lora_state(model):

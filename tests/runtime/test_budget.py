@@ -719,7 +719,7 @@ def test_unfinished_lists_queued_and_active_tasks():
 def test_mini_simulation_hang_is_retried_and_finishes():
     """20 tasks on 2 workers against the benchmark's simulated clock; one task hangs in TTT on its
     first attempt: its worker is killed at the stage deadline, restarts, and the retry finishes."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from budget_sim import simulate
 
     cfg = cfg_with("budget.time_budget_s=4000", "budget.workers=2", "sampling.max_loras=4")
@@ -1161,7 +1161,7 @@ def test_default_max_scale_leaves_every_task_its_own_adapter_at_40_percent_of_th
     """The default spends spare time (max_scale > 1), and the budget simulation of 240
     ARC-AGI-2-sized tasks on 4 workers still answers every one with its own adapter in 12 h on a
     machine at 40% of the priors (5% slow tasks, 2% hangs)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from budget_sim import simulate
     from submission.arc.tasks import load_dataset
 

@@ -17,13 +17,11 @@ from submission.arc.grids import Pair, Task, as_grid
 from submission.runtime.paths import task_file_name
 from submission.answers.sampling import GenRequest
 from submission.arc.tasks import export_kaggle
-from tests.helpers import SMALL, random_task
+from tests.helpers import QUICK, random_task
+from tests.helpers import QUICK_RATES as RATES
 
 pytestmark = pytest.mark.slow
 
-QUICK = SMALL.with_overrides(["ttt.max_samples=4", "sampling.n_views=2", "selection.max_rescore=2",
-                              "sampling.dfs_threshold=0", "budget.calibrate=false"])
-RATES = {"train_tokens_per_s": 1e5, "sample_tokens_per_s": 1e5, "score_tokens_per_s": 1e5}
 
 
 def challenges(tmp: Path, ids: list[str]) -> Path:

@@ -16,7 +16,7 @@ from submission.arc.submit import validate_submission
 from tests.helpers import write_challenges
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--set", "ttt.r=8", "--set", "ttt.lora_alpha=16", "--set", "ttt.max_samples=4",
         "--set", "sampling.n_views=2", "--set", "selection.rescore_augmentations=2",
         "--set", "selection.max_rescore=2", "--set", "model.max_seq_len=512",

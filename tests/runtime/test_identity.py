@@ -22,7 +22,7 @@ from submission.runtime.records import record_path, store_record, task_digest
 from submission.runtime.run import WEIGHT_DIGESTS, Run
 from submission.arc.tasks import export_kaggle, tasks_to_challenges
 from tests.helpers import random_task
-from tests.test_hostile import write_safetensors
+from tests.helpers import write_safetensors
 
 BIG = {"a.weight": ("F32", [300, 256]), "b.bias": ("BF16", [5])}  # 307 kB: a middle past 64 KiB
 
@@ -156,7 +156,8 @@ def test_task_digest_is_canonical_content():
 def test_changed_grids_retrain_the_adapter(engine, tmp_path):
     """A finished adapter kept for a task is reused for the same grids only."""
     from submission.runtime.run import run
-    from tests.test_failures import QUICK, RATES
+    from tests.helpers import QUICK
+    from tests.helpers import QUICK_RATES as RATES
 
     cfg = QUICK.with_overrides(["budget.keep_adapters=true", "budget.workers=0"])
     tasks = {i: small_task(i) for i in ("adpt0001", "adpt0002")}

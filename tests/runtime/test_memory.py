@@ -23,11 +23,9 @@ from submission.runtime.memory_sizing import (
     vllm_max_lora_rank,
 )
 from submission.runtime.model_shape import read_model_shape, shape_from_dict
+from tests.helpers import QWEN3_4B
 
-# Published config.json shapes (the fields the plan reads).
-QWEN3_4B = dict(num_hidden_layers=36, hidden_size=2560, num_attention_heads=32, num_key_value_heads=8,
-                head_dim=128, intermediate_size=9728, vocab_size=151936, tie_word_embeddings=True,
-                torch_dtype="bfloat16")
+# Published config.json shapes (the fields the plan reads; QWEN3_4B is shared: tests/helpers.py).
 QWEN3_8B = dict(num_hidden_layers=36, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
                 head_dim=128, intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False,
                 torch_dtype="bfloat16")

@@ -14,7 +14,7 @@ import pytest
 from submission.config import Config
 from submission.runtime.memory_sizing import MemoryPlanError
 from submission.runtime.startup import plan_memory_for_run
-from tests.test_memory import QWEN3_4B
+from tests.helpers import QWEN3_4B
 
 
 def model_dir(tmp_path: Path, **overrides) -> Path:
@@ -270,7 +270,7 @@ def test_a_gpu_torch_cannot_use_still_gets_the_lanes_answers(tmp_path, monkeypat
     from submission.tools.kaggle import smoke_verdict
     from submission.runtime.run import run
     from submission.arc.tasks import export_kaggle
-    from tests.test_lane_integration import flip_task, noise_task
+    from tests.helpers import flip_task, noise_task
 
     fake_machine(monkeypatch, [L4] * 4, driver="570.86.15", cuda="12.8")
     cuda13_torch(monkeypatch)

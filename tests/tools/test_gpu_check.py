@@ -21,7 +21,7 @@ from submission.worker.calibrate import RATE_KEYS, load_calibration
 from submission.config import Config
 from tests.helpers import small_sets
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def env_of(*, driver=None, torch_cuda="13.0", available=True, gpus=1, cap="8.9") -> dict:
@@ -187,7 +187,7 @@ def test_memory_plan_module_missing(monkeypatch, tmp_path):
 
 
 def _model(tmp_path, **changes) -> Path:
-    from tests.test_memory import QWEN3_4B
+    from tests.helpers import QWEN3_4B
 
     (tmp_path / "config.json").write_text(json.dumps({**QWEN3_4B, **changes}))
     return tmp_path
