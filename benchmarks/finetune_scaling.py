@@ -61,7 +61,7 @@ def scaling(args: argparse.Namespace) -> None:
                 ch["test"][i]["output"] = o
             f.write(json.dumps(dict(ch, id=tid)) + "\n")
     sets = ["finetune.samples_per_task=2", f"finetune.grad_accum={args.grad_accum}",
-            "finetune.checkpoint_every=100000", "finetune.r=16", "finetune.lora_alpha=16",
+            "finetune.checkpoint_every=100000", "finetune.lora.r=16", "finetune.lora.alpha=16",
             f"model.max_seq_len={args.max_len}"]
     runs = {n: launch(n, model, data, work / f"out{n}", sets) for n in (1, 2)}
     print(f"\nfinetune on CPU (gloo, 1 thread per process): {len(tasks)} ARC-AGI-2 tasks x 2 samples, "

@@ -132,7 +132,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rescore-bench-"))
     model = make_tiny_model(tmp / "model", "qwen-chat", seed=0, max_positions=MAX_LEN)
     cfg = Config().with_overrides([
-        "ttt.r=8", "ttt.lora_alpha=16", f"model.max_seq_len={MAX_LEN}", "sampling.max_loras=2",
+        "ttt.lora.r=8", "ttt.lora.alpha=16", f"model.max_seq_len={MAX_LEN}", "sampling.max_loras=2",
         "sampling.backend=" + ("transformers" if args.no_vllm else "vllm")])
     engine = build_engine(model, cfg)
     adapter = random_adapter(engine, tmp / "adapter", seed=0, name="bench")

@@ -118,7 +118,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="spec-bench-"))
     model = make_tiny_model(tmp / "model", "qwen-chat", seed=0, max_positions=MAX_LEN)
     cfg = Config().with_overrides([
-        "ttt.r=8", "ttt.lora_alpha=16", f"model.max_seq_len={MAX_LEN}", "sampling.max_loras=2",
+        "ttt.lora.r=8", "ttt.lora.alpha=16", f"model.max_seq_len={MAX_LEN}", "sampling.max_loras=2",
         "sampling.backend=vllm", "ttt.learning_rate=1e-2", f"ttt.epochs={args.epochs}", "ttt.grad_accum=1"])
     engine = build_engine(model, cfg)
     fmt = engine.fmt

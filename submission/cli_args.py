@@ -29,7 +29,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON or TOML config file (sections: model, ttt, sampling, "
                                     "selection, budget, lane)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override one config field, e.g. --set ttt.r=16 (repeatable)")
+                   help="override one config field, e.g. --set ttt.lora.r=16 (repeatable)")
     p.add_argument("--time-budget", type=float, help="seconds for the whole run (budget.time_budget_s)")
 
 

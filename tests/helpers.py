@@ -202,7 +202,7 @@ def fake_model(d: Path, *, config: str = '{"model_type": "qwen3"}', seed: int = 
 
 # CPU-sized settings for a `run` subprocess on the tiny model.
 FAST = ["--set", "budget.workers=0", "--set", "sampling.backend=transformers",
-        "--set", "ttt.backend=peft", "--set", "ttt.r=8", "--set", "ttt.lora_alpha=16",
+        "--set", "ttt.backend=peft", "--set", "ttt.lora.r=8", "--set", "ttt.lora.alpha=16",
         "--set", "ttt.max_samples=4", "--set", "sampling.n_views=2",
         "--set", "selection.rescore_augmentations=2", "--set", "selection.max_rescore=2",
         "--set", "model.max_seq_len=256", "--set", "sampling.max_loras=8",

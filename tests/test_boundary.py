@@ -22,7 +22,7 @@ HEAVY = ("torch", "vllm", "transformers", "peft", "unsloth", "bitsandbytes", "ac
 LAZY = ("vllm", "unsloth")  # imported inside their backends' functions, on the model side too
 # The supervisor side: these folders and files (the tools that run in the supervisor included).
 SUPERVISOR = ("submission/runtime", "submission/lane", "submission/arc", "submission/answers",
-              "submission/__init__.py", "submission/events.py", "submission/config.py",
+              "submission/__init__.py", "submission/events.py", "submission/config",
               "submission/errors.py", "submission/environment.py", "submission/cli.py",
               "submission/cli_args.py", "submission/commands.py", "submission/tools/__init__.py",
               "submission/tools/kaggle.py", "submission/tools/report.py", "submission/tools/report_view.py",

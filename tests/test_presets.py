@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from submission.config import Config, explicit_keys, load_config
+from submission.config import Config, explicit_keys, flatten, load_config
 from submission.presets import NAMES, read_preset
 
 PRESETS = Path(__file__).resolve().parents[1] / "submission" / "presets"
@@ -21,26 +21,25 @@ def test_every_preset_value_names_its_source(name):
     for line in text.splitlines():
         if re.match(r"^\s*[a-z_]+\s*=", line) and not line.startswith(("name", "not_reproduced")):
             assert "#" in line, f"{name}: no source for {line!r}"
-    cfg = load_config(None, preset=name)
-    for sec, values in sections.items():
-        for key, value in values.items():
-            assert getattr(getattr(cfg, sec), key) == value
-    assert {f"{s}.{k}" for s, v in sections.items() for k in v} <= explicit_keys(None, preset=name)
+    cfg = flatten(load_config(None, preset=name).to_dict())
+    for key, value in flatten(sections).items():
+        assert cfg[key] == value
+    assert set(flatten(sections)) <= explicit_keys(None, preset=name)
 
 
 def test_preset_facts():
     nvarc, arch, mit = (load_config(None, preset=n) for n in NAMES)
-    assert (nvarc.ttt.r, nvarc.ttt.lora_alpha, nvarc.ttt.use_rslora, nvarc.ttt.learning_rate) == \
+    assert (nvarc.ttt.lora.r, nvarc.ttt.lora.alpha, nvarc.ttt.lora.rslora, nvarc.ttt.learning_rate) == \
         (256, 32, True, 5e-5)
     assert (nvarc.ttt.max_samples, nvarc.ttt.epochs, nvarc.sampling.n_views) == (128, 1, 16)
     assert (nvarc.sampling.dfs_threshold, nvarc.selection.policy) == (0.2, "count-nll")
-    assert (arch.sampling.dfs_threshold, arch.selection.policy, arch.ttt.r) == (0.17, "poe", 64)
-    assert (mit.ttt.r, mit.ttt.lora_alpha, mit.ttt.use_rslora, mit.ttt.epochs) == (128, 16, False, 2)
+    assert (arch.sampling.dfs_threshold, arch.selection.policy, arch.ttt.lora.r) == (0.17, "poe", 64)
+    assert (mit.ttt.lora.r, mit.ttt.lora.alpha, mit.ttt.lora.rslora, mit.ttt.epochs) == (128, 16, False, 2)
     assert (mit.sampling.dfs_threshold, mit.selection.policy) == (0.0, "vote")
     assert any("embed_tokens" in n and "lm_head" in n for n in read_preset("nvarc-2025")[1])
     # a config file and --set still override the preset
-    assert load_config(None, ["ttt.r=8"], preset="nvarc-2025").ttt.r == 8
-    assert Config().ttt.r != nvarc.ttt.r
+    assert load_config(None, ["ttt.lora.r=8"], preset="nvarc-2025").ttt.lora.r == 8
+    assert Config().ttt.lora.r != nvarc.ttt.lora.r
 
 
 def test_presets_ship_with_the_package():
@@ -61,7 +60,7 @@ def test_unknown_preset_is_refused(capsys):
 def test_dry_run_with_a_preset_on_the_tiny_model(name, tmp_path, capsys):
     from submission.cli import main
 
-    small = ["ttt.r=8", "ttt.max_samples=2", "ttt.epochs=1", "sampling.n_views=2",
+    small = ["ttt.lora.r=8", "ttt.max_samples=2", "ttt.epochs=1", "sampling.n_views=2",
              "sampling.unsure_extra_views=0", "selection.rescore_augmentations=2",
              "selection.max_rescore=2", "budget.workers=0", "budget.calibrate=false"]
     code = main(["dry-run", "--preset", name, "--limit", "1", "--dataset", "arc-agi-1",

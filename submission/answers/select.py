@@ -12,16 +12,18 @@ Everything is deterministic: every ordering ends in explicit tie-breaks.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from submission.config import Policy
 from submission.errors import ConfigError, InputError
 from submission.arc.grids import Grid, grid_to_list
 from submission.arc.tasks import validate_grid
 
-POLICIES = ("vote", "poe", "count-nll")
+POLICIES: tuple[str, ...] = typing.get_args(Policy)  # ("vote", "poe", "count-nll")
 VOTE_TOP_K = 3  # candidates kept per transform group in two-level voting
 RECORDED_CANDIDATES = 8  # candidates a task record lists per test input, best first
 

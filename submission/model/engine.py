@@ -12,7 +12,7 @@ from typing import Any
 from transformers import AutoConfig
 
 from submission.model.backends import choose_sampler_backend, choose_trainer_backend, resolve_dtype
-from submission.config import Config, TTTConfig
+from submission.config import Config, TrainConfig
 from submission.events import VLLM_LOST, Counts
 from submission.arc.formats import TextFormat, get_format
 from submission.answers.sampling import Adapter, Heartbeat, Sampler
@@ -105,7 +105,7 @@ class Engine:
         self.fallbacks[name] += 1
 
 
-def load_trainer(model_path: str | Path, cfg: Config, section: TTTConfig | None = None
+def load_trainer(model_path: str | Path, cfg: Config, section: TrainConfig | None = None
                  ) -> tuple[LoRATrainer, Any, dict[str, Any]]:
     """(trainer, tokenizer, info) with the LoRA of `section` (default cfg.ttt) on unsloth or peft.
     What the libraries raise on a bad model directory is an InputError naming config.json (when

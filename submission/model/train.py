@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from submission.config import TTTConfig
+from submission.config import TrainConfig
 from submission.errors import NonFiniteLoss
 from submission.model.ttt_data import TrainSample
 from submission.runtime.files import replace_dir_atomic
@@ -45,7 +45,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # loss of every step (the report's curve)
 
 
-def planned_steps(n_samples: int, cfg: TTTConfig) -> int:
+def planned_steps(n_samples: int, cfg: TrainConfig) -> int:
     """Optimizer steps for `n_samples` under the config (epochs, batch, accumulation, cap)."""
     per_step = cfg.batch_size * cfg.grad_accum
     steps = math.ceil(n_samples * cfg.epochs / per_step) if n_samples else 0
@@ -78,7 +78,7 @@ class LoRATrainer:
         if unexpected:
             raise RuntimeError(f"adapter reset left unexpected keys: {unexpected[:3]}")
 
-    def train(self, samples: list[TrainSample], rng: np.random.Generator, cfg: TTTConfig, *,
+    def train(self, samples: list[TrainSample], rng: np.random.Generator, cfg: TrainConfig, *,
               deadline: float | None = None, progress: Any = None,
               resume: dict[str, Any] | None = None,
               checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
@@ -175,7 +175,7 @@ class LoRATrainer:
         else:
             self.model.train(training)
 
-    def _step(self, chunk: list[TrainSample], params: list, opt: Any, cfg: TTTConfig) -> float:
+    def _step(self, chunk: list[TrainSample], params: list, opt: Any, cfg: TrainConfig) -> float:
         if self.pack_tokens:
             from submission.finetune.data import pack_rows
 

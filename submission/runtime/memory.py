@@ -37,7 +37,7 @@ TOKEN_LADDER = (16384, 8192, 4096, 2048, 1024, 512, 256, 128)
 PREFERRED_MIN_TOKENS = 2048  # shrink max_loras before going below this (prefill slows down)
 
 
-_ADVICE = ("; try a smaller model.max_seq_len or ttt.r, fewer sampling.max_loras, "
+_ADVICE = ("; try a smaller model.max_seq_len or ttt.lora.r, fewer sampling.max_loras, "
            "sampling.enforce_eager=true, a shrunk vocabulary (shrink-vocab) or a bigger GPU")
 
 
@@ -47,8 +47,8 @@ def unplanned_vllm_kwargs(cfg: Config) -> dict[str, Any]:
     s = cfg.sampling
     kw = dict(gpu_memory_utilization=s.gpu_memory_utilization or MAX_UTILIZATION,
               max_loras=s.max_loras, max_cpu_loras=s.max_loras,
-              max_lora_rank=vllm_max_lora_rank(cfg.ttt.r), max_model_len=cfg.model.max_seq_len,
-              lora_target_modules=[m for m in cfg.ttt.target_modules if m in _PACKED])
+              max_lora_rank=vllm_max_lora_rank(cfg.ttt.lora.r), max_model_len=cfg.model.max_seq_len,
+              lora_target_modules=[m for m in cfg.ttt.lora.target_modules if m in _PACKED])
     if s.max_num_batched_tokens:
         kw.update(max_num_batched_tokens=s.max_num_batched_tokens, enable_chunked_prefill=True)
     return kw

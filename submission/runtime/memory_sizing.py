@@ -70,7 +70,7 @@ class MemoryPlanError(SubmissionError):
 
 
 def vllm_max_lora_rank(r: int) -> int:
-    """The smallest max_lora_rank vLLM accepts that holds rank `r` (config.py rejects r > 512)."""
+    """The smallest max_lora_rank vLLM accepts that holds rank `r` (config rejects ttt.lora.r > 512)."""
     return next(v for v in MAX_LORA_RANKS if v >= r)
 
 
@@ -185,9 +185,9 @@ def _trainer_need(shape: ModelShape, cfg: Config, dtype: str) -> _Trainer:
     t, L = cfg.ttt, cfg.model.max_seq_len
     b = 4 if dtype == "float32" else 2
     h, i, v = shape.hidden, shape.intermediate, shape.padded_vocab
-    targets = tuple(m for m in t.target_modules if m in _PACKED)
+    targets = tuple(m for m in t.lora.target_modules if m in _PACKED)
     embed = v * h * (1 if shape.tied else 2)
-    lora_params = sum(t.r * sum(shape.linear_dims()[m]) for m in targets) * shape.layers
+    lora_params = sum(t.lora.r * sum(shape.linear_dims()[m]) for m in targets) * shape.layers
     per_weight = NF4_BYTES_PER_WEIGHT if t.load_in_4bit else b
     base = (shape.linear_weights_per_layer() * shape.layers * per_weight
             + (embed + (2 * shape.layers + 1) * h) * b) / GIB
@@ -223,14 +223,14 @@ def _trainer_plan(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int,
         f"{trainer.base:.2f}, LoRA+grads+Adam {trainer.lora:.2f}, initial adapter copy "
         f"{trainer.init:.2f}, activations {trainer.activation:.2f}), one {L}-token KV cache for "
         f"sampling {one_seq:.3f}, the CUDA context {CUDA_CONTEXT_GIB:.2f} and the margin "
-        f"{CARD_MARGIN_GIB:.2f} = {need:.2f} GiB; try a smaller model.max_seq_len or ttt.r, or a "
+        f"{CARD_MARGIN_GIB:.2f} = {need:.2f} GiB; try a smaller model.max_seq_len or ttt.lora.r, or a "
         "bigger GPU")
     return MemoryPlan(
         fits=not reason, reason=reason, gpu_gib=gpu_gib, compute_capability=(cc[0], cc[1]), dtype=dtype,
         gpu_memory_utilization=0.0, max_loras=s.max_loras, max_cpu_loras=s.max_loras,
-        max_lora_rank=vllm_max_lora_rank(t.r), max_num_batched_tokens=0, max_model_len=L,
+        max_lora_rank=vllm_max_lora_rank(t.lora.r), max_num_batched_tokens=0, max_model_len=L,
         max_num_seqs=s.max_num_seqs,
-        lora_target_modules=tuple(m for m in t.target_modules if m in _PACKED),
+        lora_target_modules=tuple(m for m in t.lora.target_modules if m in _PACKED),
         enforce_eager=s.enforce_eager, vllm_gib=0.0, weights_gib=0.0, lora_slots_gib=0.0,
         non_torch_gib=0.0, activation_gib=0.0, cudagraph_gib=0.0, kv_cache_gib=one_seq,
         kv_one_seq_gib=one_seq, kv_tokens=L, vllm_overflow_gib=0.0, trainer_on_same_gpu=True,
@@ -247,8 +247,8 @@ def _evaluate(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int, int
     dtype = compute_dtype(cfg.model.dtype, cc)
     b = 4 if dtype == "float32" else 2
     h, i, v = shape.hidden, shape.intermediate, shape.padded_vocab
-    rank = vllm_max_lora_rank(t.r)
-    targets = tuple(m for m in t.target_modules if m in _PACKED)
+    rank = vllm_max_lora_rank(t.lora.r)
+    targets = tuple(m for m in t.lora.target_modules if m in _PACKED)
     # vLLM side.
     embed = v * h * (1 if shape.tied else 2)
     weights = (shape.linear_weights_per_layer() * shape.layers + embed
@@ -270,7 +270,7 @@ def _evaluate(shape: ModelShape, cfg: Config, gpu_gib: float, cc: tuple[int, int
     decode_lp = reqs * v * (SAMPLER_BYTES_PER_LOGIT + 8) + tokens * h * b
     overflow = max(0.0, max(prompt_lp, decode_lp) / GIB - activation)
     # Trainer side (0 when it has its own GPU).
-    lora_params = sum(t.r * sum(shape.linear_dims()[m]) for m in targets) * shape.layers
+    lora_params = sum(t.lora.r * sum(shape.linear_dims()[m]) for m in targets) * shape.layers
     tr = _trainer_need(shape, cfg, dtype) if with_trainer else _Trainer(0.0, 0.0, 0.0, 0.0, 0.0)
     trainer = tr.total
     contexts = CUDA_CONTEXT_GIB  # one process holds the trainer and vLLM (see CUDA_CONTEXT_GIB)

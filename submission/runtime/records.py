@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from submission.arc.grids import Task, grid_to_list
+from submission.config import upgrade_json
 from submission.runtime.paths import task_file_name
 from submission.runtime.files import write_json_atomic
 from submission.arc.submit import read_record
@@ -39,8 +40,12 @@ def task_digest(task: Task) -> str:
 
 def identity_mismatch(rec: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     """What differs between a record's identity and `want` (keys of IDENTITY_PARTS; a key left
-    out of `want` is not compared): [] when the record belongs to it, else e.g. ["model"]."""
-    return [IDENTITY_PARTS[k] for k in IDENTITY_PARTS if k in want and rec.get(k) != want[k]]
+    out of `want` is not compared): [] when the record belongs to it, else e.g. ["model"]. A
+    config stored before the LoRA tables compares in today's layout (config.upgrade_json)."""
+    def part(d: Mapping[str, Any], k: str) -> Any:
+        return upgrade_json(d.get(k)) if k == IDENTITY_KEY else d.get(k)
+
+    return [IDENTITY_PARTS[k] for k in IDENTITY_PARTS if k in want and part(rec, k) != part(want, k)]
 
 
 def record_path(workdir: str | Path, task_id: str) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from submission.config import Config
+from submission.config import Config, flatten
 from submission.arc.grids import as_grid
 from submission.arc.scoring import load_solutions, score_submission
 from submission.runtime.files import write_json_atomic
@@ -21,7 +21,7 @@ from submission.arc.tasks import export_kaggle, load_dataset
 # A CPU-sized pipeline check: small adapter, few samples and views (every stage still runs), no
 # scaling up (the tiny model's answers are noise: spare time on a CPU would only lengthen the run).
 # The tests' config (tests/helpers.py SMALL) is these plus its own SMALL_DELTAS.
-TINY_OVERRIDES = ("ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=8", "sampling.n_views=8",
+TINY_OVERRIDES = ("ttt.lora.r=8", "ttt.lora.alpha=16", "ttt.max_samples=8", "sampling.n_views=8",
                   "sampling.unsure_extra_views=4",
                   "selection.rescore_augmentations=4", "selection.max_rescore=4",
                   "model.max_seq_len=4096", "budget.max_scale=1")
@@ -94,5 +94,5 @@ def policy_submissions(report: dict[str, Any]) -> dict[str, dict]:
 def _set_keys(cfg: Config) -> set[str]:
     """Fields that differ from the defaults (a user's choice wins over TINY_OVERRIDES; one equal
     to the default is passed as `explicit` by the CLI)."""
-    default, mine = Config().to_dict(), cfg.to_dict()
-    return {f"{s}.{k}" for s in mine for k in mine[s] if mine[s][k] != default[s][k]}
+    default, mine = flatten(Config().to_dict()), flatten(cfg.to_dict())
+    return {k for k, v in mine.items() if v != default[k]}

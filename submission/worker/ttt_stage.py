@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from submission.config import Config
+from submission.config import Config, upgrade_json
 from submission import events as ev
 from submission.model.engine import Engine
 from submission.errors import AdapterError
@@ -113,6 +113,6 @@ def _finished_adapter(path: Path, state: Sink, task: Task) -> dict[str, Any] | N
         check_adapter(path)
     except (OSError, ValueError, AdapterError):
         return None
-    if done.get("config") != _ttt_identity(state, task):
+    if upgrade_json(done.get("config")) != _ttt_identity(state, task):  # older: same values, old keys
         return None
     return {"ttt": done["ttt"], "ttt_data": done["ttt_data"]}

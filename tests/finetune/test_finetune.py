@@ -12,7 +12,7 @@ from submission.arc.tasks import load_dataset, tasks_to_challenges, tasks_to_sol
 
 FT = Config().with_overrides([
     "finetune.samples_per_task=2", "finetune.grad_accum=2", "finetune.checkpoint_every=2",
-    "finetune.r=8", "finetune.lora_alpha=16", "finetune.learning_rate=1e-3",
+    "finetune.lora.r=8", "finetune.lora.alpha=16", "finetune.learning_rate=1e-3",
     "model.max_seq_len=4096"])
 
 
@@ -103,7 +103,7 @@ def test_finetune_resume_merge_and_run(tmp_path, tiny_model):
     small = sorted(evaluation, key=lambda k: sum(g.size for p in evaluation[k].train for g in p))[:2]
     ch, _ = export_kaggle({k: evaluation[k] for k in small}, tmp_path / "eval", "evaluation")
     # greedy only: a random model rarely stops, so every extra search path costs a full answer
-    cfg = Config().with_overrides(["ttt.r=8", "ttt.lora_alpha=16", "ttt.max_samples=2",
+    cfg = Config().with_overrides(["ttt.lora.r=8", "ttt.lora.alpha=16", "ttt.max_samples=2",
                                    "sampling.n_views=2", "sampling.backend=transformers",
                                    "sampling.dfs_threshold=0", "sampling.unsure_extra_views=0",
                                    "selection.rescore_augmentations=2", "selection.max_rescore=2",

@@ -24,11 +24,11 @@ from submission.arc.tasks import load_dataset, tasks_to_challenges, tasks_to_sol
 ROOT = Path(__file__).resolve().parents[2]
 FT = Config().with_overrides([
     "finetune.samples_per_task=2", "finetune.grad_accum=2", "finetune.checkpoint_every=2",
-    "finetune.r=8", "finetune.lora_alpha=16", "finetune.learning_rate=1e-3",
+    "finetune.lora.r=8", "finetune.lora.alpha=16", "finetune.learning_rate=1e-3",
     "finetune.modules_to_save=embed_tokens,lm_head", "model.max_seq_len=2048"])
 SETS = [f"{k}={v}" for k, v in (
     ("finetune.samples_per_task", 2), ("finetune.grad_accum", 2), ("finetune.checkpoint_every", 2),
-    ("finetune.r", 8), ("finetune.lora_alpha", 16), ("finetune.learning_rate", 1e-3),
+    ("finetune.lora.r", 8), ("finetune.lora.alpha", 16), ("finetune.learning_rate", 1e-3),
     ("finetune.modules_to_save", "embed_tokens,lm_head"), ("model.max_seq_len", 2048))]
 LAUNCH_TIMEOUT_S = 240  # a 2-process launch takes ~20-40 s on an idle 2-core machine
 TOL = 2e-5

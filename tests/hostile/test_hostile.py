@@ -218,11 +218,11 @@ def test_moderately_deep_cell_names_the_cell_briefly(tmp_path, capsys):
 
 @pytest.mark.parametrize("item", [
     "budget.time_budget_s=inf", "budget.time_budget_s=1e309", "budget.time_budget_s=nan",
-    "budget.prior_train_tokens_per_s=inf", "ttt.lora_dropout=nan", "selection.poe_offset=-inf",
+    "budget.prior_train_tokens_per_s=inf", "ttt.lora.dropout=nan", "selection.poe_offset=-inf",
     "sampling.temperature=inf", "ttt.seed=-1", "finetune.seed=-5", "sampling.seed=-1",
-    "sampling.seed=4294967296", "ttt.r=513", "ttt.target_modules=", "ttt.target_modules=q_proj,q_proj",
-    "ttt.target_modules=q proj", "ttt.target_modules=../x", "ttt.target_modules=lm_head",
-    "finetune.target_modules=embed_tokens", "ttt.r=" + "1" * 5000])
+    "sampling.seed=4294967296", "ttt.lora.r=513", "ttt.lora.target_modules=", "ttt.lora.target_modules=q_proj,q_proj",
+    "ttt.lora.target_modules=q proj", "ttt.lora.target_modules=../x", "ttt.lora.target_modules=lm_head",
+    "finetune.lora.target_modules=embed_tokens", "ttt.lora.r=" + "1" * 5000])
 def test_bad_config_values_exit_2_before_anything_runs(tmp_path, capsys, item):
     code = cli.main(["run", "--challenges", str(tmp_path / "c.json"), "--model", str(tmp_path),
                      "--out", str(tmp_path / "o.json"), "--workdir", str(tmp_path / "w"),

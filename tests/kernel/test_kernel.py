@@ -18,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ["notebook.ipynb", "kernel-metadata.json", "kaggle/wheelhouse/notebook.ipynb",
              "kaggle/wheelhouse/kernel-metadata.json"]
-SMOKE_ARGS = ("--smoke --smoke-tasks 2 --workers 1 --allow-unanswered --set ttt.r=8 "
-              "--set ttt.lora_alpha=16 --set ttt.max_samples=4 --set sampling.n_views=2 "
+SMOKE_ARGS = ("--smoke --smoke-tasks 2 --workers 1 --allow-unanswered --set ttt.lora.r=8 "
+              "--set ttt.lora.alpha=16 --set ttt.max_samples=4 --set sampling.n_views=2 "
               "--set selection.rescore_augmentations=2 --set selection.max_rescore=2 "
               "--set model.max_seq_len=2048 --set sampling.unsure_extra_views=2")
 
@@ -345,16 +345,16 @@ def exec_run_cell_with(monkeypatch, tmp_path, working: Path, *, full: bool = Fal
 def test_run_cell_smoke_runs_gpu_check_first_and_passes_the_calibration(monkeypatch, tmp_path, capsys):
     fake = FakeCommands(tmp_path / "working")
     _exec_run_cell(monkeypatch, tmp_path, fake, full=False,
-                   args="--smoke-tasks 2 --set ttt.r=8 --config=c.toml --model /m --workers 1",
+                   args="--smoke-tasks 2 --set ttt.lora.r=8 --config=c.toml --model /m --workers 1",
                    ARC_GPU_CHECK_ARGS="--steps 2")
     assert [c[3] for c in fake.calls] == ["gpu-check", "kaggle", "validate"]
     (check,), (kaggle,) = fake.of("gpu-check"), fake.of("kaggle")
     check_dir = str(tmp_path / "working" / "gpu-check")
     assert check[check.index("--out") + 1] == check_dir
-    assert check[-7:] == ["--set", "ttt.r=8", "--config=c.toml", "--model", "/m", "--steps", "2"]
+    assert check[-7:] == ["--set", "ttt.lora.r=8", "--config=c.toml", "--model", "/m", "--steps", "2"]
     assert "--workers" not in check and "--smoke-tasks" not in check  # kaggle-only options stay out
     assert kaggle[kaggle.index("--calibration") + 1] == str(Path(check_dir) / "calibration.json")
-    assert kaggle[-9:] == ["--smoke-tasks", "2", "--set", "ttt.r=8", "--config=c.toml", "--model", "/m",
+    assert kaggle[-9:] == ["--smoke-tasks", "2", "--set", "ttt.lora.r=8", "--config=c.toml", "--model", "/m",
                            "--workers", "1"]  # ARC_KAGGLE_ARGS last, as given
     assert "every stage worked" in capsys.readouterr().out
 

@@ -17,7 +17,7 @@ from tests.helpers import write_challenges
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--set", "ttt.r=8", "--set", "ttt.lora_alpha=16", "--set", "ttt.max_samples=4",
+FAST = ["--set", "ttt.lora.r=8", "--set", "ttt.lora.alpha=16", "--set", "ttt.max_samples=4",
         "--set", "sampling.n_views=2", "--set", "selection.rescore_augmentations=2",
         "--set", "selection.max_rescore=2", "--set", "model.max_seq_len=512",
         "--set", "sampling.max_loras=1", "--set", "sampling.unsure_extra_views=0"]

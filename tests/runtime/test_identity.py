@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from submission.config import Config
+from submission.config import RENAMED, Config
 from submission.arc.grids import Pair, Task, as_grid
 from submission.runtime.modelfiles import model_identity, weight_digest
 from submission.runtime.records import record_path, store_record, task_digest
@@ -182,3 +182,50 @@ def test_changed_grids_retrain_the_adapter(engine, tmp_path):
     assert report["resumed"] == 0 and report["fallbacks"].get("ttt_adapter_reused") == 1
     assert "ttt_reused" not in report["per_task"]["adpt0001"]
     assert report["per_task"]["adpt0002"].get("ttt_reused") is True
+
+
+def before_lora_tables(config: dict) -> dict:
+    """A config dict as stored before [ttt.lora] / [finetune.lora]: the LoRA fields flat, old names."""
+    old = {new.rsplit(".", 1)[1]: key.split(".")[1] for key, new in RENAMED.items()}
+    out = dict(config)
+    for section in ("ttt", "finetune"):
+        if isinstance(out.get(section), dict):
+            sec = dict(out[section])
+            lora = sec.pop("lora")
+            out[section] = {**sec, **{old[k]: v for k, v in lora.items()}}
+    return out
+
+
+def test_a_workdir_from_before_the_lora_tables_is_resumed(tmp_path):
+    """Same values under the old keys are the same answer-relevant identity: reused, not redone;
+    an old record whose LoRA values differ is still redone."""
+    model = big_model(tmp_path / "m")
+    tasks = {i: small_task(i) for i in ("aaaa0001", "bbbb0002")}
+    ch = write_tasks(tmp_path, tasks)
+    answered(make_run(tmp_path, ch, model))
+    for tid in tasks:
+        path = record_path(tmp_path / "work", tid)
+        rec = json.loads(path.read_text())
+        rec["config"] = before_lora_tables(rec["config"])
+        assert "r" in rec["config"]["ttt"] and "lora" not in rec["config"]["ttt"]
+        if tid == "bbbb0002":
+            rec["config"]["ttt"]["r"] = 8
+        path.write_text(json.dumps(rec))
+    state = make_run(tmp_path, ch, model)
+    assert state.resumed == 1 and [t.id for t in state.pending] == ["bbbb0002"]
+
+
+def test_an_adapter_from_before_the_lora_tables_is_reused(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from submission.worker import ttt_stage
+
+    monkeypatch.setattr(ttt_stage, "check_adapter", lambda path: None)
+    task = small_task("aaaa0001")
+    state = SimpleNamespace(cfg=Config(), identity={"model": {"path": "/m", "fingerprint": "f"}})
+    done = {"config": ttt_stage._ttt_identity(state, task), "ttt": {"steps": 3}, "ttt_data": {}}
+    (tmp_path / ttt_stage.DONE).write_text(json.dumps(
+        dict(done, config=before_lora_tables(done["config"]))))
+    assert ttt_stage._finished_adapter(tmp_path, state, task) == {"ttt": {"steps": 3}, "ttt_data": {}}
+    state.cfg = Config().with_overrides(["ttt.lora.r=8"])
+    assert ttt_stage._finished_adapter(tmp_path, state, task) is None

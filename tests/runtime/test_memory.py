@@ -106,7 +106,7 @@ def test_lora_slot_buffers_follow_vllm_stacked_shapes():
     h, q, kv, i, r = 2560, 4096, 1024, 9728, 64
     per_layer = r * (3 * h + q + 2 * kv) + r * (q + h) + r * (2 * h + 2 * i) + r * (i + h)
     assert plan.lora_slots_gib == pytest.approx(8 * 36 * per_layer * 2 / GIB, rel=1e-9)
-    only_q = plan_for_shape(shape(QWEN3_4B), CFG.with_overrides(["ttt.target_modules=q_proj"]), 80.0,
+    only_q = plan_for_shape(shape(QWEN3_4B), CFG.with_overrides(["ttt.lora.target_modules=q_proj"]), 80.0,
                             max_loras=8)
     assert only_q.lora_slots_gib == pytest.approx(8 * 36 * r * (3 * h + q + 2 * kv) * 2 / GIB)
 
@@ -189,14 +189,14 @@ def test_shape_defaults_and_dtype():
 def test_lora_rank_limits():
     assert [vllm_max_lora_rank(r) for r in (1, 8, 64, 65, 300, 512)] == [1, 8, 64, 128, 320, 512]
     with pytest.raises(ConfigError, match="512"):
-        Config().with_overrides(["ttt.r=513"])
+        Config().with_overrides(["ttt.lora.r=513"])
 
 
 def test_unplanned_kwargs_are_valid_for_vllm():
     kw = unplanned_vllm_kwargs(CFG)
     assert 0 < kw["gpu_memory_utilization"] <= 0.92 and "max_num_batched_tokens" not in kw
     assert kw["max_cpu_loras"] == kw["max_loras"] == 8 and kw["max_lora_rank"] == 64
-    assert kw["lora_target_modules"] == list(CFG.ttt.target_modules)
+    assert kw["lora_target_modules"] == list(CFG.ttt.lora.target_modules)
     kw = unplanned_vllm_kwargs(CFG.with_overrides(["sampling.gpu_memory_utilization=0.5",
                                                    "sampling.max_num_batched_tokens=2048"]))
     assert kw["gpu_memory_utilization"] == 0.5 and kw["max_num_batched_tokens"] == 2048
@@ -261,7 +261,7 @@ def test_trainer_counts_its_initial_adapter_copy_at_fp32_r128_on_l4():
     from submission.runtime.memory_sizing import CUDA_CONTEXT_GIB, LORA_INIT_BYTES_PER_PARAM, \
         TRAIN_FRAGMENTATION, TRAIN_SAFETY_GIB
 
-    cfg = CFG.with_overrides(["ttt.r=128", "ttt.lora_alpha=128"])
+    cfg = CFG.with_overrides(["ttt.lora.r=128", "ttt.lora.alpha=128"])
     plan = plan_for_shape(shape(QWEN3_4B, vocab_size=16), cfg, 22.5, compute_capability=(8, 9))
     h, q, kv, i, layers = 2560, 4096, 1024, 9728, 36
     params = 128 * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)) * layers

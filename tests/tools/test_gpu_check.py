@@ -349,7 +349,7 @@ def test_cli_gpu_check_without_model_exits_2(tmp_path, capsys):
 # --- the whole check on CPU (tiny model, vLLM CPU) -------------------------------------------
 
 # The tests' adapter shape and slots (tests/helpers.py), a shorter context and fewer sequences.
-SMALL_SETS = [*small_sets("ttt.r", "ttt.lora_alpha"), "model.max_seq_len=1024",
+SMALL_SETS = [*small_sets("ttt.lora.r", "ttt.lora.alpha"), "model.max_seq_len=1024",
               *small_sets("sampling.max_loras"), "sampling.max_num_seqs=8"]
 
 

@@ -9,18 +9,18 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from submission.config import Config, TTTConfig
+from submission.config import Config, TrainConfig
 from submission.model.backends import has_cuda, installed, resolve_dtype
 
 
-def lora_config(t: TTTConfig) -> Any:
-    return LoraConfig(r=t.r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                      target_modules=list(t.target_modules), use_rslora=t.use_rslora,
+def lora_config(t: TrainConfig) -> Any:
+    return LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                      target_modules=list(t.lora.target_modules), use_rslora=t.lora.rslora,
                       modules_to_save=list(getattr(t, "modules_to_save", ())) or None,
                       bias="none", task_type="CAUSAL_LM")
 
 
-def load_peft(model_path: str | Path, cfg: Config, section: TTTConfig | None = None
+def load_peft(model_path: str | Path, cfg: Config, section: TrainConfig | None = None
               ) -> tuple[Any, Any, dict[str, Any]]:
     """(peft model, tokenizer, info) for the LoRA settings of `section` (default cfg.ttt).
     4-bit only on a GPU with bitsandbytes; CPU runs full precision."""

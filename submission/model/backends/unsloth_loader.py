@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from submission.config import Config, TTTConfig
+from submission.config import Config, TrainConfig
 from submission.environment import set_offline
 from submission.errors import BackendUnavailable
 from submission.model.tokenizer import load_tokenizer
@@ -42,7 +42,7 @@ def _import_unsloth() -> Any:
     return FastLanguageModel
 
 
-def load_unsloth(model_path: str | Path, cfg: Config, section: TTTConfig | None = None
+def load_unsloth(model_path: str | Path, cfg: Config, section: TrainConfig | None = None
                  ) -> tuple[Any, Any, dict[str, Any], Any]:
     """(peft model, tokenizer, info, GradScaler or None) for `section` (default cfg.ttt). GPU only."""
     fast = _import_unsloth()
@@ -57,8 +57,8 @@ def load_unsloth(model_path: str | Path, cfg: Config, section: TTTConfig | None 
         dtype=dtype, load_in_4bit=t.load_in_4bit, local_files_only=True, device_map={"": 0},
         use_gradient_checkpointing="unsloth" if t.gradient_checkpointing else False)
     model = fast.get_peft_model(
-        model, r=t.r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-        target_modules=list(t.target_modules), bias="none", use_rslora=t.use_rslora,
+        model, r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+        target_modules=list(t.lora.target_modules), bias="none", use_rslora=t.lora.rslora,
         random_state=t.seed, max_seq_length=cfg.model.max_seq_len,
         modules_to_save=list(getattr(t, "modules_to_save", ())) or None,
         use_gradient_checkpointing="unsloth" if t.gradient_checkpointing else False)
