@@ -204,8 +204,7 @@ class SamplingConfig:
             raise ConfigError(f"config {where}.max_num_batched_tokens must be 0 (auto) or >= "
                               f"{where}.max_num_seqs (vLLM rejects fewer)")
         if not 0.0 <= self.unsure_agreement <= 1.0:
-            raise ConfigError(f"config {where}.unsure_extra_views must be >= 0, unsure_agreement "
-                              "in [0, 1]")
+            raise ConfigError(f"config {where}.unsure_agreement must be in [0, 1]")
         if not 0.0 <= self.dfs_threshold < 1.0:
             raise ConfigError(f"config {where}.dfs_threshold must be in [0, 1)")
         if self.n_samples < 0:
