@@ -44,6 +44,6 @@ def test_test_modules_import_no_other_test_module_nor_conftest():
 def test_role_folders_of_the_package_have_a_test_folder():
     package = TESTS.parent / "submission"
     roles = {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
-    # presets are data files, tested at the top (test_presets.py); config is a top-level section
-    missing = sorted(r for r in roles - {"presets", "config"} if not (TESTS / r).is_dir())
+    # presets are data files of the config: tests/config/test_presets.py
+    missing = sorted(r for r in roles - {"presets"} if not (TESTS / r).is_dir())
     assert not missing, f"no tests/<role>/ for {missing}"

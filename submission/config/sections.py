@@ -174,7 +174,7 @@ class SamplingConfig:
     dfs_threshold: float = 0.17  # ARChitects' DFS: every answer with p >= 0.17 (NVARC: 0.2); 0: greedy only
     dfs_max_paths: int = 8  # answers searched per view at most (the greedy one included)
     # views check the answers earlier views found in one prefill instead of decoding them again: the
-    # same answers (tests/test_search.py), 8x fewer decoded tokens when 8 views agree
+    # same answers (tests/answers/test_search.py), 8x fewer decoded tokens when 8 views agree
     # (benchmarks/speculative_dfs.py, docs/method.md); false: every view decodes (plain DFS)
     speculative: bool = True
     unsure_extra_views: int = 16  # more views for a test input whose answers disagree (if time allows)

@@ -10,7 +10,7 @@ import pytest
 from submission.config import Config, explicit_keys, flatten, load_config
 from submission.presets import NAMES, read_preset
 
-PRESETS = Path(__file__).resolve().parents[1] / "submission" / "presets"
+PRESETS = Path(__file__).resolve().parents[2] / "submission" / "presets"
 
 
 @pytest.mark.parametrize("name", NAMES)
