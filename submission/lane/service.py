@@ -114,7 +114,7 @@ class LaneRunner:
                 continue
             rec = state.records.get(tid)
             if rec is not None:
-                merged = self.merge(tid, rec)
+                merged = self.merge(tid, rec.to_json())
                 store_record(state, state.tasks[tid], merged)
                 state.accept(tid, merged)
             elif lane["found"]:
@@ -150,7 +150,7 @@ def start_lane(state: Any) -> LaneRunner | None:
         return None
     wanted = {t.id for t in state.pending} | set(state.records)
     todo = [state.tasks[i] for i in state.counts if i in state.tasks and i in wanted
-            and "lane" not in state.records.get(i, {})]
+            and (i not in state.records or state.records[i].lane is None)]
     if not todo:
         return None
     return LaneRunner(todo, state.cfg, all_policies=state.all_policies)

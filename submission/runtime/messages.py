@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from submission.runtime.budget import TaskPlan
+from submission.runtime.task_record import TaskRecord
 
 Fallbacks = dict[str, int]  # fallback counts since the worker's last message
 Faults = list[dict[str, Any]]  # faults since the worker's last message
@@ -70,7 +71,7 @@ class TaskDone:
     """A task finished: its record (also stored on disk by the worker)."""
 
     task_id: str
-    record: dict[str, Any]
+    record: TaskRecord
     fallbacks: Fallbacks
     faults: Faults
 

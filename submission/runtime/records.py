@@ -4,9 +4,10 @@ A record holds a task's answers and what produced them. It is reused on a rerun 
 well-formed (`submit.valid_record`), belongs to the same task id, and was made under the same
 identity: the answer-relevant config sections, the model (its path and a fingerprint of its
 config and weight files) and the task's content (`task_digest`: a task whose grids changed under
-the same id is redone). Anything else is redone, never trusted and never a traceback. File names
-come from `paths.task_file_name`, so no task id can reach outside the workdir. This module neither
-runs tasks nor writes submission.json.
+the same id is redone). A record of an older schema version is read through its migration
+(task_record.migrate_record); one of an unknown (newer) version, like anything else, is redone,
+never trusted and never a traceback. File names come from `paths.task_file_name`, so no task id
+can reach outside the workdir. This module neither runs tasks nor writes submission.json.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from submission.arc.grids import Task, grid_to_list
 from submission.config import upgrade_json
 from submission.runtime.paths import task_file_name
 from submission.runtime.files import write_json_atomic
+from submission.runtime.schema import SCHEMA_KEY, SCHEMA_VERSION, SchemaError
+from submission.runtime.task_record import RecordError, TaskRecord, migrate_record
 from submission.arc.submit import read_record
 from submission.events import RECORD_WRITE_FAILED
 
@@ -52,28 +55,42 @@ def record_path(workdir: str | Path, task_id: str) -> Path:
     return Path(workdir) / "tasks" / f"{task_file_name(task_id)}.json"
 
 
-def write_task_record(workdir: str | Path, task: Task, record: dict[str, Any],
-                      identity: dict[str, Any]) -> None:
-    """Store a finished task's record atomically (OSError on a full disk: the caller decides)."""
-    record[IDENTITY_KEY] = identity["config"]
-    record["model"] = identity.get("model")
-    record["task_digest"] = task_digest(task)
-    record["task_id"] = task.id
-    write_json_atomic(record_path(workdir, task.id), record)
+def write_task_record(workdir: str | Path, task: Task, record: TaskRecord | dict[str, Any],
+                      identity: dict[str, Any]) -> TaskRecord:
+    """Store a finished task's record atomically, with its identity and the schema version, and
+    return it as stored (OSError on a full disk: the caller decides). A stage's dict gets the
+    identity keys too (the run keeps it as it was stored)."""
+    digest = task_digest(task)
+    if isinstance(record, dict):
+        record.update({IDENTITY_KEY: identity["config"], "model": identity.get("model"),
+                       "task_digest": digest, "task_id": task.id})
+        stored = TaskRecord.from_json(record)
+    else:
+        stored = record.stamped(task.id, digest, identity["config"], identity.get("model"))
+    write_json_atomic(record_path(workdir, task.id), {SCHEMA_KEY: SCHEMA_VERSION, **stored.to_json()})
+    return stored
 
 
 def load_task_record(workdir: str | Path, task: Task, identity: dict[str, Any]
-                     ) -> dict[str, Any] | None:
-    """The stored record of `task` if it can be reused under `identity`, else None."""
-    rec = read_record(record_path(workdir, task.id), task.n_test)
-    if rec is None or rec.get("task_id", task.id) != task.id:
+                     ) -> TaskRecord | None:
+    """The stored record of `task` if it can be reused under `identity` (a record of an older
+    schema version is migrated first), else None: the task is redone."""
+    raw = read_record(record_path(workdir, task.id), task.n_test)
+    if raw is None:
+        return None
+    try:
+        rec = migrate_record(raw)
+        typed = TaskRecord.from_json(rec)
+    except (SchemaError, RecordError):
+        return None
+    if rec.get("task_id", task.id) != task.id:
         return None
     want = {IDENTITY_KEY: identity["config"], "model": identity.get("model"),
             "task_digest": task_digest(task)}
-    return None if identity_mismatch(rec, want) else rec
+    return None if identity_mismatch(rec, want) else typed
 
 
-def store_record(sink: Any, task: Task, record: dict[str, Any]) -> bool:
+def store_record(sink: Any, task: Task, record: TaskRecord | dict[str, Any]) -> bool:
     """Write the record of a finished task for `sink` (a run or a worker: `workdir`, `identity`,
     `faults`, `fallbacks`). A failure (a full disk) costs the resume point only: it is recorded
     under faults and the answers still go out. Returns whether the record was written."""

@@ -27,6 +27,8 @@ from submission.arc.grids import Task
 from submission.runtime.lock import workdir_lock
 from submission.runtime.modelfiles import check_model_dir, model_identity
 from submission.runtime.records import load_task_record, store_record
+from submission.runtime.run_report import Backends, Kill, RunReport
+from submission.runtime.task_record import TaskRecord, as_record
 from submission.runtime.schedule import Scheduler
 from submission.runtime.startup import (
     apply_rates,
@@ -77,12 +79,12 @@ class Run:
                                              for i in ids if i in bad]
         self.fallbacks: Counter = Counts({BAD_TASK: len(self.faults)})
         self.answers: dict[str, list[list[Any]]] = {}
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, TaskRecord] = {}
         for i in ids:
             rec = load_task_record(self.workdir, self.tasks[i], self.identity) if i in self.tasks else None
             if rec is not None:
                 self.records[i] = rec
-                self.answers[i] = rec["attempts"]
+                self.answers[i] = rec.attempts
         runnable = [i for i in ids if i in self.tasks][:limit]  # --limit: the rest keep placeholders
         self.pending = [self.tasks[i] for i in runnable if i not in self.records]
         self.resumed = len(self.records)
@@ -104,31 +106,29 @@ class Run:
         if self.sched is not None:
             self.sched.progress(0, stage, task_id, time.monotonic())
 
-    def finish_task(self, task: Task, record: dict[str, Any]) -> None:
+    def finish_task(self, task: Task, record: TaskRecord | dict[str, Any]) -> None:
         """Store a finished task's record (resume point), then rewrite submission.json."""
         store_record(self, task, record)
         self.accept(task.id, record)
 
-    def accept(self, task_id: str, record: dict[str, Any]) -> None:
+    def accept(self, task_id: str, record: TaskRecord | dict[str, Any]) -> None:
         """Take a finished task's answers (its record file is already written, or failed to be)."""
+        rec = as_record(record)
         if self.lane is not None:
-            record = self.lane.merge(task_id, record)
-        self.records[task_id] = record
-        self.answers[task_id] = record["attempts"]
+            rec = as_record(self.lane.merge(task_id, rec.to_json()))
+        self.records[task_id] = rec
+        self.answers[task_id] = rec.attempts
         self.write_submission()
 
-    def report(self, engine_info: dict[str, Any], seconds: float) -> dict[str, Any]:
-        report = {"config": self.cfg.to_dict(), "backends": engine_info, "seconds": seconds,
-                  "challenges": str(self.challenges.resolve()),
-                  "time_budget_s": self.cfg.budget.time_budget_s,
-                  "tasks": len(self.counts), "resumed": self.resumed,
-                  "model": self.identity["model"], "workdir": str(self.workdir),
-                  "submission": str(self.out),
-                  "scratch": str(self.scratch), "calibration": self.calibration, **self.info,
-                  "fallbacks": dict(self.fallbacks), "faults": self.faults,
-                  "lenient_parses": sum(r.get("lenient_parses", 0) for r in self.records.values()),
-                  "per_task": {k: {f: v for f, v in r.items() if f not in ("config", "model")}
-                               for k, r in self.records.items()}}
+    def report(self, backends: Backends, seconds: float) -> dict[str, Any]:
+        """Write run.json (run_report.RunReport) and return its JSON."""
+        report = RunReport(
+            config=self.cfg.to_dict(), backends=backends, seconds=seconds,
+            challenges=str(self.challenges.resolve()), time_budget_s=self.cfg.budget.time_budget_s,
+            tasks=len(self.counts), resumed=self.resumed, model=self.identity["model"],
+            workdir=str(self.workdir), submission=str(self.out), scratch=str(self.scratch),
+            calibration=self.calibration, info=dict(self.info), fallbacks=dict(self.fallbacks),
+            faults=self.faults, per_task=dict(self.records)).to_json()
         write_json_atomic(self.workdir / "run.json", report)
         return report
 
@@ -170,7 +170,8 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
     if unusable:
         state.fallbacks[GPU_UNUSABLE] += len(state.pending)
     if not state.pending:
-        report = state.report(engine.info if engine else {}, time.monotonic() - state.start)
+        report = state.report(Backends.in_process(engine.info if engine else None),
+                              time.monotonic() - state.start)
         html_report(state.workdir, challenges=challenges)
         return report
     if engine is None and not unusable:
@@ -182,7 +183,7 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
     try:
         try:
             if unusable:
-                info = {}
+                info = Backends()
             elif engine is None and cfg.budget.workers > 0:
                 from submission.runtime.workers import supervise
 
@@ -209,7 +210,8 @@ def _run_locked(challenges, model, out, workdir, cfg, *, limit, all_policies, en
                     state.workdir, task, state.identity)) is not None:
                 state.accept(task.id, rec)
         state.info["interrupted"] = True
-        state.report(engine.info if engine else {}, time.monotonic() - state.start)
+        state.report(Backends.in_process(engine.info if engine else None),
+                     time.monotonic() - state.start)
         raise Interrupted(f"interrupted: {len(state.records)} of {len(state.counts)} task(s) "
                           f"finished, kept in {state.out} and {state.workdir / 'run.json'}") from None
     report = state.report(info, time.monotonic() - state.start)
@@ -231,7 +233,7 @@ def html_report(workdir: str | Path, **kwargs: Any) -> Path | None:
         return None
 
 
-def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dict[str, Any]:
+def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> Backends:
     """The in-process loop: same planner and scheduler as the workers; the watchdog interrupts a
     chunk that stops making progress (its tasks are re-queued) and the loop at the budget's end."""
     from submission.model.engine import build_engine
@@ -247,7 +249,7 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
     planner = Planner(state.cfg, start=state.start, workers=1)
     sched = Scheduler(state.pending, planner, chunk_size=state.chunk_size)
     tasks = {t.id: t for t in state.pending}
-    kills: list[dict[str, Any]] = []
+    kills: list[Kill] = []
     with Watchdog() as dog, tqdm(total=len(tasks), desc="tasks", unit="task") as bar:
         state.watchdog, state.sched = dog, sched
         cal = None
@@ -277,11 +279,11 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
                 state.faults.append({"tasks": a.tasks, "stage": "chunk", "error": repr(exc)})
             except WatchdogInterrupt as exc:
                 reason = f"watchdog: {exc} (stage '{a.stage}')"
-                kills.append({"worker": 0, "reason": reason, "tasks": a.tasks})
+                kills.append(Kill(0, reason, list(a.tasks)))
             for task_id in a.tasks:
                 if task_id in state.records and task_id not in before:
                     sched.task_done(0, task_id)
-                    sched.observe(task_id, state.records[task_id])
+                    sched.observe(task_id, state.records[task_id].to_json())
             given_up = sched.fail(0, reason) if reason else sched.chunk_done(0, time.monotonic())
             for task_id in given_up:
                 state.faults.append({"task": task_id, "stage": "chunk",
@@ -293,11 +295,10 @@ def run_here(state: Run, model: str | Path | None, engine: Engine | None) -> dic
     if skipped:
         state.fallbacks[DEADLINE_SKIPPED] += len(skipped)
     loop_s, compute_s = time.monotonic() - loop_start, engine.compute_seconds() - compute_start
-    engine.info["compute"] = {"loop_s": loop_s, "compute_s": compute_s,
-                              "host_share": max(0.0, loop_s - compute_s) / loop_s if loop_s else 0.0}
-    engine.info["killed"] = kills
-    engine.info["rates"] = dict(planner.rates)
-    return engine.info
+    compute = {"loop_s": loop_s, "compute_s": compute_s,
+               "host_share": max(0.0, loop_s - compute_s) / loop_s if loop_s else 0.0}
+    return Backends.in_process(engine.info, compute=compute, killed=tuple(kills),
+                               calibration=cal, rates=dict(planner.rates))
 
 
 def _raw_test_count(obj: Any) -> int:

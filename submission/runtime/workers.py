@@ -30,6 +30,7 @@ from submission.errors import SubmissionError
 from submission.events import DEADLINE_SKIPPED, GPU_UNUSABLE, TASKS_GIVEN_UP
 from submission.runtime.messages import (Chunk, ChunkDone, ChunkError, Fatal, FromWorker, Progress, Ready,
                                          Stop, TaskDone, ToWorker, Unusable)
+from submission.runtime.run_report import Backends, Kill, WorkerInfo
 from submission.runtime.schedule import Scheduler
 
 POLL_S = 0.5
@@ -69,8 +70,8 @@ def worker_env(wid: int, gpus: int, workdir: Path, scratch: Path | None = None) 
     return env
 
 
-def supervise(state: Any, model: str | Path) -> dict[str, Any]:
-    """Run `state.pending` on `state.cfg.budget.workers` processes; returns backend info."""
+def supervise(state: Any, model: str | Path) -> Backends:
+    """Run `state.pending` on `state.cfg.budget.workers` processes; returns what the engines did."""
     from submission.tools.kaggle import gpu_count
 
     cfg: Config = state.cfg
@@ -81,7 +82,8 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
     end = planner.end
     ctx = mp.get_context("spawn")
     handles: dict[int, Handle] = {}
-    info: dict[str, Any] = {"workers": n, "worker_info": {}, "killed": [], "calibrations": {}}
+    # worker_info, killed, calibrations, ready, gpu_unusable, fatal: Backends' fields as they come
+    info: dict[str, Any] = {"worker_info": {}, "killed": [], "calibrations": {}, "ready": False}
     job = {"model": str(model), "cfg": cfg.to_dict(), "challenges": str(state.challenges),
            "workdir": str(state.workdir), "scratch": str(state.scratch), "identity": state.identity,
            "all_policies": state.all_policies, "calibration": state.calibration,
@@ -103,7 +105,7 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
             h.proc.kill()
         h.proc.join(timeout=10)
         a = sched.active.get(h.wid)
-        info["killed"].append({"worker": h.wid, "reason": reason, "tasks": a.tasks if a else []})
+        info["killed"].append(Kill(h.wid, reason, list(a.tasks) if a else []))
         for task_id in sched.fail(h.wid, reason):
             state.faults.append({"task": task_id, "stage": "worker", "error": reason})
             state.fallbacks[TASKS_GIVEN_UP] += 1
@@ -149,14 +151,17 @@ def supervise(state: Any, model: str | Path) -> dict[str, Any]:
         if h.proc.is_alive():
             h.proc.kill()
             h.proc.join(timeout=10)
-    if "fatal" in info and not info["worker_info"].get("ready"):
+    if "fatal" in info and not info["ready"]:
         raise WorkerStartError(info.get("fatal_message")
                                or f"no worker could start its engine: {info['fatal']}")
-    info.pop("fatal_message", None)
     skipped = sched.unfinished()
     if skipped:
         state.fallbacks[GPU_UNUSABLE if "gpu_unusable" in info else DEADLINE_SKIPPED] += len(skipped)
-    return info
+    return Backends(workers=n, worker_info={k: WorkerInfo.from_json(v)
+                                            for k, v in info["worker_info"].items()},
+                    killed=tuple(info["killed"]), calibrations=info["calibrations"],
+                    rates=dict(planner.rates), ready=info["ready"],
+                    gpu_unusable=info.get("gpu_unusable"), fatal=info.get("fatal"))
 
 
 def _handle(msg: FromWorker, h: Handle, state: Any, sched: Scheduler, planner: Planner,
@@ -167,7 +172,7 @@ def _handle(msg: FromWorker, h: Handle, state: Any, sched: Scheduler, planner: P
         case Ready():
             h.ready = True
             info["worker_info"][str(h.wid)] = msg.engine_info
-            info["worker_info"]["ready"] = True
+            info["ready"] = True
             state.fallbacks.update(msg.fallbacks)
             state.faults.extend(msg.faults)
             cal = msg.calibration
@@ -183,7 +188,7 @@ def _handle(msg: FromWorker, h: Handle, state: Any, sched: Scheduler, planner: P
             state.fallbacks.update(msg.fallbacks)
             state.faults.extend(msg.faults)
             sched.task_done(h.wid, msg.task_id)
-            sched.observe(msg.task_id, msg.record)
+            sched.observe(msg.task_id, msg.record.to_json())
         case Progress():
             sched.progress(h.wid, msg.stage, msg.task_id, time.monotonic())
         case ChunkError():

@@ -21,6 +21,8 @@ from submission.arc.submit import ATTEMPT_KEYS
 from submission.events import TTT_ADAPTER_REUSED
 from submission.errors import InputError
 from submission.runtime.files import write_text_atomic
+from submission.runtime.run_report import migrate_run
+from submission.runtime.schema import SCHEMA_KEY, SchemaError
 from submission.tools.report_view import PALETTE, is_grid, render_report
 from submission.tools.report_view import finite as _num
 from submission.tools.report_workdir import (
@@ -43,9 +45,10 @@ STAGES = {"ttt_s": "TTT", "sample_s": "sampling", "rescore_s": "re-scoring", "se
 RUN_INFO_KEYS = ("model", "workdir", "scratch", "engine_kwargs")
 SHOWN_RUN_KEYS = {"config", "backends", "seconds", "tasks", "resumed", "fallbacks", "faults",
                   "per_task", "calibration", "memory_plan", "challenges", "solutions",
-                  "time_budget_s", "lane", *RUN_INFO_KEYS}
+                  "time_budget_s", "lane", SCHEMA_KEY, *RUN_INFO_KEYS}
 SHOWN_TASK_KEYS = {"timing", "fallbacks", "plan", "ttt", "ttt_data", "attempts", "tests", "views",
-                   "config", "faults", "task_id", "id", "ttt_reused", "model", "task_digest", "lane"}
+                   "config", "faults", "task_id", "id", "ttt_reused", "model", "task_digest", "lane",
+                   SCHEMA_KEY}
 # what a card shows of the program-search lane's result (lane/search.py LaneResult.to_json)
 LANE_KEYS = ("found", "program", "programs", "cpu_s", "timed_out", "error")
 
@@ -202,6 +205,10 @@ def build_report(workdir: str | Path, *, solutions: str | Path | None = None,
         notes.append(f"run.json unreadable: {err or 'not a JSON object'}")
         run = {}
     finished = bool(run)
+    try:  # an older run.json is read in today's shape (one "backends" shape)
+        run = migrate_run(run) if run else run
+    except SchemaError as exc:
+        notes.append(f"run.json: {exc}; read as it is")
     if not finished:
         notes.append("no run.json: the run is still going or was killed; showing the finished tasks")
     config = _d(run.get("config")) or _d(_read(rdir / "config.json")[0])

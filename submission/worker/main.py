@@ -68,9 +68,10 @@ class WorkerSink:
 
     def finish_task(self, task, record: dict[str, Any]) -> None:
         from submission.runtime.records import store_record
+        from submission.runtime.task_record import as_record
 
         store_record(self, task, record)
-        self.outbox.send(TaskDone(task.id, record, *self.take_counts()))
+        self.outbox.send(TaskDone(task.id, as_record(record), *self.take_counts()))
 
 
 def worker_main(wid: int, env: dict[str, str], job: dict[str, Any], inbox: Connection,

@@ -321,10 +321,11 @@ def test_redrafting_copies_a_repeating_answer_on_from_its_own_start():
     assert got[0][0].ids == target and 0 < miss.decoded_tokens < len(target)
 
 
-def test_decoding_stops_after_a_chunk_where_the_answer_repeats_itself():
+def test_decoding_stops_after_a_chunk_where_the_answer_repeats_itself(monkeypatch):
     """No seed and no other view: the first CHUNK tokens are decoded, then the path's latest
     4-gram is found at its own start and copied on with its period, verified to the stop token in
     one call (the substituted STOP ends it): CHUNK decode steps where `dfs` takes 33."""
+    monkeypatch.setattr(speculative, "CHUNK", 8)  # two periods of the answer
     target = [0, 1, 2, 3] * 8 + [STOP]
     reqs = [GenRequest(PROMPT + (0,), None, 40)]
     plain, spec = SearchStats(), SearchStats()
@@ -346,6 +347,7 @@ def test_a_path_whose_drafts_fail_decodes_in_doubling_chunks(monkeypatch):
     def wrong(prompt, prefix, max_tokens, tried):
         return prefix + [(target[len(prefix)] + 1) % STOP] * 5
 
+    monkeypatch.setattr(speculative, "CHUNK", 8)
     monkeypatch.setattr(speculative, "_lookup", wrong)
     monkeypatch.setattr(speculative, "_ngram", lambda prompt, path, left: [])
     reqs = [GenRequest(PROMPT + (0,), None, 130)]

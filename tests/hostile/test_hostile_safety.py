@@ -522,7 +522,7 @@ def test_a_failed_vllm_start_keeps_stdout_json_and_leaves_no_temp_files(tmp_path
     summary = json.loads(out)  # nothing else on stdout
     assert summary["fallbacks"].get("vllm_start_failed") == 1, summary
     assert "kv cache" in json.loads((tmp_path / "work" / "run.json").read_text())[
-        "backends"]["vllm_start_error"].lower()
+        "backends"]["worker_info"]["0"]["vllm_start_error"].lower()
     assert "INFO" in err  # vLLM did log, to stderr
     left = [p.name for p in tmp.rglob("*") if p.name.startswith(("vllm_dist_", PREFIX))]
     assert left == [], left

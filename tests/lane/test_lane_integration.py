@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from submission.runtime.run_report import Backends
 from submission.config import Config
 from submission.arc.grids import Pair, Task, as_grid, grid_to_list
 from submission.lane.ensemble import merge_record, merge_two
@@ -109,7 +110,7 @@ def test_run_gets_lane_answers_where_the_model_gave_none(tmp_path):
     for tid in ("flip0001", "flip0002"):
         assert sub[tid][0]["attempt_1"] == grid_to_list(tasks[tid].test_outputs[0])
     assert sub["noise003"][0]["attempt_1"] == [[0]]  # no program, no neural answer: placeholder
-    report = state.report({}, 1.0)
+    report = state.report(Backends(), 1.0)
     rec = report["per_task"]["flip0001"]
     assert rec["lane"]["found"] and rec["lane"]["program"] == "flip_lr"
     assert rec["tests"][0]["attempts_by_policy"]["neural-only"] == []

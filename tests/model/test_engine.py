@@ -73,7 +73,7 @@ def test_end_to_end_three_evaluation_tasks(engine, tmp_path):
         assert len(rec["tests"]) == tasks[task_id].n_test
     assert not any((tmp_path / "work" / "adapters").iterdir())  # deleted once answered
     saved = json.loads((tmp_path / "work" / "run.json").read_text())
-    assert saved["backends"]["sampler_backend"] == "vllm" and "fallbacks" in saved
+    assert saved["backends"]["worker_info"]["0"]["sampler_backend"] == "vllm" and "fallbacks" in saved
     # A rerun with the same workdir resumes: nothing is trained again.
     again = run(challenges, None, out, tmp_path / "work", SMALL, all_policies=True, engine=engine)
     assert again["resumed"] == 3 and _validate(out, challenges) == []

@@ -20,6 +20,7 @@ from submission.errors import FormatError
 from submission.arc.formats import ArchitectsFormat, detect_format, get_format
 from submission.arc.tasks import tasks_to_challenges
 from submission.model.tokenizer import load_tokenizer
+from submission.runtime.run_report import Backends
 from tests.helpers import write_challenges
 
 
@@ -139,7 +140,8 @@ def test_one_task_run_with_default_settings_answers(tmp_path, workers):
     sub = json.loads((tmp_path / "submission.json").read_text())
     assert sub["t0000001"][0]["attempt_1"] == [[3]]
     report = json.loads((tmp_path / "work" / "run.json").read_text())
-    backends = report["backends"] if workers == "0" else report["backends"]["worker_info"]["0"]
-    assert backends["format"] == "qwen-chat"
+    assert set(report["backends"]) == set(Backends().to_json())  # one shape in both run modes
+    assert report["backends"]["workers"] == int(workers) and report["backends"]["ready"]
+    assert report["backends"]["worker_info"]["0"]["format"] == "qwen-chat"
     assert report["faults"] == [] and report["config"]["model"]["format"] == "auto"
     assert report["per_task"]["t0000001"]["ttt"]["steps"] >= 1

@@ -103,9 +103,10 @@ def test_vllm_that_cannot_be_rebuilt_hands_over_to_transformers(engine, tmp_path
     monkeypatch.setattr(engine.sampler, "_broken", True)
     cfg = QUICK.with_overrides(["sampling.max_loras=1"])  # two chunks
     report = run_here(engine, tmp_path, ["lost0001", "lost0002"], cfg)
-    assert engine.sampler is engine.forward and report["backends"]["sampler_backend"] == "transformers"
+    engine_info = report["backends"]["worker_info"]["0"]  # the in-process engine is worker "0"
+    assert engine.sampler is engine.forward and engine_info["sampler_backend"] == "transformers"
     assert report["fallbacks"]["vllm_rebuild_failed_use_transformers"] == 1
-    assert "vllm_rebuild" in report["backends"]["vllm_lost"]
+    assert "vllm_rebuild" in engine_info["vllm_lost"]
     assert not any(f["stage"] in ("chunk", "sample") for f in report["faults"]), report["faults"]
     assert set(report["per_task"]) == {"lost0001", "lost0002"} and own_adapter(report)
     assert all(t["views"] > 0 for t in report["per_task"].values())
@@ -137,7 +138,7 @@ def test_engine_fallback_counts_reach_run_json_in_process(engine, tmp_path, monk
     assert report["fallbacks"]["rescore_vllm_failed_use_forward"] == 1
     saved = json.loads((tmp_path / "work" / "run.json").read_text())
     assert saved["fallbacks"]["rescore_vllm_failed_use_forward"] == 1
-    assert report["backends"]["rescore_backend"] == "forward"
+    assert report["backends"]["worker_info"]["0"]["rescore_backend"] == "forward"
 
 
 # ---------------------------------------------------------------- TTT leaves no state behind

@@ -13,7 +13,7 @@ from submission.arc.formats import build_tokenizer, get_format
 from submission.arc.grids import Pair, Task, as_grid
 from submission.worker.sampling_stage import generate_into
 from submission.answers.sampling import GenRequest, Generation, build_views
-from submission.answers.search import SearchStats
+from submission.answers.dfs import SearchStats
 
 
 def fake_engine(sampler, fmt) -> SimpleNamespace:
