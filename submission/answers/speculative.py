@@ -16,24 +16,13 @@ import numpy as np
 from submission.answers.dfs import SearchStats, branches, counted_generate
 from submission.answers.sampling import GenRequest, Generation, Sampler, VerifyRequest
 
-# --- speculative DFS ----------------------------------------------------------------------------
-# The same search (rounds, branch openings and their order per request, the `max_paths` cap) with
-# one change: a path's greedy continuation is first looked up in answers other views of the same
-# test input already found. Such a candidate, mapped into this view's frame and encoded as its
-# answer tokens (a draft), is checked in one prefill (`Sampler.verify`: top-k logprobs at every
-# answer position). Where the draft's token is the strict argmax at a position it is what greedy
-# decoding would pick there; from the first position where it is not (an exact tie included: the
-# decoder resolves ties itself), the row there names the greedy token (its strict argmax), and the
-# path is drafted on from it (`_redraft`): the rest of the departed draft with that one token
-# corrected, and the continuation of the path's latest n-gram earlier in prompt and path (prompt
-# lookup). Each such round is one more prefill (the prompt and the accepted part read from the
-# prefix cache), in place of one decode step per token; a path whose round gained fewer than
-# MIN_GAIN tokens, or after REDRAFT_ROUNDS rounds, is decoded greedily from where it stands.
-# Greedy decoding itself goes CHUNK tokens at a time (`_decode`); after each chunk the path's rest
-# is drafted again (a candidate that extends it, else its n-gram continuation) and verified, so an
-# answer that copies rows of its input or of itself is decoded only where it departs from them. A
-# path whose chunk's draft gained fewer than MIN_GAIN tokens decodes twice as many before its next.
-# Verified rows serve every path of the view whose prefix they cover (greedy path and branches).
+# The same search as `dfs.dfs` (rounds, branch openings and their order, the `max_paths` cap); a
+# path's greedy continuation is first drafted (an answer another view of the test input found, in
+# this view's frame, else the path's n-gram continuation) and checked in one prefill
+# (`Sampler.verify`). Tokens that are the strict argmax are taken; at a departure the row's argmax is
+# taken and the path drafted on (`_redraft`) while a round gains MIN_GAIN tokens, at most
+# REDRAFT_ROUNDS rounds; greedy decoding goes CHUNK tokens between drafts (`_decode`), doubling while
+# drafts do not pay. Why, and the measurements: docs/method.md#speculative-answer-search.
 REDRAFT_ROUNDS = 16
 CHUNK = 2  # benchmarks/speculative_dfs.py: 8 -> 2 took agreeing views from 12 to 8 steps, noise too
 MIN_GAIN = 4  # tokens a round must add (the corrected one included) for another round
@@ -160,9 +149,8 @@ def speculative_dfs(sampler: Sampler, requests: list[GenRequest], frames: list[F
 
 
 class _Verifier:
-    """The drafts checked per request and their verified rows; one `Sampler.verify` call per
-    `check`. A draft that extends a verified one past its first `known` positions reuses those
-    rows (the same prefix: the same rows), and the sampler need only compute the rest."""
+    """The drafts checked per request and their verified rows (one `Sampler.verify` call per
+    `check`); a draft extending a verified one past `known` positions reuses those rows."""
 
     def __init__(self, sampler: Sampler, requests: list[GenRequest], k: int,
                  stats: SearchStats | None) -> None:
@@ -236,9 +224,8 @@ def _walk(verified: list[tuple[list[int], list[dict[int, float]]]], prefix: list
 
 def _redraft(ver: _Verifier, items: list[tuple[int, list[int], float]], walks: list[_Walk],
              requests: list[GenRequest], stops: set[int]) -> None:
-    """Walk each unfinished path on past its departure: take the row's strict argmax there (the
-    greedy token), then verify drafts for the rest (module comment above) in rounds, one verify
-    call per round for all paths; `walks` are updated in place."""
+    """Walk each unfinished path on past its departure: take the row's strict argmax there, then
+    verify drafts for the rest in rounds, one call per round for all; `walks` updated in place."""
     live = [idx for idx, w in enumerate(walks) if not w.done and w.draft is not None]
     for _ in range(REDRAFT_ROUNDS):
         checks: list[tuple[int, list[int], int]] = []
@@ -292,9 +279,8 @@ def _redraft(ver: _Verifier, items: list[tuple[int, list[int], float]], walks: l
 
 def _decode(ver: _Verifier, items: list[tuple[int, list[int], float]], walks: list[_Walk],
             frames: list[Frame], known: dict[Hashable, dict[Hashable, int]], stops: set[int]) -> None:
-    """Decode every unfinished walk greedily to its end, in place: CHUNK tokens (doubled while
-    drafts do not pay) per `generate` call for all of them, then one `verify` call for their drafts
-    (module comment above), walked and redrafted as far as they hold."""
+    """Decode every unfinished walk greedily to its end, in place: CHUNK tokens per `generate`
+    call for all of them, then one `verify` call for their drafts (module comment above)."""
     requests, st = ver.requests, ver.stats
     live = [idx for idx, w in enumerate(walks) if not w.done]
     chunk = dict.fromkeys(live, CHUNK)
@@ -357,11 +343,9 @@ def _continuations(ids: list[int], pos: int, prompt: np.ndarray, path: list[int]
 
 
 def _ngram(prompt: np.ndarray, path: list[int], left: int) -> list[int]:
-    """What followed the latest earlier occurrence of the longest tail of prompt + path that
-    occurred before (NGRAM_SIZES bound its length), copied on with the occurrence's period where
-    it runs into the tail (a run of one token, rows that repeat): `left` tokens, [] when not even
-    the shortest tail occurred. The longest match tells a row that repeats the one above (its
-    tail reaches back over the row break) from a run of one colour inside it."""
+    """What followed the latest earlier occurrence of the longest tail (NGRAM_SIZES) of prompt +
+    path that occurred before, copied on with its period (a repeated row, not a run inside it):
+    `left` tokens, [] when not even the shortest tail occurred."""
     ctx = np.concatenate([prompt, np.asarray(path, dtype=prompt.dtype)])
     low, high = NGRAM_SIZES
     high = min(high, len(ctx) - 1)
