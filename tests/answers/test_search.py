@@ -20,6 +20,22 @@ def dist(prefix: tuple[int, ...], seed: int) -> np.ndarray:
     return np.exp(logits) / np.exp(logits).sum()
 
 
+def greedy(probs, r, kind: str) -> Generation:
+    """Greedy decoding of request `r` under `probs(ids)` (the next token's distribution), with
+    the top-k log-probabilities of every position when `r` asks for them."""
+    ids, top, lp = [], [], 0.0
+    while len(ids) < r.max_tokens:
+        p = probs(ids)
+        order = np.argsort(-p, kind=kind)[: max(1, r.top_logprobs)]
+        tok = int(order[0])
+        top.append({int(t): math.log(p[t]) for t in order})
+        lp += math.log(p[tok])
+        ids.append(tok)
+        if tok == STOP:
+            break
+    return Generation(ids, lp, top if r.top_logprobs else None)
+
+
 class MarkovSampler:
     """Greedy decoding with top-k logprobs over `dist`: the Sampler interface, no model."""
 
@@ -32,17 +48,8 @@ class MarkovSampler:
         self.calls += 1
         out = []
         for r in requests:
-            prefix, ids, top, lp = tuple(r.prompt[len(PROMPT):]), [], [], 0.0
-            while len(ids) < r.max_tokens:
-                p = dist(prefix + tuple(ids), self.seed)
-                order = np.argsort(-p)[: max(1, r.top_logprobs)]
-                tok = int(order[0])
-                top.append({int(t): math.log(p[t]) for t in order})
-                lp += math.log(p[tok])
-                ids.append(tok)
-                if tok == STOP:
-                    break
-            out.append([Generation(ids, lp, top if r.top_logprobs else None)])
+            prefix = tuple(r.prompt[len(PROMPT):])
+            out.append([greedy(lambda ids: dist(prefix + tuple(ids), self.seed), r, "quicksort")])
         return out
 
 
@@ -151,17 +158,7 @@ class ViewSampler(MarkovSampler):
         out = []
         for r in requests:
             view, prefix = r.prompt[len(PROMPT)], list(r.prompt[len(PROMPT) + 1:])
-            ids, top, lp = [], [], 0.0
-            while len(ids) < r.max_tokens:
-                p = self.probs(view, prefix + ids)
-                order = np.argsort(-p, kind="stable")[: max(1, r.top_logprobs)]
-                tok = int(order[0])
-                top.append({int(t): math.log(p[t]) for t in order})
-                lp += math.log(p[tok])
-                ids.append(tok)
-                if tok == STOP:
-                    break
-            out.append([Generation(ids, lp, top if r.top_logprobs else None)])
+            out.append([greedy(lambda ids: self.probs(view, prefix + ids), r, "stable")])
         return out
 
     def verify(self, requests):
